@@ -1,0 +1,95 @@
+// swift-tools-version:6.1
+//
+// dpuctl: one busybox-style binary that offloads libvirt's management plane to a DPU.
+// Module map and the rules each module follows: DESIGN.md (shared) and the README of each module.
+
+import PackageDescription
+
+let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "dpuctl",
+    platforms: [.macOS(.v15)],  // Linux is the target; this only satisfies the dependencies' manifests.
+    products: [
+        .executable(name: "dpuctl", targets: ["dpuctl"]),
+        // LD_PRELOAD library for unmodified clients: `libudsproxy.so`.
+        .library(name: "udsproxy", type: .dynamic, targets: ["CUDSPreload"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // The executable: main.swift hands argv to the CLI and nothing else.
+        .executableTarget(name: "dpuctl", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+
+        // Applet table, argument parsing, error -> exit status. The only module that imports ArgumentParser.
+        .target(
+            name: "DPUCtlCLI",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "DPUSystem", "DPUSystemd", "DPUWire", "DPUConfig",
+                "Rexec", "UDSProxy", "QTFS", "QTFSFuse", "Rootfs", "MountPlan",
+            ],
+            swiftSettings: swift6),
+
+        // Components.
+        .target(name: "Rexec", dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "UDSProxy", dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "QTFS", dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, swiftSettings: swift6),
+        .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
+
+        // Foundations.
+        .target(
+            name: "DPUWire",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swift6),
+        .target(
+            name: "DPUSystem",
+            dependencies: ["CDPUSystem", .product(name: "SystemPackage", package: "swift-system")],
+            // Debug builds let tests force errors (EINTR, EPERM) into the syscall funnel.
+            swiftSettings: swift6 + [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
+        .target(
+            name: "DPUSystemd",
+            dependencies: [
+                "CSystemd", "DPUSystem",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swift6),
+        .target(name: "DPUConfig", dependencies: ["DPUSystem"], swiftSettings: swift6),
+
+        // C: the pieces of libc that Swift cannot call (CMSG_* macros, a vfork-safe spawn), and the
+        // system libraries.
+        .target(name: "CDPUSystem"),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "CUDSPreload"),
+
+        // Tests.
+        .testTarget(name: "DPUWireTests", dependencies: ["DPUWire"], swiftSettings: swift6),
+        .testTarget(name: "DPUSystemTests", dependencies: ["DPUSystem"], swiftSettings: swift6),
+        .testTarget(name: "DPUSystemdTests", dependencies: ["DPUSystemd"], swiftSettings: swift6),
+        .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
+        .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+    ]
+)
+
+/// What every networked component may use (DESIGN.md, Modules).
+var componentDeps: [Target.Dependency] {
+    [
+        "DPUWire", "DPUSystem", "DPUSystemd", "DPUConfig",
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "Logging", package: "swift-log"),
+    ]
+}

@@ -1,0 +1,210 @@
+#define _GNU_SOURCE
+#include "cdpusystem.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+/* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
+
+size_t cdpu_cmsg_space_fds(size_t count) {
+    return count == 0 ? 0 : CMSG_SPACE(count * sizeof(int));
+}
+
+void cdpu_cmsg_put_fds(struct msghdr *msg, void *control, const int *fds, size_t count) {
+    if (count == 0) {
+        msg->msg_control = NULL;
+        msg->msg_controllen = 0;
+        return;
+    }
+    size_t space = CMSG_SPACE(count * sizeof(int));
+    memset(control, 0, space);
+    msg->msg_control = control;
+    msg->msg_controllen = space;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(count * sizeof(int));
+    memcpy(CMSG_DATA(cmsg), fds, count * sizeof(int));
+}
+
+size_t cdpu_cmsg_get_fds(const struct msghdr *msg, int *fds, size_t capacity, int *truncated) {
+    size_t n = 0;
+    *truncated = (msg->msg_flags & MSG_CTRUNC) ? 1 : 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR((struct msghdr *)msg); c != NULL;
+         c = CMSG_NXTHDR((struct msghdr *)msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *data = CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, data + i * sizeof(int), sizeof(int));
+            if (n < capacity) {
+                fds[n++] = fd;
+            } else {
+                close(fd); /* never leak an fd the caller cannot see */
+                *truncated = 1;
+            }
+        }
+    }
+    return n;
+}
+
+/* ---- spawn --------------------------------------------------------------------------------------- */
+
+/* Runs in the vfork child: shares the parent's memory, so it may only make system calls and write to
+ * `attr`'s result fields. Never returns. */
+struct spawn_result {
+    volatile int error;
+    const char *volatile step;
+};
+
+static void child_fail(struct spawn_result *res, const char *step) {
+    res->error = errno;
+    res->step = step;
+    _exit(127);
+}
+
+static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *res) {
+    /* Signal handlers belong to the parent: reset every caught signal to its default before unblocking,
+     * so no handler can run on the shared stack. Ignored signals are reset too: a program expects a
+     * clean slate (SIGPIPE ignored by a daemon would otherwise leak into the child). */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        (void)sigaction(sig, &dfl, NULL); /* fails harmlessly for the libc-reserved RT signals */
+    }
+    if (a->parent_death_signal > 0 && prctl(PR_SET_PDEATHSIG, a->parent_death_signal, 0, 0, 0) < 0)
+        child_fail(res, "prctl(PR_SET_PDEATHSIG)");
+    if (a->new_session) {
+        if (setsid() < 0) child_fail(res, "setsid");
+    } else if (a->new_process_group) {
+        if (setpgid(0, 0) < 0) child_fail(res, "setpgid");
+    }
+    if (a->cwd != NULL && chdir(a->cwd) < 0) child_fail(res, "chdir");
+    if (a->umask >= 0) umask((mode_t)a->umask);
+
+    /* The fd map may overlap itself ({0: 5, 5: 0}): first move every source above all targets, then
+     * dup2 into place (dup2 clears FD_CLOEXEC on the target), then close everything above. */
+    int top = 2;
+    for (size_t i = 0; i < a->fd_count; i++) {
+        if (a->fds[i].child_fd > top) top = a->fds[i].child_fd;
+        if (a->fds[i].parent_fd > top) top = a->fds[i].parent_fd;
+    }
+    int moved[a->fd_count > 0 ? a->fd_count : 1];
+    for (size_t i = 0; i < a->fd_count; i++) {
+        moved[i] = fcntl(a->fds[i].parent_fd, F_DUPFD_CLOEXEC, top + 1);
+        if (moved[i] < 0) child_fail(res, "fcntl(F_DUPFD_CLOEXEC)");
+    }
+    /* Close the low range first so fds not in the map do not survive, then place the map. */
+    for (int fd = 0; fd <= top; fd++) {
+        int wanted = 0;
+        for (size_t i = 0; i < a->fd_count; i++)
+            if (a->fds[i].child_fd == fd) wanted = 1;
+        if (!wanted) (void)close(fd);
+    }
+    for (size_t i = 0; i < a->fd_count; i++) {
+        if (dup2(moved[i], a->fds[i].child_fd) < 0) child_fail(res, "dup2");
+    }
+    int highest = top;
+    for (size_t i = 0; i < a->fd_count; i++)
+        if (moved[i] > highest) highest = moved[i];
+    if (syscall(SYS_close_range, (unsigned)(top + 1), ~0U, 0) < 0) {
+        for (int fd = top + 1; fd <= highest; fd++) (void)close(fd);
+    }
+
+    if (a->controlling_tty_fd >= 0 && ioctl(a->controlling_tty_fd, TIOCSCTTY, 0) < 0)
+        child_fail(res, "ioctl(TIOCSCTTY)");
+
+    sigset_t empty;
+    sigemptyset(&empty);
+    if (sigprocmask(SIG_SETMASK, a->signal_mask ? a->signal_mask : &empty, NULL) < 0)
+        child_fail(res, "sigprocmask");
+    execve(a->path, a->argv, a->envp);
+    child_fail(res, "execve");
+}
+
+int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **failed_step) {
+    struct spawn_result res = {.error = 0, .step = NULL};
+    sigset_t all, old;
+    sigfillset(&all);
+    /* Block everything so that no handler of ours runs in the child before it resets them. */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t child = vfork();
+    if (child == 0) {
+        spawn_child(attr, &res);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (child < 0) {
+        *failed_step = "vfork";
+        return saved;
+    }
+    if (res.error != 0) {
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        }
+        *failed_step = res.step;
+        return res.error;
+    }
+    *pid = child;
+    return 0;
+}
+
+/* ---- small wrappers ------------------------------------------------------------------------------ */
+
+int cdpu_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
+
+int cdpu_pidfd_send_signal(int pidfd, int sig, unsigned int flags) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, flags);
+}
+
+int cdpu_close_range(unsigned int first, unsigned int last, unsigned int flags) {
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+
+int cdpu_ioctl_int(int fd, unsigned long request, int value) { return ioctl(fd, request, value); }
+int cdpu_ioctl_ptr(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+int cdpu_fcntl_int(int fd, int cmd, int value) { return fcntl(fd, cmd, value); }
+int cdpu_open(const char *path, int flags, unsigned int mode) { return open(path, flags, (mode_t)mode); }
+int cdpu_openat(int dirfd, const char *path, int flags, unsigned int mode) {
+    return openat(dirfd, path, flags, (mode_t)mode);
+}
+
+int cdpu_setns(int fd, int nstype) { return setns(fd, nstype); }
+int cdpu_unshare(int flags) { return unshare(flags); }
+int cdpu_accept4(int fd, int flags) { return accept4(fd, NULL, NULL, flags); }
+int cdpu_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int cdpu_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+int cdpu_errno(void) { return errno; }
+void cdpu_set_errno(int value) { errno = value; }

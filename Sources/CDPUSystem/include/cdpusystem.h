@@ -1,0 +1,76 @@
+/*
+ * The few pieces of libc that Swift cannot call directly: the CMSG_* macros for SCM_RIGHTS, a spawn that
+ * can set the umask and a controlling terminal (posix_spawn cannot), and the vsock address type.
+ * Everything else in DPUSystem calls libc from Swift.
+ */
+#pragma once
+
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <signal.h>
+#include <linux/vm_sockets.h>
+#include <sys/signalfd.h>
+
+/* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
+
+/* Bytes of control buffer needed to carry `count` file descriptors. */
+size_t cdpu_cmsg_space_fds(size_t count);
+
+/* Fills `control` (at least cdpu_cmsg_space_fds(count) bytes) with one SCM_RIGHTS message carrying `fds`,
+ * and points `msg` at it. */
+void cdpu_cmsg_put_fds(struct msghdr *msg, void *control, const int *fds, size_t count);
+
+/* Walks the control messages of a received `msg` and copies up to `capacity` SCM_RIGHTS fds into `fds`.
+ * Returns the number copied. Any further fds the kernel installed are closed (they cannot be returned),
+ * and *truncated is set to 1 when that happened or when MSG_CTRUNC was set. */
+size_t cdpu_cmsg_get_fds(const struct msghdr *msg, int *fds, size_t capacity, int *truncated);
+
+/* ---- spawn --------------------------------------------------------------------------------------- */
+
+struct cdpu_fd_mapping {
+    int child_fd;   /* the number the child sees */
+    int parent_fd;  /* the parent's fd to put there */
+};
+
+struct cdpu_spawn_attr {
+    const char *path;                 /* absolute or relative path of the program, no PATH search */
+    char *const *argv;                /* NULL-terminated */
+    char *const *envp;                /* NULL-terminated */
+    const char *cwd;                  /* NULL: inherit */
+    int umask;                        /* < 0: inherit */
+    const struct cdpu_fd_mapping *fds;/* the child's complete fd table; every other fd is closed */
+    size_t fd_count;
+    int new_session;                  /* setsid() */
+    int new_process_group;            /* setpgid(0, 0) (ignored with new_session) */
+    int controlling_tty_fd;           /* child fd to make the controlling terminal (needs new_session); -1: none */
+    int parent_death_signal;          /* prctl(PR_SET_PDEATHSIG); 0: none */
+    const sigset_t *signal_mask;      /* the child's signal mask; NULL: empty */
+};
+
+/* Starts a child (vfork + execve). On success returns 0 and sets *pid. If anything before or in execve
+ * fails, the child exits and the function returns that errno (with *pid reaped already); `failed_step`
+ * then names the step ("chdir", "execve", ...). */
+int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **failed_step);
+
+/* ---- small wrappers for calls glibc does not export or Swift cannot see ---------------------------- */
+
+int cdpu_pidfd_open(pid_t pid, unsigned int flags);
+int cdpu_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
+int cdpu_close_range(unsigned int first, unsigned int last, unsigned int flags);
+int cdpu_ioctl_int(int fd, unsigned long request, int value);
+int cdpu_ioctl_ptr(int fd, unsigned long request, void *arg);
+int cdpu_fcntl_int(int fd, int cmd, int value);
+int cdpu_open(const char *path, int flags, unsigned int mode);
+int cdpu_openat(int dirfd, const char *path, int flags, unsigned int mode);
+int cdpu_setns(int fd, int nstype);
+int cdpu_accept4(int fd, int flags);
+int cdpu_pipe2(int fds[2], int flags);
+/* getsockopt(SO_PEERCRED) */
+int cdpu_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+int cdpu_unshare(int flags);
+
+/* errno is a macro over a thread-local; these make it reachable from Swift without Glibc's overlay. */
+int cdpu_errno(void);
+void cdpu_set_errno(int value);

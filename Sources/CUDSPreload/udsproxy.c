@@ -1,0 +1,1 @@
+int cudspreload_placeholder;

@@ -1,0 +1,1 @@
+public enum DPUCtl { public static func dispatch(_ argv: [String]) async {} }

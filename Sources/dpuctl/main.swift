@@ -1,0 +1,3 @@
+import DPUCtlCLI
+
+await DPUCtl.dispatch(CommandLine.arguments)
