@@ -63,10 +63,11 @@ let package = Package(
             dependencies: [
                 "CSystemd", "DPUSystem",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
-        .target(name: "DPUConfig", dependencies: ["DPUSystem"], swiftSettings: swift6),
+        .target(name: "DPUConfig", dependencies: ["DPUSystem", "DPUWire"], swiftSettings: swift6),
 
         // C: the pieces of libc that Swift cannot call (CMSG_* macros, a vfork-safe spawn), and the
         // system libraries.

@@ -148,18 +148,6 @@ extension FileDescriptor {
             return nil
         }
     }
-
-    /// Writes all of `bytes` to a blocking fd.
-    public func writeAll(_ bytes: some Sequence<UInt8>) throws(SystemError) {
-        let array = Array(bytes)
-        var offset = 0
-        while offset < array.count {
-            let written = try syscall("write") {
-                array.withUnsafeBytes { Glibc.write(rawValue, $0.baseAddress! + offset, $0.count - offset) }
-            }
-            offset += written
-        }
-    }
 }
 
 /// `poll(2)` on a set of descriptors. Returns the number ready; 0 on timeout. EINTR is returned as an
