@@ -58,7 +58,7 @@ public enum KeyFile {
         do {
             // O_CREAT's mode is masked by the umask; set it exactly.
             guard fchmod(fd.rawValue, 0o600) == 0 else { throw SystemError(Errno(rawValue: errno), "fchmod", temporary) }
-            do throws(Errno) { _ = try fd.writeAll(text.utf8) } catch { throw SystemError(error, "write", temporary) }
+            do { _ = try fd.writeAll(text.utf8) } catch { throw SystemError((error as? Errno) ?? .ioError, "write", temporary) }
             guard fsync(fd.rawValue) == 0 else { throw SystemError(Errno(rawValue: errno), "fsync", temporary) }
             fd.closeQuietly()
         } catch {
