@@ -1,0 +1,76 @@
+import ArgumentParser
+import DPUSystem
+import DPUSystemd
+import Glibc
+
+/// Entry point: dispatch on the name dpuctl was invoked as (busybox style), then on the first argument.
+public enum DPUCtl {
+    public static let version = "0.1.0"
+
+    public static func dispatch(_ argv: [String]) async {
+        // Socket activation hands fds over in the environment; take them before anything else can start
+        // a thread or a child (sd_listen_fds unsets the variables).
+        ActivatedSockets.collect()
+
+        let name = argv.first.map { String($0.split(separator: "/").last ?? "dpuctl") } ?? "dpuctl"
+        let arguments = Array(argv.dropFirst())
+        if let applet = Applets.named(name) {
+            Invocation.appletName = applet.name
+            await applet.command.main(arguments)
+            return  // main(_:) returns on success; the root parser must not run next
+        }
+        guard name == "dpuctl" else {
+            fail("dpuctl: unknown applet name `\(name)`; `dpuctl --list` shows the names it answers to", status: 127)
+        }
+        // Fast paths: these are run by scripts (and by `make install`) and must not pay for parsing.
+        switch arguments.first {
+        case "--version"?:
+            print(version)
+            return
+        case "--list"?:
+            for applet in Applets.all { print("\(applet.name) \(applet.directory)") }
+            return
+        case let word? where !word.hasPrefix("-") && !RootCommand.verbs.contains(word):
+            fail("dpuctl: unknown command `\(word)`; `dpuctl --help` lists the commands", status: 127)
+        default:
+            break
+        }
+        await RootCommand.main(arguments)
+    }
+}
+
+/// `dpuctl` itself: only configuration and the list of verbs.
+struct RootCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dpuctl",
+        abstract: "Offload libvirt's management plane to a DPU while the VMs stay on the host.",
+        discussion: """
+            One binary, many names: invoked as rexec, rexec_server, udsproxyd, qtfs_engine (engine) or \
+            mount.qtfs it is that program; as dpuctl it takes a command. `dpuctl --list` prints the names \
+            and where `dpuctl install-links` puts them.
+            """,
+        version: DPUCtl.version,
+        subcommands: [
+            RexecCommand.self, RexecServerCommand.self, UDSProxyCommand.self, QTFSEngineCommand.self,
+            QTFSCommand.self, RootfsCommand.self, MountCommand.self, KeyCommand.self, InstallLinksCommand.self,
+        ])
+
+    /// The verbs `dpuctl` accepts (anything else is an unknown command, exit 127).
+    static var verbs: Set<String> {
+        Set(configuration.subcommands.map { $0._commandName } + ["help"])
+    }
+}
+
+/// Sockets from socket activation, collected once at start.
+enum ActivatedSockets {
+    nonisolated(unsafe) private(set) static var all: [Systemd.ListenedSocket] = []
+
+    static func collect() { all = Systemd.listenedSockets() }
+}
+
+/// Prints one line to stderr and exits. Only the CLI layer exits.
+func fail(_ message: String, status: Int32) -> Never {
+    var line = Array((message + "\n").utf8)
+    _ = line.withUnsafeMutableBytes { write(2, $0.baseAddress, $0.count) }
+    exit(status)
+}

@@ -1,1 +1,0 @@
-public enum DPUCtl { public static func dispatch(_ argv: [String]) async {} }
