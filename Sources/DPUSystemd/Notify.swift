@@ -46,9 +46,14 @@ public enum Systemd {
 
     @discardableResult
     public static func notify(_ states: [State]) throws(SystemError) -> Bool {
+        // Not under a service manager: nothing to say, and no reason to load libsystemd.
+        guard getenv("NOTIFY_SOCKET") != nil else { return false }
         let message = states.map(\.assignment).joined(separator: "\n")
+        guard let notify = LibSystemd.shared.notify else {
+            throw SystemError(.noSuchFileOrDirectory, "sd_notify (dlopen libsystemd.so.0)", LibSystemd.shared.loadError)
+        }
         // sd_notifyf is variadic and cannot be called from Swift; the message is formatted here.
-        let result = sd_notify(0, message)
+        let result = notify(0, message)
         if result < 0 { throw SystemError(Errno(rawValue: -result), "sd_notify", message) }
         return result > 0
     }
@@ -63,8 +68,9 @@ public enum Systemd {
     /// The sockets passed by socket activation, close-on-exec. The environment variables are removed so
     /// that no child believes the sockets are its own. Call it once, before threads start.
     public static func listenedSockets() -> [ListenedSocket] {
+        guard getenv("LISTEN_FDS") != nil, let listen = LibSystemd.shared.listenFDsWithNames else { return [] }
         var names: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = nil
-        let count = sd_listen_fds_with_names(1, &names)
+        let count = listen(1, &names)
         guard count > 0 else { return [] }
         defer { free(names) }
         return (0..<Int(count)).map { index in
@@ -79,7 +85,9 @@ public enum Systemd {
     /// The watchdog interval the manager expects pings within (WatchdogSec=), or nil when off.
     public static func watchdogInterval() -> Duration? {
         var microseconds: UInt64 = 0
-        guard sd_watchdog_enabled(0, &microseconds) > 0, microseconds > 0 else { return nil }
+        guard getenv("WATCHDOG_USEC") != nil, let enabled = LibSystemd.shared.watchdogEnabled,
+            enabled(0, &microseconds) > 0, microseconds > 0
+        else { return nil }
         return .microseconds(Int64(microseconds))
     }
 
@@ -87,5 +95,29 @@ public enum Systemd {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+}
+
+/// libsystemd, loaded on first use (see Sources/CSystemd/shim.h for why it is not linked).
+final class LibSystemd: Sendable {
+    static let shared = LibSystemd()
+
+    let notify: cdpu_sd_notify_fn?
+    let listenFDsWithNames: cdpu_sd_listen_fds_with_names_fn?
+    let watchdogEnabled: cdpu_sd_watchdog_enabled_fn?
+    let loadError: String?
+
+    private init() {
+        guard let handle = dlopen("libsystemd.so.0", RTLD_NOW | RTLD_LOCAL) else {
+            loadError = dlerror().map { String(decoding: UnsafeRawBufferPointer(start: $0, count: strlen($0)), as: UTF8.self) }
+            notify = nil
+            listenFDsWithNames = nil
+            watchdogEnabled = nil
+            return
+        }
+        loadError = nil
+        notify = unsafeBitCast(dlsym(handle, "sd_notify"), to: cdpu_sd_notify_fn?.self)
+        listenFDsWithNames = unsafeBitCast(dlsym(handle, "sd_listen_fds_with_names"), to: cdpu_sd_listen_fds_with_names_fn?.self)
+        watchdogEnabled = unsafeBitCast(dlsym(handle, "sd_watchdog_enabled"), to: cdpu_sd_watchdog_enabled_fn?.self)
     }
 }

@@ -1,0 +1,120 @@
+# dpuctl — the packaging contract. `make deps` installs what building and testing need (Debian 12),
+# `make` builds the release binary, `make test` runs every test, `make install` installs.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SBINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# mount(8) looks for mount.TYPE helpers in /sbin only, whatever PREFIX is.
+MOUNTHELPERDIR ?= /sbin
+
+SWIFT ?= swift
+SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib
+RELEASE_BIN = .build/release/dpuctl
+# Man pages carry this date, so regenerating them changes nothing unless the commands changed.
+MAN_DATE = 2026-11-26
+
+# Debian packages: to build; to run the tests (namespaces, FUSE, systemd tools, shells for the
+# completions, man to render the pages, socat as a real peer).
+DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config
+DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat
+DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
+
+.PHONY: all build deps test unit integration man completions install uninstall dist clean check-generated
+
+all: build
+
+build:
+	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
+	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product udsproxy
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "all Debian packages present"; fi
+
+test: build unit integration
+
+unit:
+	$(SWIFT) test
+
+integration: build
+	DPUCTL=$(CURDIR)/$(RELEASE_BIN) bash Tests/integration/run.sh
+
+# ---- generated documentation -------------------------------------------------------------------------
+
+GENERATE_MANUAL = .build/argparser-tools/debug/generate-manual
+LINKS = .build/links
+
+$(GENERATE_MANUAL):
+	$(SWIFT) package resolve
+	$(SWIFT) build --package-path .build/checkouts/swift-argument-parser --scratch-path .build/argparser-tools --product generate-manual
+
+# Every applet name, linked to the release binary, so that generation sees each name as it is invoked.
+links: build
+	rm -rf $(LINKS) && mkdir -p $(LINKS)/bin
+	ln -s $(CURDIR)/$(RELEASE_BIN) $(LINKS)/bin/dpuctl
+	$(RELEASE_BIN) --list | while read name dir; do ln -s $(CURDIR)/$(RELEASE_BIN) $(LINKS)/bin/$$name; done
+
+man: links $(GENERATE_MANUAL)
+	OUT=man ./scripts/generate-docs.sh man $(GENERATE_MANUAL) $(MAN_DATE)
+
+completions: links
+	OUT=completions ./scripts/generate-docs.sh completions
+
+# Fails when the checked-in completions or man pages differ from what the binary generates now.
+check-generated: links $(GENERATE_MANUAL)
+	./scripts/generate-docs.sh check $(GENERATE_MANUAL) $(MAN_DATE)
+
+# ---- install -----------------------------------------------------------------------------------------
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) \
+		$(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(MOUNTHELPERDIR)
+	install -m 0755 $(RELEASE_BIN) $(DESTDIR)$(BINDIR)/dpuctl
+	install -m 0755 .build/release/libudsproxy.so $(DESTDIR)$(LIBDIR)/libudsproxy.so
+	$(RELEASE_BIN) --list | while read name dir; do \
+		case $$dir in bin) target=$(BINDIR);; sbin) target=$(SBINDIR);; esac; \
+		ln -sfn $(BINDIR)/dpuctl $(DESTDIR)$$target/$$name; \
+	done
+	ln -sfn $(BINDIR)/dpuctl $(DESTDIR)$(MOUNTHELPERDIR)/mount.qtfs
+	for unit in systemd/*.in; do \
+		sed 's|@bindir@|$(BINDIR)|g' $$unit > $(DESTDIR)$(UNITDIR)/$$(basename $$unit .in); \
+	done
+	install -m 0644 systemd/*.socket $(DESTDIR)$(UNITDIR)/
+	install -m 0644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 completions/bash/* $(DESTDIR)$(BASHCOMPDIR)/
+	install -m 0644 completions/zsh/* $(DESTDIR)$(ZSHCOMPDIR)/
+	install -m 0644 completions/fish/* $(DESTDIR)$(FISHCOMPDIR)/
+
+uninstall:
+	$(RELEASE_BIN) --list | while read name dir; do \
+		case $$dir in bin) target=$(BINDIR);; sbin) target=$(SBINDIR);; esac; \
+		rm -f $(DESTDIR)$$target/$$name; \
+	done
+	rm -f $(DESTDIR)$(MOUNTHELPERDIR)/mount.qtfs $(DESTDIR)$(BINDIR)/dpuctl $(DESTDIR)$(LIBDIR)/libudsproxy.so
+	for unit in systemd/*.in systemd/*.socket; do rm -f $(DESTDIR)$(UNITDIR)/$$(basename $$unit .in); done
+	for page in man/*.1; do rm -f $(DESTDIR)$(MANDIR)/man1/$$(basename $$page); done
+	for page in man/*.8; do rm -f $(DESTDIR)$(MANDIR)/man8/$$(basename $$page); done
+	for f in completions/bash/*; do rm -f $(DESTDIR)$(BASHCOMPDIR)/$$(basename $$f); done
+	for f in completions/zsh/*; do rm -f $(DESTDIR)$(ZSHCOMPDIR)/$$(basename $$f); done
+	for f in completions/fish/*; do rm -f $(DESTDIR)$(FISHCOMPDIR)/$$(basename $$f); done
+
+dist: build
+	rm -rf dist && mkdir -p dist
+	$(MAKE) install DESTDIR=$(CURDIR)/dist/root PREFIX=/usr MOUNTHELPERDIR=/usr/sbin
+	tar -C dist/root -czf dist/dpuctl-$$($(RELEASE_BIN) --version)-$$(uname -m).tar.gz .
+
+clean:
+	rm -rf .build dist
