@@ -34,6 +34,7 @@ let package = Package(
         // Applet table, argument parsing, error -> exit status. The only module that imports ArgumentParser.
         .target(
             name: "DPUCtlCLI",
+            exclude: ["README.md"],
             dependencies: [
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 "DPUSystem", "DPUSystemd", "DPUWire", "DPUConfig",
@@ -42,16 +43,17 @@ let package = Package(
             swiftSettings: swift6),
 
         // Components.
-        .target(name: "Rexec", dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "UDSProxy", dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "QTFS", dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, swiftSettings: swift6),
-        .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
-        .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .target(name: "Rexec", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "UDSProxy", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "QTFS", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
+        .target(name: "QTFSFuse", exclude: ["README.md"], dependencies: ["QTFS", "CFuse3"] + componentDeps, swiftSettings: swift6),
+        .target(name: "Rootfs", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .target(name: "MountPlan", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
 
         // Foundations.
         .target(
             name: "DPUWire",
+            exclude: ["README.md"],
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -59,11 +61,13 @@ let package = Package(
             swiftSettings: swift6),
         .target(
             name: "DPUSystem",
+            exclude: ["README.md"],
             dependencies: ["CDPUSystem", .product(name: "SystemPackage", package: "swift-system")],
             // Debug builds let tests force errors (EINTR, EPERM) into the syscall funnel.
             swiftSettings: swift6 + [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
         .target(
             name: "DPUSystemd",
+            exclude: ["README.md"],
             dependencies: [
                 "CSystemd", "DPUSystem",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -71,7 +75,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swift6),
-        .target(name: "DPUConfig", dependencies: ["DPUSystem", "DPUWire"], swiftSettings: swift6),
+        .target(name: "DPUConfig", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUWire"], swiftSettings: swift6),
 
         // C: the pieces of libc that Swift cannot call (CMSG_* macros, a vfork-safe spawn), and the
         // system libraries.

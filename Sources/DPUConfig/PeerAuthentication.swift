@@ -15,21 +15,12 @@ public enum PeerAuthentication {
     ) throws(KeyFileError) -> PreSharedKey? {
         let network = endpoints.filter { if case .unix = $0 { false } else { true } }
         guard !network.isEmpty else { return nil }
-        if access(keyPath, F_OK) == 0 || !insecure && network.contains(where: { !$0.isLocalOnly }) {
-            do {
-                return try KeyFile.load(keyPath)
-            } catch {
-                guard insecure || network.allSatisfy(\.isLocalOnly) else {
-                    let remote = network.first { !$0.isLocalOnly }!
-                    throw KeyFileError(
-                        path: keyPath,
-                        "\(error.reason); \(remote) is reachable from other machines, so a key is required (or --insecure)")
-                }
-                if access(keyPath, F_OK) == 0 { throw error }
-                return nil
-            }
-        }
-        return nil
+        if access(keyPath, F_OK) == 0 { return try KeyFile.load(keyPath) }
+        if insecure || network.allSatisfy(\.isLocalOnly) { return nil }
+        let remote = network.first { !$0.isLocalOnly }!
+        throw KeyFileError(
+            path: keyPath,
+            "does not exist, and \(remote) is reachable from other machines: create a key with `dpuctl key generate` and copy it to the peer, or run with --insecure")
     }
 
     /// The key a client presents to `endpoint`: none for unix sockets; for TCP/vsock the key file when it
