@@ -6,6 +6,21 @@
 import PackageDescription
 
 let swift6: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+let readme = ["README.md"]
+
+/// What every networked component may use (DESIGN.md, Modules).
+let componentDeps: [Target.Dependency] = [
+    "DPUWire", "DPUSystem", "DPUSystemd", "DPUConfig",
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "Logging", package: "swift-log"),
+]
+
+let cliDeps: [Target.Dependency] = [
+    .product(name: "ArgumentParser", package: "swift-argument-parser"),
+    "DPUSystem", "DPUSystemd", "DPUWire", "DPUConfig",
+    "Rexec", "UDSProxy", "QTFS", "QTFSFuse", "Rootfs", "MountPlan",
+]
 
 let package = Package(
     name: "dpuctl",
@@ -28,59 +43,52 @@ let package = Package(
         .executableTarget(
             name: "dpuctl", dependencies: ["DPUCtlCLI"], swiftSettings: swift6,
             // Start-up is on every remote exec's path (the rexec client is this binary): a non-PIE
-            // executable has no relative relocations to apply, which saves a millisecond of page faults.
+            // executable has no relative relocations to apply, which saves half a millisecond.
             linkerSettings: [.unsafeFlags(["-Xclang-linker", "-no-pie"])]),
 
         // Applet table, argument parsing, error -> exit status. The only module that imports ArgumentParser.
-        .target(
-            name: "DPUCtlCLI",
-            exclude: ["README.md"],
-            dependencies: [
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                "DPUSystem", "DPUSystemd", "DPUWire", "DPUConfig",
-                "Rexec", "UDSProxy", "QTFS", "QTFSFuse", "Rootfs", "MountPlan",
-            ],
-            swiftSettings: swift6),
+        .target(name: "DPUCtlCLI", dependencies: cliDeps, exclude: readme, swiftSettings: swift6),
 
         // Components.
-        .target(name: "Rexec", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "UDSProxy", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "QTFS", exclude: ["README.md"], dependencies: componentDeps, swiftSettings: swift6),
-        .target(name: "QTFSFuse", exclude: ["README.md"], dependencies: ["QTFS", "CFuse3"] + componentDeps, swiftSettings: swift6),
-        .target(name: "Rootfs", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
-        .target(name: "MountPlan", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(
+            name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, exclude: readme,
+            swiftSettings: swift6),
+        .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
+        .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
 
         // Foundations.
         .target(
             name: "DPUWire",
-            exclude: ["README.md"],
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: swift6),
+            exclude: readme, swiftSettings: swift6),
         .target(
             name: "DPUSystem",
-            exclude: ["README.md"],
             dependencies: ["CDPUSystem", .product(name: "SystemPackage", package: "swift-system")],
+            exclude: readme,
             // Debug builds let tests force errors (EINTR, EPERM) into the syscall funnel.
             swiftSettings: swift6 + [.define("ENABLE_MOCKING", .when(configuration: .debug))]),
         .target(
             name: "DPUSystemd",
-            exclude: ["README.md"],
             dependencies: [
                 "CSystemd", "DPUSystem",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: swift6),
-        .target(name: "DPUConfig", exclude: ["README.md"], dependencies: ["DPUSystem", "DPUWire"], swiftSettings: swift6),
+            exclude: readme, swiftSettings: swift6),
+        .target(name: "DPUConfig", dependencies: ["DPUSystem", "DPUWire"], exclude: readme, swiftSettings: swift6),
 
         // C: the pieces of libc that Swift cannot call (CMSG_* macros, a vfork-safe spawn), and the
         // system libraries.
         .target(name: "CDPUSystem"),
-        // Headers only: libsystemd is loaded at run time (see Sources/CSystemd/shim.h), so no pkg-config link flags.
+        // Headers only: libsystemd is loaded at run time (see Sources/CSystemd/shim.h), so no pkg-config
+        // link flags.
         .systemLibrary(name: "CSystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .target(name: "CUDSPreload"),
@@ -93,13 +101,3 @@ let package = Package(
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
     ]
 )
-
-/// What every networked component may use (DESIGN.md, Modules).
-var componentDeps: [Target.Dependency] {
-    [
-        "DPUWire", "DPUSystem", "DPUSystemd", "DPUConfig",
-        .product(name: "NIOCore", package: "swift-nio"),
-        .product(name: "NIOPosix", package: "swift-nio"),
-        .product(name: "Logging", package: "swift-log"),
-    ]
-}
