@@ -83,6 +83,8 @@ public struct Handshake: Sendable {
         case `continue`(send: ByteBuffer)
         /// Done: send these bytes (possibly none); the connection is open.
         case finished(send: ByteBuffer, HandshakeResult)
+        /// The server refuses the client: send these bytes (they tell the client why), then close.
+        case rejected(send: ByteBuffer, WireError)
     }
 
     private enum State: Sendable {
@@ -144,13 +146,17 @@ public struct Handshake: Sendable {
                     state = .done
                     return .finished(send: output, HandshakeResult(version: version, capabilities: capabilities, authenticated: false))
                 case (nil, .presharedKey):
-                    throw WireError(.authenticationFailed, role == .client
+                    let error = WireError(.authenticationFailed, role == .client
                         ? "the server requires a key; give the same key file as the server's (--key)"
                         : "the client offers a key but this server has none configured")
+                    if role == .client { throw error }
+                    return reject(&output, error, tell: "this server has no key")
                 case (.some, .none):
-                    throw WireError(.authenticationFailed, role == .client
+                    let error = WireError(.authenticationFailed, role == .client
                         ? "the server does not authenticate itself; refusing it because we have a key"
                         : "the client has no key; this server requires one")
+                    if role == .client { throw error }
+                    return reject(&output, error, tell: "this server requires a key")
                 case (.some(let key), .presharedKey):
                     if role == .server {
                         proofFrame(key.proof(label: Handshake.serverLabel, transcript: transcript)).encode(into: &output)
@@ -174,9 +180,7 @@ public struct Handshake: Sendable {
                     state = .awaitingResult(result)
                 } else {
                     guard key.isValid(proof: proof, label: Handshake.clientLabel, transcript: transcript) else {
-                        Handshake.resultFrame(accepted: false, "authentication failed: the keys differ").encode(into: &output)
-                        state = .done
-                        throw WireError(.authenticationFailed, "the client's key differs from ours")
+                        return reject(&output, WireError(.authenticationFailed, "the client's key differs from ours"), tell: "the keys differ")
                     }
                     Handshake.resultFrame(accepted: true, "").encode(into: &output)
                     state = .done
@@ -199,6 +203,13 @@ public struct Handshake: Sendable {
                 throw WireError(.protocolViolation, "handshake fed after it finished")
             }
         }
+    }
+
+    /// Server side: say why, and stop.
+    private mutating func reject(_ output: inout ByteBuffer, _ error: WireError, tell reason: String) -> Progress {
+        Handshake.resultFrame(accepted: false, reason).encode(into: &output)
+        state = .done
+        return .rejected(send: output, error)
     }
 
     private func accept(_ peer: Hello) throws(WireError) {
