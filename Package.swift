@@ -96,7 +96,10 @@ let package = Package(
         // Tests.
         .testTarget(name: "DPUWireTests", dependencies: ["DPUWire"], swiftSettings: swift6),
         .testTarget(name: "DPUSystemTests", dependencies: ["DPUSystem"], swiftSettings: swift6),
-        .testTarget(name: "DPUSystemdTests", dependencies: ["DPUSystemd"], swiftSettings: swift6),
+        .testTarget(
+            name: "DPUSystemdTests",
+            dependencies: ["DPUSystemd", .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
     ]
