@@ -62,8 +62,8 @@ $(GENERATE_MANUAL):
 # Every applet name, linked to the release binary, so that generation sees each name as it is invoked.
 links: build
 	rm -rf $(LINKS) && mkdir -p $(LINKS)/bin
-	ln -s $(CURDIR)/$(RELEASE_BIN) $(LINKS)/bin/dpuctl
-	$(RELEASE_BIN) --list | while read name dir; do ln -s $(CURDIR)/$(RELEASE_BIN) $(LINKS)/bin/$$name; done
+	ln -s $(abspath $(RELEASE_BIN)) $(LINKS)/bin/dpuctl
+	$(RELEASE_BIN) --list | while read name dir; do ln -s $(abspath $(RELEASE_BIN)) $(LINKS)/bin/$$name; done
 
 man: links $(GENERATE_MANUAL)
 	OUT=man ./scripts/generate-docs.sh man $(GENERATE_MANUAL) $(MAN_DATE)

@@ -16,6 +16,12 @@ public enum DPUCtl {
         let arguments = Array(argv.dropFirst())
         if let applet = Applets.named(name) {
             Invocation.appletName = applet.name
+            // Documentation generators ask every name for its help and completions; an applet that
+            // passes its arguments through (rexec) would otherwise take these for a program to run.
+            if let generated = generatedDocumentation(applet.command, arguments) {
+                print(generated)
+                return
+            }
             await applet.command.main(arguments)
             return  // main(_:) returns on success; the root parser must not run next
         }
@@ -39,6 +45,22 @@ public enum DPUCtl {
     }
 }
 
+/// The output of `--experimental-dump-help` or `--generate-completion-script SHELL` for `command`, when
+/// those are the whole argument list.
+private func generatedDocumentation(_ command: any AsyncParsableCommand.Type, _ arguments: [String]) -> String? {
+    switch arguments {
+    case ["--experimental-dump-help"]:
+        return command._dumpHelp()
+    case let words where words.first == "--generate-completion-script" && words.count == 2:
+        return CompletionShell(rawValue: words[1]).map { command.completionScript(for: $0) }
+    case let words where words.count == 1 && words[0].hasPrefix("--generate-completion-script="):
+        return CompletionShell(rawValue: String(words[0].dropFirst("--generate-completion-script=".count)))
+            .map { command.completionScript(for: $0) }
+    default:
+        return nil
+    }
+}
+
 /// `dpuctl` itself: only configuration and the list of verbs.
 struct RootCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -47,9 +69,8 @@ struct RootCommand: AsyncParsableCommand {
         discussion: """
             One binary, many names: invoked as rexec, rexec_server, udsproxyd, qtfs_engine (engine) or \
             mount.qtfs it is that program; as dpuctl it takes a command. `dpuctl --list` prints the names \
-            and where `dpuctl install-links` puts them.
+            and where `dpuctl install-links` puts them; `dpuctl --version` prints the version.
             """,
-        version: DPUCtl.version,
         subcommands: [
             RexecCommand.self, RexecServerCommand.self, UDSProxyCommand.self, QTFSEngineCommand.self,
             QTFSCommand.self, RootfsCommand.self, MountCommand.self, KeyCommand.self, InstallLinksCommand.self,

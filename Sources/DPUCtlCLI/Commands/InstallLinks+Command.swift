@@ -22,9 +22,7 @@ struct InstallLinksCommand: AsyncParsableCommand {
             for applet in Applets.all {
                 let directory = prefix + "/" + applet.directory
                 let link = directory + "/" + applet.name
-                guard mkdir(directory, 0o755) == 0 || errno == EEXIST else {
-                    throw LinkError(message: "cannot create \(directory): \(String(cString: strerror(errno)))")
-                }
+                try makeDirectories(directory)
                 var existing = [CChar](repeating: 0, count: 4096)
                 let length = readlink(link, &existing, existing.count - 1)
                 if length > 0, String(decoding: existing[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self) == executable {
@@ -44,6 +42,17 @@ struct InstallLinksCommand: AsyncParsableCommand {
                 }
                 print("\(link) -> \(executable)")
             }
+        }
+    }
+}
+
+/// `mkdir -p`: creates `path` and its missing parents with mode 0755.
+func makeDirectories(_ path: String) throws {
+    var current = ""
+    for component in path.split(separator: "/") {
+        current += "/" + component
+        guard mkdir(current, 0o755) == 0 || errno == EEXIST else {
+            throw LinkError(message: "cannot create \(current): \(String(cString: strerror(errno)))")
         }
     }
 }
