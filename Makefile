@@ -26,7 +26,7 @@ DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config
 DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all build deps test unit integration man completions install uninstall dist clean check-generated
+.PHONY: all build deps test unit integration demo man completions install uninstall dist clean check-generated
 
 all: build
 
@@ -43,6 +43,10 @@ deps:
 	else echo "all Debian packages present"; fi
 
 test: build unit integration
+
+# The main job: the whole offload on this machine (simulated host and DPU), then torn down.
+demo: build
+	$(RELEASE_BIN) demo
 
 unit:
 	$(SWIFT) test

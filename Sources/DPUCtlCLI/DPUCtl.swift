@@ -74,6 +74,7 @@ struct RootCommand: AsyncParsableCommand {
         subcommands: [
             RexecCommand.self, RexecServerCommand.self, UDSProxyCommand.self, QTFSEngineCommand.self,
             QTFSCommand.self, RootfsCommand.self, MountCommand.self, KeyCommand.self, InstallLinksCommand.self,
+            DemoCommand.self,
         ])
 
     /// The verbs `dpuctl` accepts (anything else is an unknown command, exit 127).

@@ -37,6 +37,16 @@ expect_match "units name the installed binary" "ExecStart=$prefix/bin/rexec_serv
 out=$(MANPATH="$prefix/share/man" SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=yes "$units"/*.service "$units"/*.socket 2>&1)
 [ -z "$out" ] && pass "systemd-analyze verify accepts every unit" || failed "systemd-analyze verify: $out"
 
+# A staged install (packaging): everything lands under DESTDIR, links point at the final paths.
+stage="$W/stage"
+make -s install DESTDIR="$stage" PREFIX=/usr MOUNTHELPERDIR=/usr/sbin RELEASE_BIN="$DPUCTL" >/dev/null 2>&1
+expect_status "DESTDIR: usr/bin/dpuctl" 0 test -x "$stage/usr/bin/dpuctl"
+expect_eq "DESTDIR: links point at the final path" "/usr/bin/dpuctl" "$(readlink "$stage/usr/bin/rexec")"
+expect_status "DESTDIR: units" 0 test -f "$stage/usr/lib/systemd/system/rexec.service"
+expect_status "DESTDIR: man pages" 0 test -f "$stage/usr/share/man/man8/rexec_server.8"
+expect_status "DESTDIR: completions" 0 test -f "$stage/usr/share/bash-completion/completions/rexec"
+expect_eq "DESTDIR: nothing outside the stage" "" "$(find "$stage" -maxdepth 1 ! -path "$stage" ! -name usr)"
+
 make -s uninstall PREFIX="$prefix" MOUNTHELPERDIR="$prefix/sbin" RELEASE_BIN="$DPUCTL" >/dev/null 2>&1
 left=$(find "$prefix" -type f -o -type l | head -5)
 expect_eq "make uninstall leaves no file behind" "" "$left"

@@ -64,6 +64,8 @@ function __dpuctl_parse_tokens -S
             end
         case 'install-links'
             __dpuctl_parse_subcommand 0 'prefix=' 'force' 'h/help'
+        case 'demo'
+            __dpuctl_parse_subcommand 0 'keep' 'h/help'
         case 'help'
             __dpuctl_parse_subcommand -r 1 
         end
@@ -129,6 +131,7 @@ complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuct
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl" -eq 1' -fa 'mount' -d 'Apply, revert and inspect the DPU rootfs\'s mount plan.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl" -eq 1' -fa 'key' -d 'Manage the pre-shared key that authenticates the peers.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl" -eq 1' -fa 'install-links' -d 'Create a symlink to dpuctl for every applet name (rexec, rexec_server, mount.qtfs, ...).'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl" -eq 1' -fa 'demo' -d 'Show the offload on this machine: a simulated host and DPU, libvirt on the DPU, the VM on the host.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl" -eq 1' -fa 'help' -d 'Show subcommand help information.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" connect' -l 'connect' -d 'Connect here: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT (wins over CMD_NET_ADDR).' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" key' -l 'key' -d 'Pre-shared key file.' -rfka ''
@@ -199,3 +202,5 @@ complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options 
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" prefix' -l 'prefix' -d 'Install under this prefix.' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" force' -l 'force' -d 'Replace files that are in the way.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" h help' -s 'h' -l 'help' -d 'Show help information.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo" keep' -l 'keep' -d 'Leave everything running and print how to enter either side.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo" h help' -s 'h' -l 'help' -d 'Show help information.'
