@@ -12,6 +12,12 @@
 #include <signal.h>
 #include <linux/vm_sockets.h>
 #include <sys/signalfd.h>
+/* Headers the Glibc module leaves out (xattr, statfs, epoll, eventfd); included here so that Swift sees their declarations. */
+#include <sys/xattr.h>
+#include <sys/vfs.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
 
 /* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
 
@@ -70,6 +76,19 @@ int cdpu_pipe2(int fds[2], int flags);
 /* getsockopt(SO_PEERCRED) */
 int cdpu_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 int cdpu_unshare(int flags);
+
+/* ---- file system calls without a glibc wrapper, or declared only under _GNU_SOURCE --------------- */
+
+/* openat2(2) with `struct open_how` {flags, mode, resolve}. */
+int cdpu_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
+                 unsigned long long resolve);
+/* fchmodat2(2) (Linux 6.6): fchmodat that honours AT_SYMLINK_NOFOLLOW. */
+int cdpu_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags);
+int cdpu_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+long cdpu_getdents64(int fd, void *buffer, size_t size);
+pid_t cdpu_gettid(void);
+/* Names the calling thread (prctl(PR_SET_NAME) is variadic); longer names are cut to 15 bytes. */
+void cdpu_set_thread_name(const char *name);
 
 /* errno is a macro over a thread-local; these make it reachable from Swift without Glibc's overlay. */
 int cdpu_errno(void);

@@ -1,0 +1,70 @@
+import CDPUSystem
+import Glibc
+import SystemPackage
+
+/// An epoll(7) instance: readiness of many descriptors, waited for on one thread.
+public struct Epoll: Sendable {
+    public let fd: FileDescriptor
+
+    /// `epoll_create1(EPOLL_CLOEXEC)`.
+    public init() throws(SystemError) {
+        fd = FileDescriptor(rawValue: try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+    }
+
+    /// EPOLL_CTL_ADD of `target` for `events`, with `data` given back when it is ready.
+    public func add(_ target: FileDescriptor, events: UInt32, data: UInt64) throws(SystemError) {
+        try control(EPOLL_CTL_ADD, target, events, data)
+    }
+
+    /// EPOLL_CTL_MOD.
+    public func modify(_ target: FileDescriptor, events: UInt32, data: UInt64) throws(SystemError) {
+        try control(EPOLL_CTL_MOD, target, events, data)
+    }
+
+    /// EPOLL_CTL_DEL; a descriptor that is not registered is not an error.
+    public func remove(_ target: FileDescriptor) {
+        var event = epoll_event()
+        _ = epoll_ctl(fd.rawValue, EPOLL_CTL_DEL, target.rawValue, &event)
+    }
+
+    private func control(_ operation: Int32, _ target: FileDescriptor, _ events: UInt32, _ data: UInt64) throws(SystemError) {
+        var event = epoll_event()
+        event.events = events
+        event.data.u64 = data
+        _ = try syscall("epoll_ctl") { epoll_ctl(fd.rawValue, operation, target.rawValue, &event) }
+    }
+
+    /// Waits up to `timeoutMilliseconds` (-1: forever) and returns (events, data) of what is ready.
+    public func wait(maximum: Int = 64, timeoutMilliseconds: Int32) throws(SystemError) -> [(events: UInt32, data: UInt64)] {
+        var events = [epoll_event](repeating: epoll_event(), count: maximum)
+        let count = try syscall("epoll_wait") {
+            events.withUnsafeMutableBufferPointer { epoll_wait(fd.rawValue, $0.baseAddress, Int32(maximum), timeoutMilliseconds) }
+        }
+        return events.prefix(Int(count)).map { ($0.events, $0.data.u64) }
+    }
+
+    public func close() { fd.closeQuietly() }
+}
+
+/// An eventfd(2) counter, to wake a thread that waits in poll or epoll.
+public struct EventCounter: Sendable {
+    public let fd: FileDescriptor
+
+    public init() throws(SystemError) {
+        fd = FileDescriptor(rawValue: try syscall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) })
+    }
+
+    /// Adds one (wakes the waiter).
+    public func signal() {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd.rawValue, &one, 8)
+    }
+
+    /// Resets the counter to zero.
+    public func drain() {
+        var value: UInt64 = 0
+        _ = Glibc.read(fd.rawValue, &value, 8)
+    }
+
+    public func close() { fd.closeQuietly() }
+}
