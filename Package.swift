@@ -102,5 +102,9 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+        .testTarget(
+            name: "QTFSTests",
+            dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swift6),
     ]
 )
