@@ -84,6 +84,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     let rootDevice: UInt64
     private let interrupts = Mutex((next: UInt64(1), requests: [UInt64: Outgoing]()))
     private let polls = Mutex([UInt64: OpenFile]())
+    /// Open files by node: a file unlinked while open has no path any more, but fstat(2) still asks
+    /// for its attributes by node (the kernel sends no handle with GETATTR); its handle answers.
+    private let openFiles = Mutex([UInt64: [ObjectIdentifier: OpenFile]]())
     private let nextPollID = Atomic<UInt64>(1)
 
     init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) {
@@ -294,7 +297,7 @@ final class QTFSFilesystem: @unchecked Sendable {
             var s = stat(synthetic(node, 16), node: node)
             return _ = fuse_reply_attr(req, &s, 0)
         }
-        if let file {
+        if let file = file ?? (nodes.path(node) == nil ? openFiles.withLock({ $0[node]?.values.first }) : nil) {
             return withHandle(req, file, .getattr, { .getattr(.handle($0)) }) { [self] result in
                 guard case .success(.attributes(let a)) = result else { return fail(req, result) }
                 replyAttributes(req, node, a)
@@ -412,6 +415,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     // MARK: Files
 
     private func install(_ fi: UnsafeMutablePointer<fuse_file_info>, _ file: OpenFile, _ flags: QTFSOpenFlags, _ a: QTFSAttributes) {
+        openFiles.withLock { $0[file.node, default: [:]][ObjectIdentifier(file)] = file }
         fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
         let direct = flags.contains(.directIO) || a.flags.contains(.volatile) || options.proc
         fi.pointee.direct_io = direct ? 1 : 0
@@ -490,6 +494,10 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// The kernel closed its last reference: answer at once, tell the engine in the background.
     func release(_ file: OpenFile) {
         let (link, handle) = file.current
+        openFiles.withLock { files in
+            files[file.node]?[ObjectIdentifier(file)] = nil
+            if files[file.node]?.isEmpty == true { files[file.node] = nil }
+        }
         polls.withLock { _ = $0.removeValue(forKey: file.pollID) }
         if let pending = file.pollHandle.withLock({ state -> UInt? in defer { state = nil }; return state }) {
             fuse_pollhandle_destroy(OpaquePointer(bitPattern: pending))
