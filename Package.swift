@@ -52,9 +52,14 @@ let package = Package(
         // Components.
         .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
-        .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
-            name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, exclude: readme,
+            name: "QTFS",
+            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: readme, swiftSettings: swift6),
+        .target(
+            name: "QTFSFuse",
+            dependencies: ["QTFS", "CFuse3", .product(name: "SystemPackage", package: "swift-system")] + componentDeps,
+            exclude: readme,
             swiftSettings: swift6),
         .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
         .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
@@ -102,5 +107,9 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+        .testTarget(
+            name: "QTFSTests",
+            dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swift6),
     ]
 )

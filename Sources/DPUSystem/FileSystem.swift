@@ -32,12 +32,21 @@ public func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws
     }
 }
 
+/// O_PATH (declared by glibc only under _GNU_SOURCE): a descriptor that names a file without opening it.
+public let O_PATH: Int32 = 0o10000000
+/// O_NOATIME (_GNU_SOURCE too).
+public let O_NOATIME: Int32 = 0o1000000
+
+/// utimensat's UTIME_NOW and UTIME_OMIT (tv_nsec values), which the Glibc module does not export.
+public let utimeNow = (1 << 30) - 1
+public let utimeOmit = (1 << 30) - 2
+
 /// AT_EMPTY_PATH (declared by glibc only under _GNU_SOURCE).
 public let atEmptyPath: Int32 = 0x1000
 
-/// How a path reads in an error message.
+/// How a path of raw bytes reads in a message (invalid UTF-8 replaced).
 @inline(__always)
-func describe(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+public func describe(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
 
 extension FileDescriptor {
     /// `openat2(2)` relative to this directory, always O_CLOEXEC.
@@ -235,6 +244,33 @@ extension FileDescriptor {
     /// The path that names this descriptor's file through procfs: `/proc/self/fd/N`. Path-based calls on
     /// it (truncate, getxattr, chmod) act on exactly this file, even an O_PATH one, without re-resolving.
     public var procfsPath: String { "/proc/self/fd/\(rawValue)" }
+
+    /// `openat(2)` of the single name `name` in this directory (raw bytes), always O_CLOEXEC.
+    public func open(at name: [UInt8], flags: Int32, mode: mode_t = 0) throws(SystemError) -> FileDescriptor {
+        let fd = try withCPath(name) { (cName) throws(SystemError) -> Int32 in
+            try syscall("open", describe(name)) { cdpu_openat(rawValue, cName, flags | O_CLOEXEC, UInt32(mode)) }
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Opens the file this (O_PATH) descriptor refers to again, with `flags`, through /proc/self/fd: the
+    /// very inode, no path resolved. EINTR is reported (opening a FIFO waits and must be interruptible).
+    public func reopen(flags: Int32) throws(SystemError) -> FileDescriptor {
+        FileDescriptor(rawValue: try syscall("open", retryOnInterrupt: false) {
+            cdpu_open(procfsPath, flags | O_CLOEXEC | O_NOCTTY, 0)
+        })
+    }
+
+    /// `chmod(2)` of the file this (possibly O_PATH) descriptor refers to; never a symbolic link.
+    public func changeFileMode(_ mode: mode_t) throws(SystemError) {
+        _ = try syscall("chmod") { chmod(procfsPath, mode) }
+    }
+
+    /// `utimensat(2)` of the file this (possibly O_PATH) descriptor refers to.
+    public func setFileTimes(access: timespec, modification: timespec) throws(SystemError) {
+        var times = [access, modification]
+        _ = try syscall("utimensat") { utimensat(AT_FDCWD, procfsPath, &times, 0) }
+    }
 
     /// `truncate(2)` of the file this (possibly O_PATH) descriptor refers to.
     public func truncateFile(to size: Int64) throws(SystemError) {
