@@ -31,6 +31,7 @@ final class PeerLink: ReactorSource {
     private var input = ByteBuffer()
     var output = ByteBuffer()
     private var writable = false
+    private var hungUp = false
     private var flushScheduled = false
     private(set) var streams: [UInt32: Stream] = [:]
     private var nextStreamID: UInt32
@@ -85,7 +86,10 @@ final class PeerLink: ReactorSource {
             writable = true
             flush()
         }
-        if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { readInput() }
+        if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 {
+            if events & (Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { hungUp = true }
+            readInput()
+        }
     }
 
     private func sendOpening() {
@@ -123,8 +127,9 @@ final class PeerLink: ReactorSource {
             } else if input.readerIndex > input.capacity / 2 {
                 input.discardReadBytes()
             }
-            // A short read emptied the socket; epoll reports new data as a new edge.
-            if count < available { return }
+            // A short read emptied the socket; epoll reports new data as a new edge (but the end of the
+            // stream, once reported, is not reported again: then read until the read says so).
+            if count < available && !hungUp { return }
         }
     }
 

@@ -147,7 +147,8 @@ final class Reactor: @unchecked Sendable {
             let pending = flushes
             flushes.removeAll(keepingCapacity: true)
             for item in pending { item() }
-            timers.fire(now: Reactor.now())
+            // Actions run outside the queue's mutation: they may schedule timers themselves.
+            for action in timers.due(now: Reactor.now()) { action() }
         }
         wakeup.close()
         epoll.close()
@@ -195,12 +196,14 @@ struct TimerQueue {
         return Int32(clamping: (first.deadline - now + 999_999) / 1_000_000)
     }
 
-    /// Runs every timer whose deadline has passed.
-    mutating func fire(now: UInt64) {
+    /// Removes and returns the actions of the timers whose deadline has passed.
+    mutating func due(now: UInt64) -> [() -> Void] {
+        var actions: [() -> Void] = []
         while let first = heap.first, first.deadline <= now {
             removeFirst()
-            if cancelled.remove(first.id) == nil { first.action() }
+            if cancelled.remove(first.id) == nil { actions.append(first.action) }
         }
+        return actions
     }
 
     private mutating func removeFirst() {

@@ -60,6 +60,9 @@ final class Stream: ReactorSource {
     // Local leg -> peer.
     private var sendWindow = SendWindow(initial: Limits.window)
     private var legReadable = false
+    /// The other end shut down or failed: read until the read says so (no short-read shortcut, since no
+    /// further edge will come).
+    private var legHungUp = false
     private var sentEnd = false
 
     // Peer -> local leg.
@@ -187,6 +190,7 @@ final class Stream: ReactorSource {
         }
         if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 {
             legReadable = true
+            if events & (Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { legHungUp = true }
             pumpOut()
         }
     }
@@ -221,8 +225,9 @@ final class Stream: ReactorSource {
                 }
                 if !fds.isEmpty {
                     passDescriptors(fds, dataAt: headerIndex, count: count)
-                } else if count < allowance {
-                    // A short read emptied the socket (reads stop early only at passed descriptors).
+                } else if count < allowance && !legHungUp {
+                    // A short read emptied the socket (reads stop early only at passed descriptors), and
+                    // epoll reports new data, or the end, as a new edge.
                     legReadable = false
                     return
                 }
