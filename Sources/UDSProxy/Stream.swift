@@ -257,6 +257,11 @@ final class Stream: ReactorSource {
 
     /// Descriptors arrived with the bytes just framed at `headerIndex`: they must reach the peer before
     /// those bytes, so the frame is taken back and sent after the DESCRIPTORS frames.
+    ///
+    /// Where in those bytes the sender attached them is unknown: one read returns the bytes of several
+    /// writes, and stops after the write that carried descriptors. So they travel with the last byte,
+    /// which is surely part of that write; bytes before it may belong to earlier writes, which carried
+    /// none, and a receiver reading those with a plain read() would otherwise lose the descriptors.
     private func passDescriptors(_ fds: [FileDescriptor], dataAt headerIndex: Int, count: Int) {
         let bytes = link.output.getSlice(at: headerIndex + Frame.headerSize, length: count)!
         var copy = ByteBuffer()
@@ -305,15 +310,25 @@ final class Stream: ReactorSource {
         guard !receivedEnd else { throw WireError(.protocolViolation, "DATA on stream \(id) after its END_STREAM") }
         try receiveWindow.receive(payload.readableBytes)
         if payload.readableBytes > 0 {
-            var fds = inboundDescriptors
-            inboundDescriptors.removeAll()
-            if pending.isEmpty && legWritable {
-                guard write(&payload, &fds) else { return }
+            // Descriptors go with the last byte (see `passDescriptors`): the bytes before it first.
+            var fds: [FileDescriptor] = []
+            var last: ByteBuffer? = nil
+            if !inboundDescriptors.isEmpty {
+                fds = inboundDescriptors
+                inboundDescriptors.removeAll()
+                last = payload.getSlice(at: payload.writerIndex - 1, length: 1)
+                payload.moveWriterIndex(to: payload.writerIndex - 1)
             }
-            if payload.readableBytes > 0 {
-                var copy = ByteBuffer()
-                copy.writeBuffer(&payload)
-                pending.append(PendingChunk(bytes: copy, fds: fds))
+            var none: [FileDescriptor] = []
+            if pending.isEmpty && legWritable {
+                guard write(&payload, &none) else { return }
+            }
+            if payload.readableBytes > 0 { queue(&payload, fds: []) }
+            if var last {
+                if pending.isEmpty && legWritable {
+                    guard write(&last, &fds) else { return }
+                }
+                if last.readableBytes > 0 { queue(&last, fds: fds) }
             }
         } else if !inboundDescriptors.isEmpty && end {
             for fd in inboundDescriptors { fd.closeQuietly() }
@@ -323,6 +338,12 @@ final class Stream: ReactorSource {
             receivedEnd = true
             if pending.isEmpty { finishWriting() }
         }
+    }
+
+    private func queue(_ bytes: inout ByteBuffer, fds: [FileDescriptor]) {
+        var copy = ByteBuffer()
+        copy.writeBuffer(&bytes)
+        pending.append(PendingChunk(bytes: copy, fds: fds))
     }
 
     /// Writes what the leg takes now. Returns false when the stream was reset.
