@@ -146,10 +146,10 @@ final class PeerLink: ReactorSource {
             case .rejected(var send, let error):
                 output.writeBuffer(&send)
                 flush()
-                fail("refused: \(error)", refused: true)
+                fail("\(error)", refused: true)
             }
         } catch {
-            fail("handshake failed: \(error)", refused: true)
+            fail("\(error)", refused: true)
         }
     }
 

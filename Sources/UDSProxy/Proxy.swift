@@ -218,8 +218,8 @@ final class Proxy {
         } else {
             logger.info("the peer connected from \(link.remote)")
         }
-        board.linkUp()
         updateStatus(now: true)
+        board.linkUp()
     }
 
     func linkGoingAway(_ link: PeerLink, reason: String) {
@@ -229,8 +229,11 @@ final class Proxy {
 
     func linkClosed(_ link: PeerLink, reason: String, wasUp: Bool, refused: Bool) {
         links.removeAll { $0 === link }
-        if refused {
+        if refused && link.role == .acceptor {
             logger.warning("refused the peer connection \(link.remote): \(reason)")
+        } else if !wasUp && link.role == .acceptor {
+            // A dialer with another key checks our proof first and leaves: this is all we see of it.
+            logger.warning("the peer connection \(link.remote) ended in the handshake (\(reason)); a peer with another key does that")
         } else if wasUp {
             logger.warning("link to the peer \(link.remote) closed: \(reason)")
         }

@@ -466,6 +466,14 @@ def client_legacy_hijack(path):
     print("intruder %s; requester got %s" % ("refused" if os.waitstatus_to_exitcode(status) == 0 else "SERVED", reply))
 
 
+def client_notify_listen(path):
+    """A stand-in for systemd's notification socket: one line per message, assignments joined by " | "."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    while True:
+        print(listener.recv(4096).decode(errors="replace").replace("\n", " | "), flush=True)
+
+
 def main():
     if len(sys.argv) < 3:
         fail(__doc__)
