@@ -7,7 +7,7 @@
 #
 # Connect-to-first-byte, 1 B and 4 KiB round trips (medians of thousands), throughput each way.
 #   bench/udsproxy.sh [DPUCTL [LIBUDSPROXY]]     (defaults: the release build from `make build`)
-#   CONNECTS=2000 RTTS=20000 BYTES=$((2<<30)) bench/udsproxy.sh
+#   ROUNDS=3 CONNECTS=2000 RTTS=20000 BYTES=$((1<<30)) bench/udsproxy.sh
 set -uo pipefail  # not -e: the lab helpers test commands that may fail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -20,6 +20,7 @@ export DPUCTL
 CONNECTS=${CONNECTS:-2000}
 RTTS=${RTTS:-20000}
 BYTES=${BYTES:-$((1 << 30))}
+ROUNDS=${ROUNDS:-3}
 
 . Tests/integration/lib/common.sh
 . Tests/integration/lib/lab.sh
@@ -45,17 +46,23 @@ relay() { local mode=$1 path=$2; shift 2; lab_dpu "$B" "$mode" "${path/bench.soc
 proxied() { lab_dpu env LD_PRELOAD="$PRELOAD" "$B" "$@"; }
 value() { sed -n "s/.*$1=\([0-9.]*\).*/\1/p"; }
 
-declare -A result
-for variant in direct relay proxied; do
-    result[$variant,connect]=$($variant connect /srv/remote/bench.sock "$CONNECTS" | value median_us)
-    result[$variant,rtt1]=$($variant rtt /srv/remote/bench.sock 1 "$RTTS" | value median_us)
-    result[$variant,rtt4k]=$($variant rtt /srv/remote/bench.sock 4096 "$RTTS" | value median_us)
-    result[$variant,up]=$($variant up /srv/remote/bench.sock "$BYTES" | value mib_per_s)
-    result[$variant,down]=$($variant down /srv/remote/bench.sock "$BYTES" | value mib_per_s)
+# The machines are shared and noisy: the variants take turns, ROUNDS times, and each cell is the median
+# of the rounds (each round's latency is itself the median of thousands).
+declare -A samples result
+for ((round = 1; round <= ROUNDS; round++)); do
+    for variant in direct relay proxied; do
+        samples[$variant,connect]+=" $($variant connect /srv/remote/bench.sock "$CONNECTS" | value median_us)"
+        samples[$variant,rtt1]+=" $($variant rtt /srv/remote/bench.sock 1 "$RTTS" | value median_us)"
+        samples[$variant,rtt4k]+=" $($variant rtt /srv/remote/bench.sock 4096 "$RTTS" | value median_us)"
+        samples[$variant,up]+=" $($variant up /srv/remote/bench.sock "$BYTES" | value mib_per_s)"
+        samples[$variant,down]+=" $($variant down /srv/remote/bench.sock "$BYTES" | value mib_per_s)"
+    done
 done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for key in "${!samples[@]}"; do result[$key]=$(median <<<"${samples[$key]}"); done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f×", a / b }'; }
-echo "bench/udsproxy.sh, $(date -u +%Y-%m-%d), $(nproc) cores, lab veth; medians of $CONNECTS connects and $RTTS round trips, $((BYTES >> 20)) MiB each way"
+echo "bench/udsproxy.sh, $(date -u +%Y-%m-%d), $(nproc) cores, lab veth; $ROUNDS rounds of: $CONNECTS connects, $RTTS round trips, $((BYTES >> 20)) MiB each way"
 echo
 echo "| metric | direct unix socket | socat relay | dpuctl udsproxy | dpuctl / socat |"
 echo "|---|---|---|---|---|"

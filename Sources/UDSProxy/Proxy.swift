@@ -321,6 +321,7 @@ final class Proxy {
             let socket = try FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
             do {
                 _ = try socket.connect(try SocketAddress(unixPath: handle.procfsPath))
+                Proxy.enlargeSendBuffer(socket)
                 return .connected(socket)
             } catch {
                 socket.closeQuietly()
@@ -390,6 +391,10 @@ final class Proxy {
             logger.error("cannot make a socket pair for \(connection.client): \(error)")
             return connection.reply(errno: error.errno.rawValue, socket: nil)
         }
+        // Larger send buffers than the default 208 KiB: a bulk transfer then needs a quarter of the
+        // wakeups. Ours always; the client's only when it is not kept unwritable by filler bytes.
+        Proxy.enlargeSendBuffer(ours)
+        if !request.nonBlocking { Proxy.enlargeSendBuffer(appEnd) }
         let stream: Stream
         if request.nonBlocking {
             let filler = Proxy.fill(appEnd)
@@ -403,6 +408,15 @@ final class Proxy {
         link.add(stream)
         stream.requestOpen(path: request.path)
         updateStatus(now: false)
+    }
+
+    /// Sets a unix socket's send buffer to `Limits.socketBuffer` (SO_SNDBUFFORCE: root may exceed
+    /// net.core.wmem_max; otherwise as far as that allows).
+    static func enlargeSendBuffer(_ fd: FileDescriptor) {
+        let size = Int32(Limits.socketBuffer)
+        if (try? fd.setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, size)) == nil {
+            try? fd.setSocketOption(level: SOL_SOCKET, SO_SNDBUF, size)
+        }
     }
 
     /// Queues bytes from `appEnd` to our end until its send buffer is full, so that it polls unwritable
