@@ -1,1 +1,1 @@
-// placeholder
+// Rootfs: being written

@@ -93,3 +93,23 @@ void cdpu_set_thread_name(const char *name);
 /* errno is a macro over a thread-local; these make it reachable from Swift without Glibc's overlay. */
 int cdpu_errno(void);
 void cdpu_set_errno(int value);
+
+/* ---- the new mount API, loop devices, copy_file_range (mount.c) ---------------------------------- */
+/* Raw system calls rather than glibc's wrappers: glibc declares fsopen & co. only from 2.36, and a binary
+ * that needs them from glibc would not start on the older distributions DPUs run. */
+
+int cdpu_open_tree(int dirfd, const char *path, unsigned int flags);
+int cdpu_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path, unsigned int flags);
+int cdpu_fsopen(const char *fs_name, unsigned int flags);
+int cdpu_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux);
+int cdpu_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+/* mount_setattr(2) setting `attr_set` and clearing `attr_clr` (MOUNT_ATTR_*), `propagation` 0 = unchanged. */
+int cdpu_mount_setattr(int dirfd, const char *path, unsigned int flags, unsigned long long attr_set,
+                       unsigned long long attr_clr, unsigned long long propagation);
+
+/* Binds `backing_fd` to the loop device `loop_fd` (LOOP_CONFIGURE) from `offset` for `size_limit` bytes
+ * (0: to the end) with LO_FLAGS_* `flags`. */
+int cdpu_loop_configure(int loop_fd, int backing_fd, unsigned long long offset, unsigned long long size_limit,
+                        unsigned int flags);
+
+long cdpu_copy_file_range(int in_fd, long long *in_offset, int out_fd, long long *out_offset, size_t length);
