@@ -105,8 +105,12 @@ final class TreeCopier {
         }
         if kind == S_IFDIR { try copyContents(name, info: info, from: source, to: destination, path: path, device: device) }
         do {
-            // A later name of a hard link shares its first name's metadata.
-            if !what.contains("hard link") { what += try fixMetadata(name, info: info, source: source, destination: destination) }
+            // A later name of a hard link shares its first name's metadata. A file just written is new or
+            // rewritten: its metadata is part of that change, not another one.
+            if !what.contains("hard link") {
+                let fixed = try fixMetadata(name, info: info, source: source, destination: destination)
+                if what.isEmpty { what = fixed }
+            }
         } catch {
             throw CopyError(path: describe(path), error: error)
         }
