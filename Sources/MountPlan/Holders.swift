@@ -54,20 +54,7 @@ public enum Holders {
     static func entries(_ directory: String) -> [String] {
         guard let fd = try? FileDescriptor.openPath(directory, flags: O_RDONLY | O_DIRECTORY) else { return [] }
         defer { fd.closeQuietly() }
-        var names: [String] = []
-        var buffer = [UInt8](repeating: 0, count: 32768)
-        while true {
-            let count = (try? buffer.withUnsafeMutableBytes { (raw) throws(SystemError) -> Int in
-                try fd.directoryEntries(into: raw)
-            }) ?? 0
-            guard count > 0 else { break }
-            buffer.withUnsafeBytes { raw in
-                for entry in DirectoryEntry.parse(raw, count: count) where entry.name != [46] && entry.name != [46, 46] {
-                    names.append(describe(entry.name))
-                }
-            }
-        }
-        return names
+        return ((try? fd.directoryNames()) ?? []).map(describe)
     }
 
     static func link(_ path: String) -> String? {

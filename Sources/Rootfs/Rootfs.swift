@@ -1,1 +1,0 @@
-// Rootfs: being written
