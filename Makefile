@@ -24,12 +24,8 @@ MAN_DATE = 2026-11-26
 # completions, man to render the pages, socat as a real peer; for the rootfs tests: setcap/getcap,
 # getfattr/setfattr, sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images).
 DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config
-<<<<<<< HEAD
-DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat attr
-=======
 DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat \
 	libcap2-bin attr fdisk e2fsprogs qemu-utils
->>>>>>> rootfs
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all build deps test unit integration demo man completions install uninstall dist clean check-generated
