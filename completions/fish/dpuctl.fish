@@ -65,7 +65,15 @@ function __dpuctl_parse_tokens -S
         case 'install-links'
             __dpuctl_parse_subcommand 0 'prefix=' 'force' 'h/help'
         case 'demo'
-            __dpuctl_parse_subcommand 0 'keep' 'h/help'
+            __dpuctl_parse_subcommand 0 'h/help'
+            switch $unparsed_tokens[1]
+            case 'run'
+                __dpuctl_parse_subcommand 0 'keep' 'h/help'
+            case 'exec'
+                __dpuctl_parse_subcommand -r 2 'rootfs' 'h/help'
+            case 'down'
+                __dpuctl_parse_subcommand 0 'h/help'
+            end
         case 'help'
             __dpuctl_parse_subcommand -r 1 
         end
@@ -207,5 +215,12 @@ complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options 
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" prefix' -l 'prefix' -d 'Install under this prefix.' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" force' -l 'force' -d 'Replace files that are in the way.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl install-links" h help' -s 'h' -l 'help' -d 'Show help information.'
-complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo" keep' -l 'keep' -d 'Leave everything running and print how to enter either side.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo" h help' -s 'h' -l 'help' -d 'Show help information.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl demo" -eq 1' -fa 'run' -d 'Build the two machines, start everything, start a VM from the DPU, show where it runs, tear down.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl demo" -eq 1' -fa 'exec' -d 'Run a command on a kept demo\'s host or DPU.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_positional "dpuctl demo" -eq 1' -fa 'down' -d 'Tear down a kept demo.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo run" keep' -l 'keep' -d 'Leave everything running and print how to enter either side (`dpuctl demo down` ends it).'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo run" h help' -s 'h' -l 'help' -d 'Show help information.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo exec" rootfs' -l 'rootfs' -d 'On the DPU, run it in the rootfs (where libvirt runs).'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo exec" h help' -s 'h' -l 'help' -d 'Show help information.'
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl demo down" h help' -s 'h' -l 'help' -d 'Show help information.'
