@@ -136,8 +136,9 @@ lab_dpu sh -c "mkdir -p '$R/mnt' && mount -t tmpfs extra '$R/mnt'"
 out=$(d status --local-only --root "$R"); rc=$?
 expect_eq "an extra mount makes status incomplete" 3 "$rc"
 expect_match "listed as extra" "extra +- +$R/mnt +tmpfs +extra +not in the plan" "$out"
-d revert --root "$R" >/dev/null
+out=$(d revert --root "$R" 2>&1)
 expect_eq "revert leaves a mount the plan did not make" "tmpfs" "$(lab_dpu findmnt -rno FSTYPE "$R/mnt")"
+expect_match "and says so" "left alone, not in the plan \(--all unmounts them\): $R/mnt" "$out"
 out=$(d revert --root "$R" --all 2>&1); rc=$?
 expect_eq "revert --all takes it too" 0 "$rc"
 expect_eq "the mount table is exactly as before" "$before" "$(mounts)"
