@@ -51,10 +51,18 @@ let package = Package(
 
         // Components.
         .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
-        .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
-        .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
-            name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, exclude: readme,
+            name: "UDSProxy",
+            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: readme, swiftSettings: swift6),
+        .target(
+            name: "QTFS",
+            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: readme, swiftSettings: swift6),
+        .target(
+            name: "QTFSFuse",
+            dependencies: ["QTFS", "CFuse3", .product(name: "SystemPackage", package: "swift-system")] + componentDeps,
+            exclude: readme,
             swiftSettings: swift6),
         .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
         .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
@@ -91,7 +99,11 @@ let package = Package(
         // link flags.
         .systemLibrary(name: "CSystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "CUDSPreload"),
+        // libudsproxy.so is loaded into arbitrary processes: it exports connect() and nothing else. The
+        // Swift driver links every product against the Swift runtime (with the toolchain's rpath), which a
+        // preload library must not pull into its hosts: `make build` links the installed copy with the C
+        // compiler instead (see the Makefile); this product is the development build.
+        .target(name: "CUDSPreload", cSettings: [.unsafeFlags(["-fvisibility=hidden"])]),
 
         // Tests.
         .testTarget(name: "DPUWireTests", dependencies: ["DPUWire"], swiftSettings: swift6),
@@ -108,5 +120,6 @@ let package = Package(
             name: "QTFSTests",
             dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swift6),
+        .testTarget(name: "UDSProxyTests", dependencies: ["UDSProxy"], swiftSettings: swift6),
     ]
 )

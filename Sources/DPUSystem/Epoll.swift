@@ -6,6 +6,9 @@ import SystemPackage
 public struct Epoll: Sendable {
     public let fd: FileDescriptor
 
+    /// EPOLLONESHOT: report once, then disable until modified again. (The readiness bits are poll(2)'s.)
+    public static let oneShot: UInt32 = 1 << 30
+
     /// `epoll_create1(EPOLL_CLOEXEC)`.
     public init() throws(SystemError) {
         fd = FileDescriptor(rawValue: try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
