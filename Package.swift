@@ -114,6 +114,8 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+        .testTarget(name: "MountPlanTests", dependencies: ["MountPlan", "DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .testTarget(name: "RootfsTests", dependencies: ["Rootfs", "DPUSystem"], swiftSettings: swift6),
         .testTarget(
             name: "QTFSTests",
             dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],

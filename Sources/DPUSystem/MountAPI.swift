@@ -112,9 +112,10 @@ public final class FileSystemContext {
         while messages.count < 32 {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
             guard count > 0 else { break }  // ENODATA: no more messages
-            var text = String(decoding: buffer[..<count], as: UTF8.self)
-            if text.count > 2, text.dropFirst().first == " " { text = String(text.dropFirst(2)) }
-            messages.append(text)
+            var text = Substring(String(decoding: buffer[..<count], as: UTF8.self))
+            if text.count > 2, text.dropFirst().first == " " { text = text.dropFirst(2) }
+            while let last = text.last, last.isWhitespace { text = text.dropLast() }
+            messages.append(String(text))
         }
         return messages
     }

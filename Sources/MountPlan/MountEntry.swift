@@ -72,7 +72,10 @@ public struct MountEntry: Sendable, Equatable {
     /// The cgroup v1 controllers and `name=` this entry asks for.
     public var cgroupControllers: [String] {
         guard kind == .fileSystem("cgroup") else { return [] }
-        return parameters.filter { $0.value == nil && $0.key != "none" }.map(\.key)
+        return parameters.compactMap { parameter in
+            if parameter.key == "name", let value = parameter.value { return "name=\(value)" }
+            return parameter.value == nil && parameter.key != "none" ? parameter.key : nil
+        }
     }
 }
 
@@ -122,7 +125,7 @@ public enum MountOptions {
         "nosuid": (.noSetUID, []), "suid": ([], .noSetUID),
         "nodev": (.noDevices, []), "dev": ([], .noDevices),
         "noexec": (.noExec, []), "exec": ([], .noExec),
-        "noatime": (.noAccessTime, []), "strictatime": (.strictAccessTime, []), "relatime": ([], []),
+        "noatime": (.noAccessTime, []), "strictatime": (.strictAccessTime, []), "relatime": ([], .accessTimeMask),
         "nodiratime": (.noDirectoryAccessTime, []), "defaults": ([], []),
     ]
 

@@ -18,6 +18,8 @@ public struct RevertReport: Sendable {
     public var mounts: [(mount: MountInfoEntry, outcome: Outcome)] = []
     /// qtfs clients that did not end after their mount went, even after SIGTERM.
     public var lingeringClients: [Int32] = []
+    /// Mounts under the rootfs that the plan did not make and that were left alone (without `--all`).
+    public var untouched: [String] = []
 
     public var failures: [(mount: MountInfoEntry, outcome: Outcome)] {
         mounts.filter { if case .busy = $0.outcome { true } else if case .left = $0.outcome { true } else { false } }
@@ -49,6 +51,9 @@ public struct MountReverter {
                 return nil
             })
             selected = survey.table.mounts.filter { ours.contains($0.id) }
+            report.untouched = survey.table.mounts.filter {
+                RootPath.isStrictlyWithin($0.mountPoint, survey.realRoot) && !ours.contains($0.id)
+            }.map(\.mountPoint)
         }
         // Newest first: mountinfo lists mounts in the order they were made.
         selected.reverse()

@@ -59,10 +59,10 @@ struct MountApplyCommand: AsyncParsableCommand {
                     print("created   \(path)")
                 case .mounted(let step, let path):
                     mounted += 1
-                    print("mounted   \(stepNumber(step)) \(step.entry.typeName) \(sourceText(step)) on \(path)")
+                    print("mounted   \(stepNumber(step)) \(what(step)) on \(path)")
                 case .present(let step, let path):
                     present += 1
-                    print("present   \(stepNumber(step)) \(step.entry.typeName) \(sourceText(step)) on \(path)")
+                    print("present   \(stepNumber(step)) \(what(step)) on \(path)")
                 case .skipped(let step, let skip):
                     skipped += 1
                     print("skipped   \(stepNumber(step)) \(step.entry.typeName) on \(step.mountPoint): \(skip)")
@@ -120,7 +120,10 @@ struct MountRevertCommand: AsyncParsableCommand {
                 throw MountCommandError(
                     "\(unmounted) unmounted, \(failures.count) not: \(lines.joined(separator: "; ")); stop what holds them and run `dpuctl mount revert` again, or add --lazy")
             }
-            print("\(plan.root): \(unmounted) unmounted" + (unmounted == 0 ? " (nothing of the plan was mounted)" : ""))
+            if !report.untouched.isEmpty {
+                print("left alone, not in the plan (--all unmounts them): \(report.untouched.joined(separator: ", "))")
+            }
+            print("\(plan.root): \(unmounted) unmounted" + (unmounted == 0 && !all ? " (nothing of the plan was mounted)" : ""))
         }
     }
 }
@@ -213,8 +216,9 @@ private func stepNumber(_ step: PlannedStep) -> String {
     return String(repeating: " ", count: max(0, 3 - number.count)) + number
 }
 
-private func sourceText(_ step: PlannedStep) -> String {
-    step.entry.source == step.entry.typeName ? "" : step.entry.source
+/// `proc`, `bind /var/lib`, `qtfs /proc`.
+private func what(_ step: PlannedStep) -> String {
+    step.entry.source == step.entry.typeName ? step.entry.typeName : "\(step.entry.typeName) \(step.entry.source)"
 }
 
 private func holderText(_ holders: [Holder]) -> String {
