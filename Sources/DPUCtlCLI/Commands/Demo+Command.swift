@@ -8,7 +8,7 @@ struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "Show the offload on this machine: a simulated host and DPU, libvirt on the DPU, the VM on the host.",
-        subcommands: [DemoRunCommand.self, DemoExecCommand.self, DemoDownCommand.self, DemoMachineInitCommand.self],
+        subcommands: [DemoRunCommand.self, DemoUpCommand.self, DemoExecCommand.self, DemoDownCommand.self, DemoMachineInitCommand.self],
         defaultSubcommand: DemoRunCommand.self)
 }
 
@@ -30,44 +30,32 @@ struct DemoRunCommand: AsyncParsableCommand {
     var keep = false
 
     func run() async throws {
-        guard geteuid() == 0 else { fail("dpuctl demo: needs root (it creates namespaces and mounts)", status: 1) }
-        if DemoLab.exists {
-            fail("dpuctl demo: a demo is already up; `dpuctl demo down` ends it", status: 1)
-        }
-        var demo = try Demo()
-        var lab: DemoLab?
-        // Ctrl-C or SIGTERM: the current step fails (its child dies with the terminal's signal, or we
-        // notice), and the teardown below runs.
-        Signals.ignore(SIGPIPE)
+        var demo = try Demo.begin(steps: 9)
+        let lab = try demo.bringUp()
         do {
-            print("dpuctl demo: the management plane on a simulated DPU, the VM on a simulated host")
-            try demo.ensurePackages()
-            demo.say("machines: host \(DemoLab.hostAddress) and dpu \(DemoLab.dpuAddress) (network, mount and pid namespaces)")
-            try makeDirectories(DemoLab.stateDirectory)
-            try KeyFile.generate(DemoLab.stateDirectory + "/key", force: true)
-            lab = try DemoLab.create(dpuctl: demo.dpuctl)
-            try demo.startHost(lab!)
-            try demo.prepareRootfs(lab!)
-            try demo.startDPU(lab!)
-            try demo.startLibvirt(lab!)
-            try demo.startVM(lab!)
-            try demo.show(lab!)
+            try demo.startVM(lab)
+            try demo.show(lab)
         } catch {
-            print("dpuctl demo: failed: \(error)")
-            print("      logs: \(DemoLab.stateDirectory)/*.log (kept until the teardown below)")
-            demo.tearDown(lab)
-            throw ExitCode(1)
+            demo.abort(lab, error)
         }
         if keep {
-            print("""
-                the demo stays up:
-                  dpuctl demo exec dpu --rootfs -- virsh -c qemu:///system list   # libvirt on the DPU
-                  dpuctl demo exec host -- ps -ef                                  # the host's processes
-                  dpuctl demo down                                                 # tear it down
-                """)
+            demo.printHowToEnter()
             return
         }
         demo.tearDown(lab)
+    }
+}
+
+struct DemoUpCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "up",
+        abstract: "Build the machines and start everything up to libvirt on the DPU, and leave it running.",
+        discussion: "For trying the offload by hand and for the end-to-end test: `dpuctl demo exec` runs commands on either side, `dpuctl demo down` ends it.")
+
+    func run() async throws {
+        var demo = try Demo.begin(steps: 6)
+        _ = try demo.bringUp()
+        demo.printHowToEnter()
     }
 }
 

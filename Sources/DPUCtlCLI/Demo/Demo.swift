@@ -20,9 +20,63 @@ struct Demo {
     let state = DemoLab.stateDirectory
     var libvirtStarted = false
     var step = 0
-    let steps = 9
+    var steps = 9
 
     init() throws { dpuctl = try selfExecutable() }
+
+    /// Checks that a demo can start here and prints the title.
+    static func begin(steps: Int) throws -> Demo {
+        guard geteuid() == 0 else { fail("dpuctl demo: needs root (it creates namespaces and mounts)", status: 1) }
+        if DemoLab.exists { fail("dpuctl demo: a demo is already up; `dpuctl demo down` ends it", status: 1) }
+        Signals.ignore(SIGPIPE)
+        var demo = try Demo()
+        demo.steps = steps
+        print("dpuctl demo: the management plane on a simulated DPU, the VM on a simulated host")
+        return demo
+    }
+
+    /// Everything up to libvirt answering on the DPU. On failure the teardown runs and the process exits.
+    mutating func bringUp() throws -> DemoLab {
+        var lab: DemoLab?
+        do {
+            try ensurePackages()
+            say("machines: host \(DemoLab.hostAddress) and dpu \(DemoLab.dpuAddress) (network, mount and pid namespaces)")
+            try makeDirectories(DemoLab.stateDirectory)
+            try KeyFile.generate(DemoLab.stateDirectory + "/key", force: true)
+            lab = try DemoLab.create(dpuctl: dpuctl)
+            try startHost(lab!)
+            try prepareRootfs(lab!)
+            try startDPU(lab!)
+            try startLibvirt(lab!)
+            return lab!
+        } catch {
+            abort(lab, error)
+        }
+    }
+
+    /// Reports a failed step with the end of the logs, tears down, exits 1.
+    func abort(_ lab: DemoLab?, _ error: Error) -> Never {
+        print("dpuctl demo: failed: \(error)")
+        if let logs = try? listDirectory(state).filter({ $0.hasSuffix(".log") }).sorted() {
+            for log in logs {
+                let lines = (try? readTextFile(state + "/" + log))?.split(separator: "\n").suffix(5) ?? []
+                guard !lines.isEmpty else { continue }
+                print("      \(log):")
+                for line in lines { print("        " + line) }
+            }
+        }
+        tearDown(lab)
+        exit(1)
+    }
+
+    func printHowToEnter() {
+        print("""
+            the demo stays up:
+              dpuctl demo exec dpu --rootfs -- virsh -c qemu:///system list   # libvirt on the DPU
+              dpuctl demo exec host -- ps -ef                                  # the host's processes
+              dpuctl demo down                                                 # tear it down
+            """)
+    }
 
     mutating func say(_ text: String) {
         step += 1
