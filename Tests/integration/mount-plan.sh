@@ -87,7 +87,8 @@ expect_eq "the rest was unmounted" "2" "$(mounts | awk -v p="$R/" 'index($5, p) 
 out=$(d revert --root "$R" --lazy 2>&1); rc=$?
 expect_eq "revert --lazy succeeds" 0 "$rc"
 expect_match "detaching the busy one" "detached +$R/dev/shm \(busy: held by [0-9]+ \(sleep\)" "$out"
-lab_stop holder KILL
+holder=$(grep -o 'held by [0-9]*' <<<"$out" | head -1 | awk '{print $3}')
+lab_dpu kill -KILL "$holder"
 expect_eq "the mount table is exactly as before" "$before" "$(mounts)"
 
 # --- a failure at step N rolls back steps 1..N-1 ------------------------------------------------------------
