@@ -5,18 +5,12 @@
 # mount table as it was.
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/devtmpfs.sh"
 . "$(dirname "$0")/lib/qtfs.sh"
 
 require_root
 qtfs_lab_up
-devtmpfs_dirs() { unshare -m --propagation private sh -c 'd=$(mktemp -d) && mount -t devtmpfs devtmpfs "$d" && ls -A "$d"; umount "$d"; rmdir "$d"'; }
-dev_before=$(devtmpfs_dirs)
-cleanup_dev() {
-    local made
-    made=$(comm -13 <(echo "$dev_before" | sort) <(devtmpfs_dirs | sort) | grep -Ex 'hugepages|mqueue')
-    [ -n "$made" ] && unshare -m --propagation private sh -c 'd=$(mktemp -d) && mount -t devtmpfs devtmpfs "$d" && for x in "$@"; do rmdir "$d/$x"; done; umount "$d"; rmdir "$d"' sh $made
-}
-on_exit cleanup_dev
+devtmpfs_keep_clean
 
 lab_host sh -c "mkdir -p '$HOSTDIR/VMs' '$HOSTDIR/libvirt/qemu' && echo disk-image > '$HOSTDIR/VMs/vm1.qcow2'"
 qtfs_whitelist "$HOSTDIR" /proc /sys /dev/pts
