@@ -25,15 +25,16 @@ public enum ChildProcess {
 
     /// Runs `path` with `arguments` (argv[0] included) and waits up to `timeoutSeconds` for it to exit;
     /// past that it is killed (SIGKILL) and `Timeout` is thrown. `output` becomes its stdout (default
-    /// /dev/null); stderr is ours.
+    /// /dev/null), `errorOutput` its stderr (default ours).
     public static func run(
-        _ path: String, arguments: [String], output: FileDescriptor? = nil, timeoutSeconds: Int32
+        _ path: String, arguments: [String], output: FileDescriptor? = nil, errorOutput: FileDescriptor? = nil,
+        timeoutSeconds: Int32
     ) throws -> ExitStatus {
         let null = try FileDescriptor.openPath("/dev/null", flags: O_RDWR)
         defer { null.closeQuietly() }
         let pid = try Spawn.start(SpawnRequest(
             path: path, arguments: arguments, environment: currentEnvironment,
-            fileDescriptors: [0: null, 1: output ?? null, 2: FileDescriptor.standardError]))
+            fileDescriptors: [0: null, 1: output ?? null, 2: errorOutput ?? FileDescriptor.standardError]))
         let handle = try ProcessHandle(pid: pid)
         defer { handle.close() }
         var fds = [pollfd(fd: handle.fd.rawValue, events: Int16(POLLIN), revents: 0)]
@@ -50,25 +51,22 @@ public enum ChildProcess {
         throw Timeout(program: arguments.first ?? path, seconds: timeoutSeconds)
     }
 
-    /// Runs a program and returns its stdout (at most `limit` bytes kept), for short outputs such as
-    /// `qemu-img info`.
-    public static func capture(
-        _ path: String, arguments: [String], timeoutSeconds: Int32, limit: Int = 1 << 20
-    ) throws -> (ExitStatus, String) {
-        // A regular temporary file rather than a pipe: the child cannot block on a full pipe while we wait.
-        // O_TMPFILE: a file with no name, gone when closed.
-        let file = try FileDescriptor.openPath("/tmp", flags: 0o20200000 | O_RDWR, mode: 0o600)
-        defer { file.closeQuietly() }
-        let status = try run(path, arguments: arguments, output: file, timeoutSeconds: timeoutSeconds)
-        var bytes = [UInt8](repeating: 0, count: limit)
+    /// A file with no name in /tmp (O_TMPFILE), gone when closed: somewhere for a child's output that
+    /// cannot fill up and block it the way a pipe can.
+    public static func anonymousFile() throws(SystemError) -> FileDescriptor {
+        try FileDescriptor.openPath("/tmp", flags: 0o20200000 | O_RDWR, mode: 0o600)
+    }
+
+    /// What a child wrote into `file` (at most `limit` bytes, from the start).
+    public static func contents(of file: FileDescriptor, limit: Int = 1 << 20) throws(SystemError) -> String {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: limit, alignment: 8)
+        defer { buffer.deallocate() }
         var count = 0
         while count < limit {
-            let got = try bytes.withUnsafeMutableBytes { (raw) throws(SystemError) -> Int in
-                try file.read(at: Int64(count), into: UnsafeMutableRawBufferPointer(rebasing: raw[count...]))
-            }
+            let got = try file.read(at: Int64(count), into: UnsafeMutableRawBufferPointer(rebasing: buffer[count...]))
             if got == 0 { break }
             count += got
         }
-        return (status, String(decoding: bytes[..<count], as: UTF8.self))
+        return String(decoding: buffer[..<count], as: UTF8.self)
     }
 }

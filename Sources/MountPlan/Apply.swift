@@ -7,16 +7,22 @@ public struct QTFSClient: Sendable {
     /// The program: normally this dpuctl binary (/proc/self/exe), run under the name `mount.qtfs`.
     public var program: String
     public var programName: String
-    /// dpuctl's configuration, passed on (`--config`): the client finds the engine's address and key in
-    /// its [qtfs] section.
+    /// dpuctl's configuration, passed on (`--config`): the client finds the engine's address in its
+    /// [qtfs] section (`connect = URL`).
     public var configPath: String?
+    /// The pre-shared key file, passed on (`--key`).
+    public var keyPath: String?
     /// How long the client may take to have the mount live before the step fails.
     public var timeoutSeconds: Int32
 
-    public init(program: String, programName: String = "mount.qtfs", configPath: String?, timeoutSeconds: Int32 = 60) {
+    public init(
+        program: String, programName: String = "mount.qtfs", configPath: String?, keyPath: String? = nil,
+        timeoutSeconds: Int32 = 60
+    ) {
         self.program = program
         self.programName = programName
         self.configPath = configPath
+        self.keyPath = keyPath
         self.timeoutSeconds = timeoutSeconds
     }
 
@@ -25,6 +31,7 @@ public struct QTFSClient: Sendable {
         var arguments = [programName, source, mountPoint]
         if !options.isEmpty { arguments += ["-o", options.joined(separator: ",")] }
         if let configPath { arguments += ["--config", configPath] }
+        if let keyPath { arguments += ["--key", keyPath] }
         return arguments
     }
 }
@@ -251,10 +258,15 @@ public struct MountApplier {
 
     private func runClient(_ entry: MountEntry, path: String) throws(StepFailure) {
         let arguments = qtfs.arguments(source: entry.source, mountPoint: path, options: entry.options)
+        // The client detaches a daemon that may keep its stderr: when ours is a pipe, whoever reads it
+        // would wait for that daemon to end. Then the client writes to a file of its own, quoted on failure.
+        var info = stat()
+        let captured = fstat(2, &info) == 0 && info.st_mode & S_IFMT == S_IFIFO ? try? ChildProcess.anonymousFile() : nil
+        defer { captured?.closeQuietly() }
         let status: ExitStatus
         do {
             status = try ChildProcess.run(
-                qtfs.program, arguments: arguments, timeoutSeconds: qtfs.timeoutSeconds)
+                qtfs.program, arguments: arguments, errorOutput: captured, timeoutSeconds: qtfs.timeoutSeconds)
         } catch let error as ChildProcess.Timeout {
             throw StepFailure("\(qtfs.programName) did not have \(path) mounted within \(error.seconds) s and was stopped; check that the qtfs engine is running on the host and reachable")
         } catch let error as SystemError {
@@ -263,7 +275,12 @@ public struct MountApplier {
             throw StepFailure("\(error)")
         }
         guard status == .exited(0) else {
-            throw StepFailure("`\(arguments.joined(separator: " "))` \(status) (its message is above); check the [qtfs] section of the configuration and that the engine runs on the host, or apply with --local-only")
+            var said = "its message is above"
+            if let captured, let text = try? ChildProcess.contents(of: captured, limit: 4096) {
+                let lines = text.split(separator: "\n").suffix(3).joined(separator: " / ")
+                said = lines.isEmpty ? "it said nothing" : "it said: \(lines)"
+            }
+            throw StepFailure("`\(arguments.joined(separator: " "))` \(status) (\(said)); check the [qtfs] section of the configuration (connect = URL) and the key, and that the engine runs on the host; or apply with --local-only")
         }
     }
 

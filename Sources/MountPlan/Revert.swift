@@ -69,7 +69,10 @@ public struct MountReverter {
                 if outcome == .unmounted || { if case .detached = outcome { true } else { false } }() {
                     progress = true
                     table = (try? MountTable.read()) ?? table
-                    if mount.fileSystemType == "fuse.qtfs" { report.lingeringClients += awaitClients(of: mount.mountPoint) }
+                    // A lazily detached qtfs mount is still in use: its client serves it until the users go.
+                    if mount.fileSystemType == "fuse.qtfs" && outcome == .unmounted {
+                        report.lingeringClients += awaitClients(of: mount.mountPoint)
+                    }
                 }
             }
         }

@@ -79,7 +79,10 @@ public struct MountStatus: Sendable, Equatable {
                 continue
             }
             guard let placement = placements[step.number], let path = placement.path else {
-                result.append(StepStatus(step: step, state: .missing))
+                // An optional target that is not made (/dev/vfio) is skipped when it is not there, as apply does.
+                let absent = step.entry.optional && !step.entry.create
+                result.append(StepStatus(
+                    step: step, state: absent ? .skipped(.unavailable("\(step.mountPoint) does not exist (create = no)")) : .missing))
                 continue
             }
             let layer = layers[path, default: 0]

@@ -302,6 +302,17 @@ func planFile(_ text: String) throws -> ConfigFile { try ConfigFile(text: text, 
         #expect(one.steps.map(\.state.name) == ["present", "missing"])
     }
 
+    @Test func anOptionalTargetThatIsNotMadeIsSkippedWhenAbsent() throws {
+        let plan = try Planner.plan(
+            [MountEntry(target: "/dev/vfio", kind: .qtfs, source: "/dev/vfio", optional: true, create: false),
+             MountEntry(target: "/dev/pts", kind: .qtfs, source: "/dev/pts")],
+            root: "/r", facts: hybrid) { _ in true }
+        let status = MountStatus.compare(
+            plan: plan, placements: [1: Placement(path: nil, stack: []), 2: Placement(path: nil, stack: [])],
+            bindSources: [:], mounts: [], realRoot: "/r")
+        #expect(status.steps.map(\.state.name) == ["skipped", "missing"])
+    }
+
     @Test func readOnlyMustMatch() {
         let entry = MountEntry(target: "/usr", kind: .bind(recursive: false), source: "/usr", options: ["ro"])
         let source = BindSource(device: "8:1", root: "/usr")

@@ -6,20 +6,11 @@
 # stacking refused unless asked for.
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/devtmpfs.sh"
 
 require_root
 lab_up
-
-# The one devtmpfs is shared with this machine's /dev: directories the plan makes there (dev/hugepages,
-# dev/mqueue) appear in it. Remove those this test made.
-devtmpfs_dirs() { unshare -m --propagation private sh -c 'd=$(mktemp -d) && mount -t devtmpfs devtmpfs "$d" && ls -A "$d"; umount "$d"; rmdir "$d"'; }
-dev_before=$(devtmpfs_dirs)
-cleanup_dev() {
-    local made
-    made=$(comm -13 <(echo "$dev_before" | sort) <(devtmpfs_dirs | sort) | grep -Ex 'hugepages|mqueue|vfio')
-    [ -n "$made" ] && unshare -m --propagation private sh -c 'd=$(mktemp -d) && mount -t devtmpfs devtmpfs "$d" && for x in "$@"; do rmdir "$d/$x"; done; umount "$d"; rmdir "$d"' sh $made
-}
-on_exit cleanup_dev
+devtmpfs_keep_clean
 
 R=$W/rootfs
 mkdir -p "$R/var"
@@ -87,7 +78,8 @@ expect_eq "the rest was unmounted" "2" "$(mounts | awk -v p="$R/" 'index($5, p) 
 out=$(d revert --root "$R" --lazy 2>&1); rc=$?
 expect_eq "revert --lazy succeeds" 0 "$rc"
 expect_match "detaching the busy one" "detached +$R/dev/shm \(busy: held by [0-9]+ \(sleep\)" "$out"
-lab_stop holder KILL
+holder=$(grep -o 'held by [0-9]*' <<<"$out" | head -1 | awk '{print $3}')
+lab_dpu kill -KILL "$holder"
 expect_eq "the mount table is exactly as before" "$before" "$(mounts)"
 
 # --- a failure at step N rolls back steps 1..N-1 ------------------------------------------------------------

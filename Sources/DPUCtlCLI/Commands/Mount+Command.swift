@@ -39,18 +39,20 @@ struct MountApplyCommand: AsyncParsableCommand {
             when missing. What is already mounted as planned is left alone; something else mounted there is \
             an error. If a step fails, what this run mounted is unmounted and the directories it made are \
             removed, in reverse order. qtfs entries run the qtfs client (this binary as mount.qtfs), which \
-            reads the engine's address from the configuration's [qtfs] section.
+            reads the engine's address from the configuration's [qtfs] section (connect = URL).
             """)
     @OptionGroup var options: MountPlanOptions
     @Flag(name: .customLong("local-only"), help: "Apply everything except the qtfs mounts.")
     var localOnly = false
-    @Option(help: ArgumentHelp("dpuctl configuration file, passed to the qtfs client.", valueName: "file"))
+    @Option(help: ArgumentHelp("dpuctl configuration file, passed to the qtfs client ([qtfs] connect = URL).", valueName: "file"))
     var config: String?
+    @Option(help: ArgumentHelp("Pre-shared key file, passed to the qtfs client.", valueName: "file"))
+    var key: String?
 
     func run() async throws {
         try await reportingErrors("dpuctl mount apply") {
             let (plan, _) = try options.load(localOnly: localOnly)
-            let client = QTFSClient(program: try selfExecutable(), configPath: config)
+            let client = QTFSClient(program: try selfExecutable(), configPath: config, keyPath: key)
             let events = try MountApplier(plan: plan, qtfs: client).apply()
             var mounted = 0, present = 0, skipped = 0
             for event in events {
