@@ -50,7 +50,10 @@ let package = Package(
         .target(name: "DPUCtlCLI", dependencies: cliDeps, exclude: readme, swiftSettings: swift6),
 
         // Components.
-        .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(
+            name: "Rexec",
+            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
+            exclude: readme, swiftSettings: swift6),
         .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
@@ -102,5 +105,6 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
+        .testTarget(name: "RexecTests", dependencies: ["Rexec", "DPUWire", "DPUSystem"], swiftSettings: swift6),
     ]
 )
