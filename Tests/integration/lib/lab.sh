@@ -78,6 +78,7 @@ lab_bg() {
     shift 2
     nsenter --target "$(_lab_init "$machine")" --mount --net --pid --wd="$PWD" -- "$@" >"$W/$name.log" 2>&1 &
     local nsenter_pid=$! pid="" i
+    disown "$nsenter_pid"  # its end (at lab_down) is expected: no job-control notice
     # With --pid, nsenter forks: the command is its only child.
     for ((i = 0; i < 200; i++)); do
         pid=$(pgrep -P "$nsenter_pid" | head -1)
