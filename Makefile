@@ -28,7 +28,7 @@ DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish s
 	libcap2-bin attr fdisk e2fsprogs qemu-utils
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all build deps test unit integration demo man completions install uninstall dist clean check-generated
+.PHONY: all build deps test unit integration e2e demo man completions install uninstall dist clean check-generated
 
 all: build
 
@@ -55,6 +55,10 @@ unit:
 
 integration: build
 	DPUCTL=$(CURDIR)/$(RELEASE_BIN) bash Tests/integration/run.sh
+
+# Unmodified libvirt on the simulated DPU runs a VM on the simulated host (installs libvirt and QEMU).
+e2e: build
+	DPUCTL=$(CURDIR)/$(RELEASE_BIN) bash Tests/integration/run.sh ../e2e/libvirt.sh
 
 # ---- generated documentation -------------------------------------------------------------------------
 
