@@ -17,7 +17,9 @@ public struct OSThread: Sendable, Hashable {
         }
     }
 
-    /// Starts `body` on a new detached thread named `name` (at most 15 bytes are kept).
+    /// Starts `body` on a new detached thread named `name` (at most 15 bytes are kept). The thread can be
+    /// interrupted (`ThreadInterruption`) even when it was started from a thread that blocks signals, as
+    /// Dispatch's worker threads (where async code runs) do.
     @discardableResult
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> OSThread {
         let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
@@ -25,6 +27,10 @@ public struct OSThread: Sendable, Hashable {
         let result = pthread_create(&handle, nil, { argument in
             let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
             cdpu_set_thread_name(start.name)
+            var interruption = sigset_t()
+            sigemptyset(&interruption)
+            sigaddset(&interruption, ThreadInterruption.signal)
+            pthread_sigmask(SIG_UNBLOCK, &interruption, nil)
             start.body()
             return nil
         }, start)

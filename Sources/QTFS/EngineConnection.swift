@@ -105,6 +105,8 @@ final class EngineConnection: Sendable {
                 if case .poll(let handle, let events, let notify) = request, case .polled(0) = reply, notify != 0 {
                     engine.poller.register(self, handle: handle, events: events, pollID: notify)
                 }
+                // A registration holds its file open (a FIFO would keep a reader): it goes with the handle.
+                if case .release(let handle) = request { engine.poller.forget(self, handle: handle) }
             case .failure(let error):
                 if error.errno == .ioError || error.errno == .invalidArgument {
                     engine.logger.debug("connection \(peer): \(request.operation): \(error)")
@@ -165,6 +167,7 @@ final class EngineConnection: Sendable {
 final class Poller: Sendable {
     private struct Registration {
         weak var connection: EngineConnection?
+        var handleID: UInt64
         var handle: OpenHandle
         var pollID: UInt64
     }
@@ -194,7 +197,7 @@ final class Poller: Sendable {
             state.next += 1
             let previous = state.byFD[fd.rawValue]
             if let previous { state.byToken[previous] = nil }
-            state.byToken[token] = Registration(connection: connection, handle: handle, pollID: pollID)
+            state.byToken[token] = Registration(connection: connection, handleID: id, handle: handle, pollID: pollID)
             state.byFD[fd.rawValue] = token
             do {
                 if previous != nil {
@@ -206,16 +209,18 @@ final class Poller: Sendable {
                 // Not pollable (a regular file): it is always ready.
                 state.byToken[token] = nil
                 state.byFD[fd.rawValue] = nil
-                let connection = Registration(connection: connection, handle: handle, pollID: pollID)
-                fast.submit { connection.connection?.notifyReady(pollID) }
+                fast.submit { [weak connection] in connection?.notifyReady(pollID) }
             }
         }
     }
 
-    /// Drops the registrations of a connection that ended.
-    func forget(_ connection: EngineConnection) {
+    /// Drops the registrations of a connection that ended, or of one of its handles.
+    func forget(_ connection: EngineConnection, handle: UInt64? = nil) {
         state.withLock { state in
-            for (token, registration) in state.byToken where registration.connection == nil || registration.connection === connection {
+            for (token, registration) in state.byToken
+            where registration.connection == nil
+                || (registration.connection === connection && (handle == nil || registration.handleID == handle))
+            {
                 epoll.remove(registration.handle.fd)
                 state.byFD[registration.handle.fd.rawValue] = nil
                 state.byToken[token] = nil

@@ -120,8 +120,13 @@ final class Cancellation: Sendable {
 
     /// Runs `body` on the calling thread, interruptible by `cancel()`.
     func run<R>(_ body: () throws(SystemError) -> R) throws(SystemError) -> R {
-        state.withLock { $0.thread = .current }
+        // Cancelled before it started (while it moved to the blocking pool, say): do not start waiting.
+        let cancelled = state.withLock { state -> Bool in
+            state.thread = .current
+            return state.cancelled
+        }
         defer { state.withLock { $0.thread = nil } }
+        if cancelled { throw SystemError(.interrupted, "interrupted by the client") }
         return try body()
     }
 

@@ -177,7 +177,10 @@ final class QTFSFilesystem: @unchecked Sendable {
         // One st_dev for the whole mount: files of other host file systems (mounts below the export) get
         // their inode number mixed with their device so that two of them never look like one file.
         s.st_ino = UInt(a.device == rootDevice ? a.inode : a.inode ^ (a.device &* 0x9E37_79B9_7F4A_7C15))
-        s.st_mode = a.mode
+        // A host FIFO is shown as a regular file: an S_IFIFO inode would be a pipe of the DPU's kernel,
+        // and nothing would reach the host. As a file with direct I/O its reads, writes and polls are
+        // carried (`test -p` is the visible difference; `-o localfifo` keeps the type).
+        s.st_mode = a.mode & 0o170000 == 0o010000 && !options.localFIFOs ? (a.mode & 0o7777) | 0o100000 : a.mode
         s.st_nlink = UInt(a.linkCount)
         s.st_uid = a.uid
         s.st_gid = a.gid
@@ -361,7 +364,15 @@ final class QTFSFilesystem: @unchecked Sendable {
         let owner = owner(req)
         call(req, .mknod, { .mknod(QTFSPath(export: $0.export, path: path), mode: UInt32(mode), owner: owner) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyEntry(req, parent, name, a)
+            guard a.mode & 0o170000 == 0o010000, !options.localFIFOs else { return replyEntry(req, parent, name, a) }
+            // The kernel insists that mkfifo makes a FIFO: answer with one, valid for no time, so that the
+            // next lookup finds the carried (regular-looking) file.
+            let id = nodes.remember(parent, name, a)
+            var e = entry(id, a)
+            e.attr.st_mode = mode_t(a.mode)
+            e.entry_timeout = 0
+            e.attr_timeout = 0
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
         }
     }
 

@@ -54,6 +54,8 @@ final class FuseSession: @unchecked Sendable {
     private let session: OpaquePointer
     private let filesystem: Unmanaged<QTFSFilesystem>
     private let mountpoint: String
+    /// The connection's number in /sys/fs/fuse/connections (the mount's minor device number).
+    private var connection: String?
     private var arguments: [UnsafeMutablePointer<CChar>?]
 
     init(filesystem: QTFSFilesystem, options: QTFSMountOptions) throws {
@@ -76,6 +78,10 @@ final class FuseSession: @unchecked Sendable {
             self.filesystem.release()
             throw QTFSMountError("cannot mount on \(options.mountpoint) (is it a directory? are you root? is /dev/fuse there?)")
         }
+        // Learnt now: after a lazy unmount the mount is no longer listed. (Reading mountinfo sends
+        // nothing to the file system, which is not served yet.)
+        connection = (try? MountInfo.read())?.last { $0.mountPoint == options.mountpoint && $0.fileSystemType == "fuse.qtfs" }
+            .flatMap { $0.device.split(separator: ":").last.map(String.init) }
     }
 
     /// Runs the multithreaded loop until the kernel ends the connection (the file system was unmounted
@@ -112,11 +118,7 @@ final class FuseSession: @unchecked Sendable {
     /// Ends the connection at once: users still inside get ENOTCONN. Through the fusectl file system if it
     /// is mounted, else by leaving the loop (closing /dev/fuse ends the connection too).
     func abort(loopThread: OSThread?) {
-        // The connection's directory is named after the minor device number (mountinfo's `0:N`).
-        if let entry = try? MountInfo.read().last(where: { $0.mountPoint == mountpoint && $0.fileSystemType == "fuse.qtfs" }),
-            let minor = entry.device.split(separator: ":").last,
-            let fd = try? FileDescriptor.openPath("/sys/fs/fuse/connections/\(minor)/abort", flags: O_WRONLY)
-        {
+        if let connection, let fd = try? FileDescriptor.openPath("/sys/fs/fuse/connections/\(connection)/abort", flags: O_WRONLY) {
             _ = try? fd.writeOnce(UnsafeRawBufferPointer(start: "1", count: 1))
             fd.closeQuietly()
         }

@@ -24,6 +24,8 @@ public struct QTFSMountOptions: Sendable, Equatable {
     public var attributeTimeout = 1.0
     /// `timeout=SECONDS`: how long a request waits for the engine to come back before it fails (EIO).
     public var patience = 60
+    /// `localfifo`: show host FIFOs as FIFOs; they then work as pipes of the DPU only (same-machine use).
+    public var localFIFOs = false
     /// Kernel mount flags handed to libfuse (ro, nosuid, nodev, noexec, ...). `nodev` unless `dev`.
     public var kernelOptions: [String] = []
     public var readOnly = false
@@ -57,6 +59,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
             }
             switch name {
             case "proc": proc = true
+            case "localfifo": localFIFOs = true
             case "localproc":
                 let path = try need()
                 guard path.hasPrefix("/") else { throw MountOptionError("localproc=\(path) must be an absolute path") }
@@ -90,7 +93,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, localcomm=A:B, server=URL, key=FILE, connections=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }
