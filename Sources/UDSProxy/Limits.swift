@@ -11,6 +11,8 @@ enum Limits {
     static let linkHighWater = 4 << 20
     /// ...and reading resumes when it drained to this.
     static let linkLowWater = 1 << 20
+    /// The link's send buffer beyond which a peer that does not read is cut off.
+    static let linkOutputLimit = 64 << 20
     /// Connections and pipes relayed over one link at once.
     static let streamsPerLink = 8192
     /// Descriptors waiting for the data they travel with (SCM_MAX_FD).

@@ -276,6 +276,9 @@ final class PeerLink: ReactorSource {
     func send(_ frame: Frame) {
         guard state == .up || state == .handshaking else { return }
         frame.encode(into: &output)
+        // Data stops at the high-water mark; what still grows is our answers to the peer (PONG, window
+        // updates, resets). A peer that keeps asking without reading loses its link.
+        if output.readableBytes > Limits.linkOutputLimit { return fail("the peer does not read what it is sent") }
         scheduleFlush()
     }
 

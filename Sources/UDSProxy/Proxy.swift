@@ -171,7 +171,7 @@ final class Proxy {
         }
         let fd = try FileDescriptor.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
         do throws(SystemError) {
-            try tune(fd, endpoint)
+            if case .tcp = endpoint { try tuneTCP(fd) }
             let done = try fd.connect(address)
             return (fd, !done)
         } catch {
@@ -182,8 +182,7 @@ final class Proxy {
 
     /// Latency first: no Nagle (a 1-byte request must not wait for an ACK); keep-alive so a vanished
     /// peer is noticed even when the link is idle.
-    static func tune(_ fd: FileDescriptor, _ endpoint: Endpoint) throws(SystemError) {
-        guard case .tcp = endpoint else { return }
+    static func tuneTCP(_ fd: FileDescriptor) throws(SystemError) {
         try fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         try fd.enableKeepAlive(idleSeconds: 10, intervalSeconds: 5, probes: 3)
     }
@@ -198,7 +197,7 @@ final class Proxy {
             return fd.closeQuietly()
         }
         if let address = try? fd.localAddress(), address.family == AF_INET || address.family == AF_INET6 {
-            try? Proxy.tune(fd, .tcp(host: "", port: 0))
+            try? Proxy.tuneTCP(fd)
         }
         let link = PeerLink(proxy: self, fd: fd, role: .acceptor, remote: remote, key: settings.listenerKey)
         links.append(link)

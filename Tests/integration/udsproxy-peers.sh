@@ -19,8 +19,9 @@ host_proxy() {
 }
 
 # The DPU's udsproxyd starts before the host's: it is not ready, and says why.
-lab_bg dpu-proxy dpu env NOTIFY_SOCKET="$W/notify.sock" "$DPUCTL" udsproxy --peer "tcp://$HOST_IP:7001" \
-    --key "$W/key" --config "$W/udsproxy.conf"
+# (Under sh, to see its exit status at the end.)
+lab_bg dpu-proxy dpu sh -c 'NOTIFY_SOCKET="$1" "$2" udsproxy --peer "$3" --key "$4" --config "$5"; echo "exit status $?"' sh \
+    "$W/notify.sock" "$DPUCTL" "tcp://$HOST_IP:7001" "$W/key" "$W/udsproxy.conf"
 wait_for "grep -q 'cannot reach the peer' '$W/dpu-proxy.log'"
 sleep 1
 expect_eq "no READY=1 without the peer" "" "$(grep READY=1 "$W/notify.log")"
@@ -71,9 +72,9 @@ expect_match "something that is not udsproxyd is refused" "refused the peer conn
 expect_eq "the authenticated link still works" "still-linked" "$(tool echo /srv/remote/tool.sock still-linked)"
 
 # A clean stop: the control socket goes, the exit status is 0.
-kill -TERM "$(lab_pid dpu-proxy)"
-wait "$(cat "$LAB_DIR/pids/dpu-proxy.nsenter")"
-expect_eq "SIGTERM ends udsproxyd with status 0" "0" "$?"
+kill -TERM "$(pgrep -P "$(lab_pid dpu-proxy)")"
+wait_for "grep -q 'exit status' '$W/dpu-proxy.log'"
+expect_eq "SIGTERM ends udsproxyd with status 0" "exit status 0" "$(grep 'exit status' "$W/dpu-proxy.log")"
 expect_match "saying it stops" "stopping: no new connections" "$(cat "$W/dpu-proxy.log")"
 expect_match "and STOPPING=1" "STOPPING=1" "$(cat "$W/notify.log")"
 expect_eq "the control socket is removed" "absent" "$(lab_dpu sh -c 'test -e /run/qtfs/remote_uds.sock && echo present || echo absent')"
