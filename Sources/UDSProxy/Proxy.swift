@@ -31,6 +31,7 @@ final class Proxy {
     private var rendezvousQueues: [[UInt8]: [Rendezvous]] = [:]
     private var pendingLegacyReplies: [ObjectIdentifier: ControlConnection] = [:]
     private(set) var shuttingDown = false
+    private var stopped = false
     private var statusTimer: TimerID?
     private var lastStatus = ""
 
@@ -72,9 +73,9 @@ final class Proxy {
             let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
             // The original created /var/run/qtfs; its clients only need to reach the socket inside.
             if !directory.isEmpty && access(directory, F_OK) != 0 { mkdir(directory, 0o755) }
-            // Only root (and allow-users) get an answer; the mode lets the others at least be told no.
-            let mode: mode_t = settings.allowedUsers == [0] ? 0o600 : 0o666
-            controlFD = try Socket.listen(on: .unix(path: path), backlog: 256, unixMode: mode, nonBlocking: true)
+            // Anyone may connect; SO_PEERCRED decides who is served (allow-users, which a reload may
+            // change), and a refused user is named in the log instead of failing silently on the mode.
+            controlFD = try Socket.listen(on: .unix(path: path), backlog: 256, unixMode: 0o666, nonBlocking: true)
             controlPathCreated = path
         }
         control = Listener(fd: controlFD, name: "control socket", reactor: reactor, logger: logger) { [unowned self] fd in
@@ -470,6 +471,11 @@ final class Proxy {
 
     private func beginRendezvous(_ entry: Rendezvous) {
         let connection = pendingLegacyReplies.removeValue(forKey: ObjectIdentifier(entry))
+        guard !shuttingDown else {
+            connection?.replyLegacy(false)
+            endRendezvous(entry)
+            return entry.stream.reset("udsproxyd is stopping", tellWaiter: nil)
+        }
         let listenPath = entry.listenPath
         do {
             try Socket.removeStaleUnixSocket(listenPath)
@@ -587,11 +593,13 @@ final class Proxy {
     }
 
     private func finishShutdownIfIdle() {
-        if links.isEmpty { stopNow() }
+        if links.isEmpty && !stopped { stopNow() }
     }
 
     /// Closes everything at once and ends the reactor.
     func stopNow() {
+        guard !stopped else { return }
+        stopped = true
         shuttingDown = true
         control?.close()
         control = nil

@@ -29,6 +29,16 @@ wait_for "grep -q 'reloaded configuration' '$W/dpu-proxy.log'"
 expect_eq "legacy-clients = no turns them away" "refused" "$(legacy legacy /srv/remote/tool.sock x)"
 expect_eq "while libudsproxy.so still works" "current" "$(tool echo /srv/remote/tool.sock current)"
 
+# Only the users in allow-users are served (SO_PEERCRED); the others keep their own errno.
+as_nobody() { lab_dpu setpriv --reuid=65534 --regid=65534 --clear-groups env LD_PRELOAD="$PRELOAD" "$PYTHON" "$TOOL_SCRIPT" "$@"; }
+expect_eq "a user not in allow-users gets its own errno" "ENOENT" "$(as_nobody errno /srv/remote/tool.sock)"
+expect_match "and the refusal is logged" "refusing pid [0-9]+ \(uid 65534\) a connection to /srv/remote/tool.sock: uid 65534 is not in allow-users" \
+    "$(cat "$W/dpu-proxy.log")"
+printf '[udsproxy]\nallow = /srv/remote\nallow-users = root nobody\n' >"$W/udsproxy.conf"
+kill -HUP "$(lab_pid dpu-proxy)"
+wait_for "[ \$(grep -c 'reloaded configuration' '$W/dpu-proxy.log') = 2 ]"
+expect_eq "once allowed (allow-users = root nobody, SIGHUP), it is served" "as-nobody" "$(as_nobody echo /srv/remote/tool.sock as-nobody)"
+
 # The preload library: one symbol, no dependency but libc (unless this is SwiftPM's development build,
 # which links the Swift runtime: `make build` links the one that is installed).
 case $PRELOAD in

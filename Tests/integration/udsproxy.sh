@@ -85,6 +85,11 @@ expect_eq "a stale local socket: the original ECONNREFUSED, not ENOENT" "ECONNRE
 expect_eq "datagram sockets are left alone" "ENOENT" "$(tool errno /srv/remote/tool.sock dgram)"
 expect_eq "nothing was created on the DPU" "stale.sock" "$(lab_dpu ls /srv/remote)"
 
+# A client killed in the middle of a transfer: its connection ends on the host too.
+lab_bg killed dpu env LD_PRELOAD="$PRELOAD" "$PYTHON" "$TOOL_SCRIPT" stall /srv/remote/tool.sock $((16 << 20)) "$W/never"
+wait_for "grep -q stalling '$W/killed.log'"
+lab_stop killed KILL
+
 # Every connection was closed on both sides: the daemons hold the descriptors they started with.
 wait_for "[ \$(ls /proc/$(lab_pid dpu-proxy)/fd | wc -l) = $dpu_fds ] && [ \$(ls /proc/$(lab_pid host-proxy)/fd | wc -l) = $host_fds ]" 10
 expect_eq "the DPU's udsproxyd holds no descriptor of a finished connection" "$dpu_fds" "$(ls /proc/$(lab_pid dpu-proxy)/fd | wc -l)"
