@@ -16,6 +16,8 @@ udsproxy_linked dpu-proxy || exit 1
 wait_for "lab_host test -S /srv/remote/tool.sock"
 legacy() { lab_dpu "$PYTHON" "$TOOL_SCRIPT" "$@"; }
 
+expect_eq "the thread that connects is named udsproxyd (the qtfs kernel hook lets it through)" "udsproxyd" \
+    "$(cat /proc/"$(lab_pid host-proxy)"/task/*/comm | grep -x udsproxyd)"
 expect_eq "the original's request, then <path>.proxy" "legacy-echo" "$(legacy legacy /srv/remote/tool.sock legacy-echo)"
 expect_eq "16 simultaneous requests for one path all succeed" "16 of 16 ok" "$(legacy legacy-many /srv/remote/tool.sock 16)"
 expect_eq "only the requesting process may use its .proxy socket" "intruder refused; requester got requester" \
