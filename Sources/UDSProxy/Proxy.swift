@@ -474,7 +474,7 @@ final class Proxy {
         guard !shuttingDown else {
             connection?.replyLegacy(false)
             endRendezvous(entry)
-            return entry.stream.reset("udsproxyd is stopping", tellWaiter: nil)
+            return entry.stream.reset("udsproxyd is stopping")
         }
         let listenPath = entry.listenPath
         do {
@@ -501,21 +501,21 @@ final class Proxy {
             logger.warning("cannot listen on \(listenPath) for \(entry.stream.label): \(error)")
             connection?.replyLegacy(false)
             endRendezvous(entry)
-            entry.stream.reset("no rendezvous socket", tellWaiter: nil)
+            entry.stream.reset("no rendezvous socket")
             return
         }
         entry.timer = reactor.schedule(after: Limits.rendezvousTimeout) { [weak self, weak entry] in
             guard let self, let entry else { return }
             self.logger.notice("nobody connected to \(listenPath) within \(Limits.rendezvousTimeout)")
             self.endRendezvous(entry)
-            entry.stream.reset("the original client never connected", tellWaiter: nil)
+            entry.stream.reset("the original client never connected")
         }
         if let connection, case .waiting = connection.state {
             connection.replyLegacy(true)
         } else {
             // The client left before it was told where to connect.
             endRendezvous(entry)
-            entry.stream.reset("the client went away", tellWaiter: nil)
+            entry.stream.reset("the client went away")
         }
     }
 

@@ -32,6 +32,7 @@ final class Stream: ReactorSource {
         /// The original's request: once the peer has connected, the client is told to connect to
         /// `<path>.proxy`, and that connection becomes the leg.
         case legacy(ControlConnection, path: [UInt8])
+        /// The original's client was told to connect to `<path>.proxy`; the proxy waits for it.
         case rendezvous
         /// The peer asked us to connect to the path; the connect is under way.
         case serving
@@ -100,7 +101,7 @@ final class Stream: ReactorSource {
         timer = reactor.schedule(after: Limits.openTimeout) { [weak self] in
             guard let self, self.isOpening else { return }
             self.logger.warning("connection \(self.id) to \(self.label): the peer did not connect within \(Limits.openTimeout)")
-            self.reset("timed out", tellWaiter: .timedOut)
+            self.reset("timed out", waiter: .timedOut)
         }
     }
 
@@ -122,7 +123,7 @@ final class Stream: ReactorSource {
             start()
         case .filler(let count):
             guard discard(count) else {
-                return reset("the client's socket failed before the peer connected", tellWaiter: nil)
+                return reset("the client's socket failed before the peer connected")
             }
             start()
         case .legacy(let connection, let path):
@@ -153,7 +154,7 @@ final class Stream: ReactorSource {
             token = try reactor.register(leg, events: Reactor.stream, self)
         } catch {
             logger.error("connection \(id) to \(label): cannot watch its socket: \(error)")
-            return reset("internal error", tellWaiter: nil)
+            return reset("internal error")
         }
         state = .open
         legWritable = true
@@ -185,7 +186,7 @@ final class Stream: ReactorSource {
         }
         if kind == .pipeSink {
             // The reading end went away: nothing we write can arrive; tell the writer on the peer.
-            if events & (Reactor.error | Reactor.hangUp) != 0 { reset("the pipe's reader closed it", tellWaiter: nil) }
+            if events & (Reactor.error | Reactor.hangUp) != 0 { reset("the pipe's reader closed it") }
             return
         }
         if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 {
@@ -217,7 +218,7 @@ final class Stream: ReactorSource {
                 legReadable = false
                 return finishSending()
             case .failed(let error):
-                return reset("reading its socket: \(error.errno)", tellWaiter: nil)
+                return reset("reading its socket: \(error.errno)")
             case .read(let count, let fds, let truncated):
                 sendWindow.consume(count)
                 if truncated {
@@ -369,7 +370,7 @@ final class Stream: ReactorSource {
                     link.send(ConnectionMessage.windowUpdate(stream: id, increment: credit).frame)
                 }
             case .failure(let error):
-                reset("writing its socket: \(error.errno)", tellWaiter: nil)
+                reset("writing its socket: \(error.errno)")
                 return false
             }
         }
@@ -420,15 +421,13 @@ final class Stream: ReactorSource {
 
     // MARK: Ending
 
-    /// Why a waiting client is told no.
-    enum Refusal { case timedOut }
-
-    /// Aborts the stream: the peer is told (RESET_STREAM) and the leg closed.
-    func reset(_ reason: String, tellWaiter: Refusal?) {
+    /// Aborts the stream: the peer is told (RESET_STREAM) and the leg closed; a client still waiting for
+    /// the connection is told `waiter`.
+    func reset(_ reason: String, waiter: Errno = .connectionReset) {
         guard !isClosed else { return }
         logger.debug("connection \(id) to \(label) reset: \(reason)")
         link.send(ConnectionMessage.resetStream(stream: id, .cancelled, reason: reason).frame)
-        close(tellWaiter: tellWaiter == .timedOut ? .timedOut : .connectionReset)
+        close(tellWaiter: waiter)
     }
 
     /// The peer reset the stream.
@@ -444,7 +443,7 @@ final class Stream: ReactorSource {
 
     /// The client of an opening stream went away: nobody wants the connection any more.
     func abandon() {
-        if isOpening { reset("the client went away", tellWaiter: nil) }
+        if isOpening { reset("the client went away") }
     }
 
     private var isClosed: Bool {
