@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # udsproxyd as operators run it: the original's command line and whitelist file, one-line errors, socket
-# activation, SIGHUP reloading the whitelist without dropping a connection, and the systemd unit.
+# activation, SIGHUP reloading the whitelist without dropping a connection, stray signals, and the
+# systemd unit.
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/udsproxy.sh"
@@ -89,4 +90,17 @@ wait_for "grep -q 'reload failed' '$W/activated.log'"
 expect_match "a broken configuration is refused on reload" "reload failed, keeping the previous configuration: $W/udsproxy.conf:1: expected \`\]\`" \
     "$(cat "$W/activated.log")"
 expect_eq "and the previous one stays" "still-allowed" "$(tool echo /srv/remote/tool.sock still-allowed)"
+
+# Stray signals during a transfer: both daemons carry on, the bytes arrive intact.
+tool duplex /srv/remote/tool.sock $((256 << 20)) >"$W/duplex.out" 2>&1 &
+transfer=$!
+sleep 0.3
+for signal in PIPE CHLD WINCH URG CONT HUP; do
+    kill -s "$signal" "$(lab_pid activated)" "$(lab_pid dpu-proxy)"
+    sleep 0.05
+done
+wait "$transfer"
+expect_eq "stray signals do not disturb a transfer" "ok 268435456 bytes each way, checksums match" "$(cat "$W/duplex.out")"
+expect_status "the host's udsproxyd is still there" 0 kill -0 "$(lab_pid activated)"
+expect_status "the DPU's too" 0 kill -0 "$(lab_pid dpu-proxy)"
 finish
