@@ -75,7 +75,9 @@ lab_dpu() { lab_run dpu "$@"; }
 lab_bg() {
     local name=$1 machine=$2
     shift 2
-    lab_run "$machine" "$@" >"$W/$name.log" 2>&1 &
+    # nsenter itself in the background (not the lab_run function, which would add a subshell between
+    # us and nsenter): its child is the command, whose pid lab_pid then gives.
+    nsenter --target "$(_lab_init "$machine")" --mount --net --pid --wd="$PWD" -- "$@" >"$W/$name.log" 2>&1 &
     local nsenter_pid=$! pid="" i
     for ((i = 0; i < 200; i++)); do
         pid=$(pgrep -P "$nsenter_pid" | head -1)
