@@ -11,6 +11,8 @@ let readme = ["README.md"]
 /// What every networked component may use (DESIGN.md, Modules).
 let componentDeps: [Target.Dependency] = [
     "DPUWire", "DPUSystem", "DPUSystemd", "DPUConfig",
+    .product(name: "SystemPackage", package: "swift-system"),
+    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOPosix", package: "swift-nio"),
     .product(name: "Logging", package: "swift-log"),
@@ -51,18 +53,10 @@ let package = Package(
 
         // Components.
         .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
+        .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
-            name: "UDSProxy",
-            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
-            exclude: readme, swiftSettings: swift6),
-        .target(
-            name: "QTFS",
-            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
-            exclude: readme, swiftSettings: swift6),
-        .target(
-            name: "QTFSFuse",
-            dependencies: ["QTFS", "CFuse3", .product(name: "SystemPackage", package: "swift-system")] + componentDeps,
-            exclude: readme,
+            name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, exclude: readme,
             swiftSettings: swift6),
         .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
         .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),

@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -73,20 +74,33 @@ size_t cdpu_cmsg_get_fds(const struct msghdr *msg, int *fds, size_t capacity, in
 
 /* ---- spawn --------------------------------------------------------------------------------------- */
 
-/* Runs in the vfork child: shares the parent's memory, so it may only make system calls and write to
- * `attr`'s result fields. Never returns. */
+/* Runs in the vfork (or fork) child: may only make system calls and write to `res` (shared with the
+ * parent after vfork) or to `report_fd` (after fork). Never returns. */
 struct spawn_result {
     volatile int error;
     const char *volatile step;
 };
 
-static void child_fail(struct spawn_result *res, const char *step) {
-    res->error = errno;
-    res->step = step;
+/* What a gated child writes to its report pipe when it fails before the program runs. The step is a
+ * string literal, so its address means the same in the parent. */
+struct spawn_report {
+    int error;
+    const char *step;
+};
+
+static void child_fail(struct spawn_result *res, int report_fd, const char *step) {
+    int error = errno;
+    if (report_fd >= 0) {
+        struct spawn_report report = {.error = error, .step = step};
+        (void)write(report_fd, &report, sizeof report);
+    } else {
+        res->error = error;
+        res->step = step;
+    }
     _exit(127);
 }
 
-static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *res) {
+static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *res, int gate_fd, int report_fd) {
     /* Signal handlers belong to the parent: reset every caught signal to its default before unblocking,
      * so no handler can run on the shared stack. Ignored signals are reset too: a program expects a
      * clean slate (SIGPIPE ignored by a daemon would otherwise leak into the child). */
@@ -98,13 +112,13 @@ static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *re
         (void)sigaction(sig, &dfl, NULL); /* fails harmlessly for the libc-reserved RT signals */
     }
     if (a->parent_death_signal > 0 && prctl(PR_SET_PDEATHSIG, a->parent_death_signal, 0, 0, 0) < 0)
-        child_fail(res, "prctl(PR_SET_PDEATHSIG)");
+        child_fail(res, report_fd, "prctl(PR_SET_PDEATHSIG)");
     if (a->new_session) {
-        if (setsid() < 0) child_fail(res, "setsid");
+        if (setsid() < 0) child_fail(res, report_fd, "setsid");
     } else if (a->new_process_group) {
-        if (setpgid(0, 0) < 0) child_fail(res, "setpgid");
+        if (setpgid(0, 0) < 0) child_fail(res, report_fd, "setpgid");
     }
-    if (a->cwd != NULL && chdir(a->cwd) < 0) child_fail(res, "chdir");
+    if (a->cwd != NULL && chdir(a->cwd) < 0) child_fail(res, report_fd, "chdir");
     if (a->umask >= 0) umask((mode_t)a->umask);
 
     /* The fd map may overlap itself ({0: 5, 5: 0}): first move every source above all targets, then
@@ -114,20 +128,34 @@ static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *re
         if (a->fds[i].child_fd > top) top = a->fds[i].child_fd;
         if (a->fds[i].parent_fd > top) top = a->fds[i].parent_fd;
     }
+    /* A gated child keeps its gate and report pipes at two numbers above everything it moves; they are
+     * close-on-exec, so the report pipe reads as end-of-file in the parent once the program runs. */
+    int reserved = top + 1;
+    if (gate_fd >= 0) {
+        if (gate_fd >= reserved) reserved = gate_fd + 1;
+        if (report_fd >= reserved) reserved = report_fd + 1;
+        if (dup3(gate_fd, reserved, O_CLOEXEC) < 0) child_fail(res, report_fd, "dup3");
+        if (dup3(report_fd, reserved + 1, O_CLOEXEC) < 0) child_fail(res, report_fd, "dup3");
+        gate_fd = reserved;
+        report_fd = reserved + 1;
+        if (reserved > top + 1) (void)syscall(SYS_close_range, (unsigned)(top + 1), (unsigned)(reserved - 1), 0);
+        top = reserved + 1;
+    }
     int moved[a->fd_count > 0 ? a->fd_count : 1];
     for (size_t i = 0; i < a->fd_count; i++) {
         moved[i] = fcntl(a->fds[i].parent_fd, F_DUPFD_CLOEXEC, top + 1);
-        if (moved[i] < 0) child_fail(res, "fcntl(F_DUPFD_CLOEXEC)");
+        if (moved[i] < 0) child_fail(res, report_fd, "fcntl(F_DUPFD_CLOEXEC)");
     }
     /* Close the low range first so fds not in the map do not survive, then place the map. */
-    for (int fd = 0; fd <= top; fd++) {
+    int low_end = gate_fd >= 0 ? gate_fd - 1 : top;
+    for (int fd = 0; fd <= low_end; fd++) {
         int wanted = 0;
         for (size_t i = 0; i < a->fd_count; i++)
             if (a->fds[i].child_fd == fd) wanted = 1;
         if (!wanted) (void)close(fd);
     }
     for (size_t i = 0; i < a->fd_count; i++) {
-        if (dup2(moved[i], a->fds[i].child_fd) < 0) child_fail(res, "dup2");
+        if (dup2(moved[i], a->fds[i].child_fd) < 0) child_fail(res, report_fd, "dup2");
     }
     int highest = top;
     for (size_t i = 0; i < a->fd_count; i++)
@@ -137,14 +165,25 @@ static void spawn_child(const struct cdpu_spawn_attr *a, struct spawn_result *re
     }
 
     if (a->controlling_tty_fd >= 0 && ioctl(a->controlling_tty_fd, TIOCSCTTY, 0) < 0)
-        child_fail(res, "ioctl(TIOCSCTTY)");
+        child_fail(res, report_fd, "ioctl(TIOCSCTTY)");
+
+    if (gate_fd >= 0) {
+        /* Wait for the parent's word: '1' runs the program, anything else (or the parent's end closing)
+         * ends the child without running it. */
+        char word = 0;
+        ssize_t got;
+        do {
+            got = read(gate_fd, &word, 1);
+        } while (got < 0 && errno == EINTR);
+        if (got != 1 || word != '1') _exit(125);
+    }
 
     sigset_t empty;
     sigemptyset(&empty);
     if (sigprocmask(SIG_SETMASK, a->signal_mask ? a->signal_mask : &empty, NULL) < 0)
-        child_fail(res, "sigprocmask");
+        child_fail(res, report_fd, "sigprocmask");
     execve(a->path, a->argv, a->envp);
-    child_fail(res, "execve");
+    child_fail(res, report_fd, "execve");
 }
 
 int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **failed_step) {
@@ -155,7 +194,7 @@ int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **fail
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t child = vfork();
     if (child == 0) {
-        spawn_child(attr, &res);
+        spawn_child(attr, &res, -1, -1);
     }
     int saved = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -172,6 +211,57 @@ int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **fail
     }
     *pid = child;
     return 0;
+}
+
+int cdpu_spawn_gated(const struct cdpu_spawn_attr *attr, pid_t *pid, int *gate_fd, int *report_fd,
+                     const char **failed_step) {
+    int gate[2], report[2];
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        *failed_step = "pipe2";
+        return errno;
+    }
+    if (pipe2(report, O_CLOEXEC) < 0) {
+        int saved = errno;
+        close(gate[0]);
+        close(gate[1]);
+        *failed_step = "pipe2";
+        return saved;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* fork, not vfork: the child waits at the gate, and a vfork parent would wait with it. */
+    pid_t child = fork();
+    if (child == 0) {
+        spawn_child(attr, NULL, gate[0], report[1]);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close(gate[0]);
+    close(report[1]);
+    if (child < 0) {
+        close(gate[1]);
+        close(report[0]);
+        *failed_step = "fork";
+        return saved;
+    }
+    *pid = child;
+    *gate_fd = gate[1];
+    *report_fd = report[0];
+    return 0;
+}
+
+int cdpu_spawn_report_read(int report_fd, int *error, const char **step) {
+    struct spawn_report report;
+    ssize_t got;
+    do {
+        got = read(report_fd, &report, sizeof report);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) return -1;
+    if (got != (ssize_t)sizeof report) return 0;
+    *error = report.error;
+    *step = report.step;
+    return 1;
 }
 
 /* ---- small wrappers ------------------------------------------------------------------------------ */
@@ -232,6 +322,34 @@ void cdpu_set_thread_name(const char *name) {
     strncpy(short_name, name, sizeof short_name - 1);
     short_name[sizeof short_name - 1] = 0;
     prctl(PR_SET_NAME, short_name, 0, 0, 0);
+}
+
+int cdpu_posix_openpt(int flags) { return posix_openpt(flags); }
+int cdpu_unlockpt(int fd) { return unlockpt(fd); }
+
+static volatile int wake_fds[65];
+
+static void wake_handler(int sig) {
+    int saved = errno;
+    if (sig > 0 && sig < 65 && wake_fds[sig] >= 0) {
+        unsigned long long one = 1;
+        (void)write(wake_fds[sig], &one, sizeof one);
+    }
+    errno = saved;
+}
+
+int cdpu_wake_on_signal(int sig, int event_fd) {
+    if (sig <= 0 || sig >= 65) {
+        errno = EINVAL;
+        return -1;
+    }
+    wake_fds[sig] = event_fd;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = wake_handler;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    return sigaction(sig, &action, NULL);
 }
 
 int cdpu_errno(void) { return errno; }

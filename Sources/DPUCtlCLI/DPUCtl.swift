@@ -1,11 +1,33 @@
 import ArgumentParser
 import DPUSystem
 import DPUSystemd
+import Dispatch
 import Glibc
 
 /// Entry point: dispatch on the name dpuctl was invoked as (busybox style), then on the first argument.
 public enum DPUCtl {
     public static let version = "0.1.0"
+
+    /// The process entry point. Synchronous on purpose: the rexec client and the fast paths run before
+    /// anything starts a thread (Swift concurrency starts a pool on first use). The client relies on it:
+    /// its signals are blocked and read from a signalfd, which only works when no other thread can take
+    /// them; and its start-up is on every remote exec's path. Everything else runs in a task.
+    public static func main(_ argv: [String]) -> Never {
+        ActivatedSockets.collect()
+        let name = argv.first.map { String($0.split(separator: "/").last ?? "dpuctl") } ?? "dpuctl"
+        // rexec: the hand parser runs the client, or returns to let argument-parser answer (help, usage).
+        if name == "rexec" {
+            RexecArguments.runFast(rawArguments(from: 1))
+        } else if name == "dpuctl" && argv.count > 1 && argv[1] == "rexec" {
+            RexecArguments.runFast(rawArguments(from: 2))
+        }
+        let arguments = UncheckedSendable(argv)
+        Task {
+            await dispatch(arguments.value)
+            exit(0)
+        }
+        dispatchMain()
+    }
 
     public static func dispatch(_ argv: [String]) async {
         // Socket activation hands fds over in the environment; take them before anything else can start
@@ -42,6 +64,22 @@ public enum DPUCtl {
             break
         }
         await RootCommand.main(arguments)
+    }
+}
+
+/// Carries a value into a task when the sender does not use it concurrently.
+private struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// argv from `index` on, as the bytes the kernel passed (arguments need not be UTF-8).
+private func rawArguments(from index: Int) -> [[UInt8]] {
+    let count = Int(CommandLine.argc)
+    guard index < count else { return [] }
+    return (index..<count).map { position in
+        guard let pointer = CommandLine.unsafeArgv[position] else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: strlen(pointer)))
     }
 }
 
@@ -87,7 +125,14 @@ struct RootCommand: AsyncParsableCommand {
 enum ActivatedSockets {
     nonisolated(unsafe) private(set) static var all: [Systemd.ListenedSocket] = []
 
-    static func collect() { all = Systemd.listenedSockets() }
+    nonisolated(unsafe) private static var collected = false
+
+    /// Takes the sockets once (sd_listen_fds unsets its variables: a second call would find none).
+    static func collect() {
+        guard !collected else { return }
+        collected = true
+        all = Systemd.listenedSockets()
+    }
 }
 
 /// Prints one line to stderr and exits. Only the CLI layer exits.

@@ -5,13 +5,49 @@ import SystemPackage
 /// An epoll(7) instance: readiness of many descriptors, waited for on one thread.
 public struct Epoll: Sendable {
     public let fd: FileDescriptor
+    /// Most events returned by one wait.
+    public let capacity: Int
 
     /// EPOLLONESHOT: report once, then disable until modified again. (The readiness bits are poll(2)'s.)
     public static let oneShot: UInt32 = 1 << 30
 
+    /// Interest and readiness bits, by name.
+    public struct Events: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let readable = Events(rawValue: EPOLLIN.rawValue)
+        public static let writable = Events(rawValue: EPOLLOUT.rawValue)
+        /// EPOLLRDHUP: the peer shut down its writing side.
+        public static let peerClosed = Events(rawValue: EPOLLRDHUP.rawValue)
+        public static let error = Events(rawValue: EPOLLERR.rawValue)
+        public static let hangUp = Events(rawValue: EPOLLHUP.rawValue)
+        /// EPOLLET.
+        public static let edgeTriggered = Events(rawValue: EPOLLET.rawValue)
+        public static let oneShot = Events(rawValue: Epoll.oneShot)
+    }
+
     /// `epoll_create1(EPOLL_CLOEXEC)`.
-    public init() throws(SystemError) {
+    public init(capacity: Int = 64) throws(SystemError) {
+        self.capacity = capacity
         fd = FileDescriptor(rawValue: try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) })
+    }
+
+    /// EPOLL_CTL_ADD with named events.
+    public func add(_ target: FileDescriptor, _ interest: Events, token: UInt64) throws(SystemError) {
+        try add(target, events: interest.rawValue, data: token)
+    }
+
+    /// EPOLL_CTL_MOD with named events.
+    public func modify(_ target: FileDescriptor, _ interest: Events, token: UInt64) throws(SystemError) {
+        try modify(target, events: interest.rawValue, data: token)
+    }
+
+    /// Waits and calls `body` with the token and events of each ready descriptor; returns how many.
+    @discardableResult
+    public func wait(timeoutMilliseconds: Int32, _ body: (UInt64, Events) -> Void) throws(SystemError) -> Int {
+        let ready = try wait(maximum: capacity, timeoutMilliseconds: timeoutMilliseconds)
+        for (events, data) in ready { body(data, Events(rawValue: events)) }
+        return ready.count
     }
 
     /// EPOLL_CTL_ADD of `target` for `events`, with `data` given back when it is ready.

@@ -80,12 +80,16 @@ public struct ProcessHandle: Sendable {
 }
 
 /// What to start and with what: the complete environment of a child process.
+///
+/// The path, argv, environment and working directory are kept as bytes: a remote caller's arguments
+/// need not be UTF-8, and they are passed on exactly. The `String` views are for callers that build
+/// requests from text.
 public struct SpawnRequest: Sendable {
     /// Path of the program (no PATH search here; see `Spawn.resolve`).
-    public var path: String
-    public var arguments: [String]
-    public var environment: [String]
-    public var workingDirectory: String?
+    public var pathBytes: [UInt8]
+    public var argumentBytes: [[UInt8]]
+    public var environmentBytes: [[UInt8]]
+    public var workingDirectoryBytes: [UInt8]?
     public var umask: mode_t?
     /// The child's fd table: child number -> our fd. Every other fd is closed in the child.
     public var fileDescriptors: [Int32: FileDescriptor]
@@ -96,15 +100,44 @@ public struct SpawnRequest: Sendable {
     /// Signal the child gets when the spawning thread exits (PR_SET_PDEATHSIG).
     public var parentDeathSignal: Int32?
 
+    public var path: String {
+        get { String(decoding: pathBytes, as: UTF8.self) }
+        set { pathBytes = Array(newValue.utf8) }
+    }
+    public var arguments: [String] {
+        get { argumentBytes.map { String(decoding: $0, as: UTF8.self) } }
+        set { argumentBytes = newValue.map { Array($0.utf8) } }
+    }
+    public var environment: [String] {
+        get { environmentBytes.map { String(decoding: $0, as: UTF8.self) } }
+        set { environmentBytes = newValue.map { Array($0.utf8) } }
+    }
+    public var workingDirectory: String? {
+        get { workingDirectoryBytes.map { String(decoding: $0, as: UTF8.self) } }
+        set { workingDirectoryBytes = newValue.map { Array($0.utf8) } }
+    }
+
     public init(
         path: String, arguments: [String], environment: [String], workingDirectory: String? = nil,
         umask: mode_t? = nil, fileDescriptors: [Int32: FileDescriptor] = [:], newSession: Bool = false,
         newProcessGroup: Bool = false, controllingTerminal: Int32? = nil, parentDeathSignal: Int32? = nil
     ) {
-        self.path = path
-        self.arguments = arguments
-        self.environment = environment
-        self.workingDirectory = workingDirectory
+        self.init(
+            pathBytes: Array(path.utf8), argumentBytes: arguments.map { Array($0.utf8) },
+            environmentBytes: environment.map { Array($0.utf8) }, workingDirectoryBytes: workingDirectory.map { Array($0.utf8) },
+            umask: umask, fileDescriptors: fileDescriptors, newSession: newSession, newProcessGroup: newProcessGroup,
+            controllingTerminal: controllingTerminal, parentDeathSignal: parentDeathSignal)
+    }
+
+    public init(
+        pathBytes: [UInt8], argumentBytes: [[UInt8]], environmentBytes: [[UInt8]], workingDirectoryBytes: [UInt8]? = nil,
+        umask: mode_t? = nil, fileDescriptors: [Int32: FileDescriptor] = [:], newSession: Bool = false,
+        newProcessGroup: Bool = false, controllingTerminal: Int32? = nil, parentDeathSignal: Int32? = nil
+    ) {
+        self.pathBytes = pathBytes
+        self.argumentBytes = argumentBytes
+        self.environmentBytes = environmentBytes
+        self.workingDirectoryBytes = workingDirectoryBytes
         self.umask = umask
         self.fileDescriptors = fileDescriptors
         self.newSession = newSession
@@ -118,15 +151,25 @@ public enum Spawn {
     /// Starts `request`. Failures before the program runs (chdir, a missing program, a bad fd) are thrown
     /// with the step that failed and the errno, never reported as an exit status.
     public static func start(_ request: SpawnRequest) throws(SystemError) -> pid_t {
+        var pid: pid_t = 0
+        var step: UnsafePointer<CChar>? = nil
+        let error = withAttributes(request) { attr in cdpu_spawn(&attr, &pid, &step) }
+        if error != 0 {
+            let operation = step.map { cString($0) } ?? "spawn"
+            throw SystemError(Errno(rawValue: error), operation, request.path)
+        }
+        return pid
+    }
+
+    /// Calls `body` with the C spawn attributes for `request` (valid only during the call).
+    static func withAttributes(_ request: SpawnRequest, _ body: (inout cdpu_spawn_attr) -> Int32) -> Int32 {
         let mappings = request.fileDescriptors.sorted { $0.key < $1.key }.map {
             cdpu_fd_mapping(child_fd: $0.key, parent_fd: $0.value.rawValue)
         }
-        var pid: pid_t = 0
-        var step: UnsafePointer<CChar>? = nil
-        let error: Int32 = withCStrings(request.arguments) { argv in
-            withCStrings(request.environment) { envp in
+        return withCStrings(request.argumentBytes) { argv in
+            withCStrings(request.environmentBytes) { envp in
                 mappings.withUnsafeBufferPointer { fds in
-                    withOptionalCString(request.workingDirectory) { cwd in
+                    withOptionalCString(request.workingDirectoryBytes) { cwd in
                         var attr = cdpu_spawn_attr(
                             path: nil, argv: argv, envp: envp, cwd: cwd,
                             umask: request.umask.map { Int32($0) } ?? -1,
@@ -135,19 +178,14 @@ public enum Spawn {
                             new_process_group: request.newProcessGroup ? 1 : 0,
                             controlling_tty_fd: request.controllingTerminal ?? -1,
                             parent_death_signal: request.parentDeathSignal ?? 0, signal_mask: nil)
-                        return request.path.withCString { path in
+                        return withOptionalCString(request.pathBytes) { path in
                             attr.path = path
-                            return cdpu_spawn(&attr, &pid, &step)
+                            return body(&attr)
                         }
                     }
                 }
             }
         }
-        if error != 0 {
-            let operation = step.map { cString($0) } ?? "spawn"
-            throw SystemError(Errno(rawValue: error), operation, request.path)
-        }
-        return pid
     }
 
     /// Finds `program` the way execvp(3) does: a name with a slash is used as is, otherwise each `PATH`
@@ -167,15 +205,23 @@ public enum Spawn {
     }
 }
 
-private func withOptionalCString<R>(_ string: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let string else { return body(nil) }
-    return string.withCString { body($0) }
+/// Calls `body` with a NUL-terminated copy of `bytes` (nil stays nil).
+private func withOptionalCString<R>(_ bytes: [UInt8]?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
+    guard let bytes else { return body(nil) }
+    return (bytes + [0]).withUnsafeBufferPointer { buffer in
+        buffer.withMemoryRebound(to: CChar.self) { body($0.baseAddress) }
+    }
 }
 
-/// Calls `body` with a NULL-terminated `char *const *` made from `strings`.
-func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+/// Calls `body` with a NULL-terminated `char *const *` made from `strings` (byte strings without NULs).
+func withCStrings<R>(_ strings: [[UInt8]], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { bytes in
+        let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
+        for (index, byte) in bytes.enumerated() { copy[index] = CChar(bitPattern: byte) }
+        copy[bytes.count] = 0
+        return copy
+    }
     pointers.append(nil)
-    defer { for pointer in pointers { free(pointer) } }
+    defer { for pointer in pointers { pointer?.deallocate() } }
     return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
 }

@@ -1,3 +1,3 @@
 import DPUCtlCLI
 
-await DPUCtl.dispatch(CommandLine.arguments)
+DPUCtl.main(CommandLine.arguments)

@@ -18,6 +18,8 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <sys/file.h>
+#include <termios.h>
 
 /* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
 
@@ -60,6 +62,18 @@ struct cdpu_spawn_attr {
  * then names the step ("chdir", "execve", ...). */
 int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **failed_step);
 
+/* Starts a child that stops just before execve until the parent writes '1' to *gate_fd (anything else,
+ * or closing *gate_fd, makes it exit 125 without running the program). Uses fork, not vfork, so the
+ * parent is free meanwhile. Failures of the child's set-up or of execve arrive on *report_fd (read them
+ * with cdpu_spawn_report_read); the report pipe reaches end-of-file without data once the program runs.
+ * Both returned fds are close-on-exec. Returns 0 or an errno (with *failed_step) if nothing started. */
+int cdpu_spawn_gated(const struct cdpu_spawn_attr *attr, pid_t *pid, int *gate_fd, int *report_fd,
+                     const char **failed_step);
+
+/* Reads a gated child's report: 1 with *error and *step when it failed, 0 at end of file (the program
+ * runs), -1 with errno (EAGAIN when nothing arrived yet on a non-blocking fd). */
+int cdpu_spawn_report_read(int report_fd, int *error, const char **step);
+
 /* ---- small wrappers for calls glibc does not export or Swift cannot see ---------------------------- */
 
 int cdpu_pidfd_open(pid_t pid, unsigned int flags);
@@ -89,6 +103,13 @@ long cdpu_getdents64(int fd, void *buffer, size_t size);
 pid_t cdpu_gettid(void);
 /* Names the calling thread (prctl(PR_SET_NAME) is variadic); longer names are cut to 15 bytes. */
 void cdpu_set_thread_name(const char *name);
+/* TIOCGPTPEER is a function-like macro Swift cannot import. */
+#define CDPU_TIOCGPTPEER 0x5441
+/* Only visible with _GNU_SOURCE, which Swift's Glibc module does not define. */
+#define CDPU_F_SETPIPE_SZ 1031
+#define CDPU_F_GETPIPE_SZ 1032
+int cdpu_posix_openpt(int flags);
+int cdpu_unlockpt(int fd);
 
 /* errno is a macro over a thread-local; these make it reachable from Swift without Glibc's overlay. */
 int cdpu_errno(void);
@@ -113,3 +134,7 @@ int cdpu_loop_configure(int loop_fd, int backing_fd, unsigned long long offset, 
                         unsigned int flags);
 
 long cdpu_copy_file_range(int in_fd, long long *in_offset, int out_fd, long long *out_offset, size_t length);
+/* Installs a handler for `sig` that only writes 8 bytes to `event_fd` (an eventfd): a thread's event loop
+ * learns of the signal whatever other threads block (a signalfd needs it blocked in every thread, which a
+ * process with library threads cannot promise). SA_RESTART, errno preserved. */
+int cdpu_wake_on_signal(int sig, int event_fd);

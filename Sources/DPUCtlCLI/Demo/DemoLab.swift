@@ -131,9 +131,14 @@ struct DemoMachine {
         try run(["/bin/sh", "-ec", script], root: root, timeout: timeout)
     }
 
-    /// Runs `command` and returns its output.
+    /// Runs `command` and returns its status and its output (stdout and stderr).
     func capture(_ command: [String], root: String? = nil, timeout: Int32 = 60) throws -> (ExitStatus, String) {
-        try ChildProcess.capture("/usr/bin/nsenter", arguments: commandLine(command, root: root), timeoutSeconds: timeout)
+        let output = try ChildProcess.anonymousFile()
+        defer { output.closeQuietly() }
+        let status = try ChildProcess.run(
+            "/usr/bin/nsenter", arguments: commandLine(command, root: root), output: output, errorOutput: output,
+            timeoutSeconds: timeout)
+        return (status, try ChildProcess.contents(of: output))
     }
 
     /// Starts a long-running `command` in the machine; its output goes to `log`.

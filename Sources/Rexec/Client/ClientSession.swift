@@ -1,0 +1,266 @@
+import DPUSystem
+import DPUWire
+import Glibc
+import NIOCore
+import SystemPackage
+
+/// The client after the handshake: waits for STARTED, then relays the carried fds, forwards signals and
+/// window sizes, accepts connections on carried listeners, and ends as the remote program ended.
+final class ClientSession {
+    private let loop: EventLoop
+    private let mux: Multiplexer
+    private let endpoint: Endpoint
+    private var plannedStreams: [DescriptorPlan.PlannedStream]
+    private let listeners: [DescriptorPlan.PlannedListener]
+    private let terminal: DescriptorPlan.PlannedTerminal?
+    private let signals: SignalDescriptor
+    private let gate: StartGate?
+    private let program: String
+    private let warn: (String) -> Void
+
+    private enum State {
+        case starting
+        case running(pid: Int32)
+        case exited(RexecOutcome)
+    }
+    private var state = State.starting
+    private var queuedSignals: [SignalInfo] = []
+    private var failure: RexecError?
+    private var goAwayReason: String?
+    private var pidFile: PidFile?
+    private var savedTerminal: termios?
+    private var nextStream: UInt32
+    private var nullDevice: FileDescriptor?
+
+    init(
+        connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
+        signals: SignalDescriptor, gate: StartGate?, program: String, warn: @escaping (String) -> Void
+    ) throws(SystemError) {
+        loop = try EventLoop()
+        mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
+        self.endpoint = endpoint
+        plannedStreams = plan.streams
+        listeners = plan.listeners
+        terminal = plan.terminal
+        self.signals = signals
+        self.gate = gate
+        self.program = program
+        self.warn = warn
+        nextStream = UInt32(plan.streams.count + 1)
+        mux.keepSinksAfterClose = true
+    }
+
+    func run() throws(RexecError) -> RexecOutcome {
+        mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
+        mux.onClosed = { [unowned self] error in connectionClosed(error) }
+        do {
+            _ = try loop.register(signals.fd) { [unowned self] _ in readSignals() }
+            try mux.start()
+        } catch {
+            throw RexecError(.local, "\(error)")
+        }
+        defer { cleanUp() }
+        while true {
+            if let failure { throw failure }
+            if case .exited(let outcome) = state, !mux.hasPendingSinkData { return outcome }
+            do { try loop.runOnce(timeoutMilliseconds: -1) } catch {
+                throw RexecError(.local, "\(error)")
+            }
+        }
+    }
+
+    // MARK: messages from the server
+
+    private func control(_ frame: Frame) throws(WireError) {
+        if frame.type == .goAway {
+            if case .goAway(_, let reason) = try ConnectionMessage(frame) { goAwayReason = reason }
+            return
+        }
+        switch try RexecMessage(frame) {
+        case .started(let pid, let notes):
+            guard case .starting = state else { throw WireError(.protocolViolation, "STARTED twice") }
+            for note in notes { warn(note) }
+            started(pid)
+        case .failed(let why):
+            guard case .starting = state else { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            failure = RexecError(kind(of: why.code), "\(program): \(why.message)")
+        case .exited(let exit):
+            guard case .running = state else { throw WireError(.protocolViolation, "EXITED before STARTED") }
+            switch exit {
+            case .exited(let code): state = .exited(.exit(Int32(code)))
+            case .signaled(let signal, _): state = .exited(.signal(Int32(signal)))
+            }
+            mux.close(nil)
+        case .stopped(let signal):
+            stop(signal)
+        case .continued:
+            break
+        default:
+            throw WireError(.protocolViolation, "unexpected \(frame.type) from the server")
+        }
+    }
+
+    private func kind(of code: RexecFailure.Code) -> RexecError.Kind {
+        switch code {
+        case .notFound: .notFound
+        case .notExecutable, .notAllowed: .notExecutable
+        case .vetoed: .vetoed
+        default: .startFailed
+        }
+    }
+
+    private func started(_ pid: Int32) {
+        state = .running(pid: pid)
+        do {
+            pidFile = try PidFile.create(directory: RexecDefaults.pidDirectory, remotePID: pid)
+        } catch {
+            warn("cannot write the pid file: \(error)")
+        }
+        if let gate { openGate(gate) }
+        if let local = terminal?.local { savedTerminal = try? Terminal.makeRaw(local) }
+        for planned in plannedStreams { attach(planned) }
+        plannedStreams = []
+        for listener in listeners {
+            listener.end.onReady = { [unowned self] in accept(listener) }
+            do { try listener.end.watch(loop) } catch { warn("cannot watch the listening socket at fd \(listener.id): \(error)") }
+            accept(listener)
+        }
+        let queued = queuedSignals
+        queuedSignals = []
+        for signal in queued { forward(signal) }
+    }
+
+    private func attach(_ planned: DescriptorPlan.PlannedStream) {
+        let stream = CarriedStream(id: planned.id, source: planned.source, sink: planned.sink)
+        stream.halfCloseSink = planned.duplex
+        let targets = planned.targets
+        if planned.duplex {
+            stream.onFinished = { [unowned self] _ in neutralise(targets) }
+        } else {
+            // When the remote side is done with a stream, so are we: the caller sees end of file (or
+            // EPIPE) exactly as if the program had closed the fd.
+            stream.onSinkDone = { [unowned self] in neutralise(targets) }
+            stream.onSourceDone = { [unowned self] in neutralise(targets) }
+        }
+        do {
+            try mux.add(stream)
+            try planned.source?.watch(loop)
+            if let sink = planned.sink, sink !== planned.source { try sink.watch(loop) }
+        } catch {
+            warn("cannot relay fd \(targets.map(String.init).joined(separator: ",")): \(error)")
+        }
+    }
+
+    /// Points `targets` at /dev/null: our reference to the caller's pipe or socket goes, while the fd
+    /// numbers stay valid (a later open must not land on 1 or 2).
+    private func neutralise(_ targets: [Int32]) {
+        if nullDevice == nil { nullDevice = try? FileDescriptor.openPath("/dev/null", flags: O_RDWR) }
+        guard let nullDevice else { return }
+        for target in targets { dup2(nullDevice.rawValue, target) }
+    }
+
+    private func accept(_ listener: DescriptorPlan.PlannedListener) {
+        guard case .running = state else { return }
+        while true {
+            let connection: FileDescriptor?
+            do { connection = try listener.end.fd.accept(nonBlocking: true) } catch {
+                if error.errno.rawValue != ECONNABORTED { warn("accept on fd \(listener.id): \(error)") }
+                continue
+            }
+            guard let connection else {
+                listener.end.readable = false
+                return
+            }
+            let id = nextStream
+            nextStream += 1
+            let end = LocalEnd(fd: connection, owned: true)
+            let stream = CarriedStream(id: id, source: end, sink: end)
+            stream.halfCloseSink = true
+            do {
+                try mux.add(stream)
+                mux.send(.open(stream: id, listener: listener.id))
+                try end.watch(loop)
+            } catch {
+                warn("cannot carry a connection accepted on fd \(listener.id): \(error)")
+                connection.closeQuietly()
+            }
+        }
+    }
+
+    private func openGate(_ gate: StartGate) {
+        // Tell our parent the pid file is ready, then pass on its verdict.
+        var one = UInt8(ascii: "1")
+        _ = Glibc.write(gate.write.rawValue, &one, 1)
+        let end = LocalEnd(fd: gate.read, owned: false)
+        end.onReady = { [unowned self] in
+            guard end.readable else { return }
+            var word: UInt8 = 0
+            let count = Glibc.read(gate.read.rawValue, &word, 1)
+            guard count != -1 || errno != EAGAIN else { return }
+            end.close(loop)
+            mux.send(.gate(count == 1 ? word : 0))
+            mux.pump()
+        }
+        do { try end.watch(loop) } catch { mux.send(.gate(0)) }
+    }
+
+    private func connectionClosed(_ error: Error?) {
+        if case .exited = state { return }
+        if failure != nil { return }
+        var where_ = ""
+        if case .running(let pid) = state { where_ = "; the program may still run there as pid \(pid)" }
+        if let goAwayReason {
+            failure = RexecError(.disconnected, "the server at \(endpoint) stopped (\(goAwayReason))\(where_)")
+        } else if let error {
+            failure = RexecError(.disconnected, "lost the connection to \(endpoint): \(error)\(where_)")
+        } else {
+            failure = RexecError(.disconnected, "the server at \(endpoint) closed the connection\(where_)")
+        }
+    }
+
+    // MARK: signals
+
+    private func readSignals() {
+        let pending = (try? signals.readInfo()) ?? []
+        for info in pending {
+            switch state {
+            case .starting: queuedSignals.append(info)
+            case .running: forward(info)
+            case .exited: break
+            }
+        }
+        mux.pump()
+    }
+
+    private func forward(_ info: SignalInfo) {
+        switch info.signal {
+        case SIGWINCH where terminal != nil:
+            if let local = terminal?.local, let size = try? Terminal.windowSize(local) {
+                mux.send(.windowSize(RexecWindowSize(rows: size.rows, columns: size.columns, width: size.width, height: size.height)))
+            }
+        case SIGCONT:
+            if let local = terminal?.local, savedTerminal != nil { _ = try? Terminal.makeRaw(local) }
+            mux.send(.signal(SIGCONT, toGroup: true))
+        default:
+            // A terminal's ^C reaches the whole foreground job; kill(2) reaches this process only.
+            mux.send(.signal(info.signal, toGroup: info.fromTerminal))
+        }
+        mux.pump()
+    }
+
+    /// The remote program stopped: stop here too (our parent sees WIFSTOPPED), then continue it when we
+    /// are continued.
+    private func stop(_ signal: Int32) {
+        if let local = terminal?.local, let saved = savedTerminal { try? Terminal.setAttributes(local, saved) }
+        Signals.stopWith(signal == SIGSTOP ? SIGSTOP : signal)
+        if let local = terminal?.local, savedTerminal != nil { _ = try? Terminal.makeRaw(local) }
+        mux.send(.signal(SIGCONT, toGroup: true))
+    }
+
+    private func cleanUp() {
+        if let local = terminal?.local, let saved = savedTerminal { try? Terminal.setAttributes(local, saved) }
+        pidFile?.remove()
+        pidFile = nil
+        if !mux.closed { mux.close(nil) }
+    }
+}

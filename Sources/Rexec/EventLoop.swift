@@ -1,0 +1,142 @@
+import DPUSystem
+import Glibc
+import Synchronization
+import SystemPackage
+
+/// A single-threaded, edge-triggered epoll loop: the client runs one on its main thread (no thread pool
+/// to start: the client's start-up is on every remote exec's path), the server one on its own thread.
+///
+/// Every fd is registered once for everything (readable, writable, peer closed) edge-triggered; its
+/// owner remembers what the last event said and works until EAGAIN. Handlers run on the loop's thread
+/// only. Other threads talk to the loop with `execute`, which wakes it through an eventfd.
+final class EventLoop {
+    typealias Handler = (Epoll.Events) -> Void
+
+    private let epoll: Epoll
+    private var handlers: [UInt64: Handler] = [:]
+    private var nextToken: UInt64 = 1
+    private var timers: [Timer] = []
+    private var nextTimer: UInt64 = 1
+    private let wake: EventCounter
+    private let inbox = Mutex<[@Sendable () -> Void]>([])
+    /// Work to run after the current batch of events (deferred so a handler never re-enters another).
+    private var deferred: [() -> Void] = []
+    private(set) var stopped = false
+
+    struct Registration: Hashable {
+        fileprivate let token: UInt64
+    }
+
+    struct TimerID: Hashable {
+        fileprivate let id: UInt64
+    }
+
+    private struct Timer {
+        var id: UInt64
+        var deadline: UInt64
+        var action: () -> Void
+    }
+
+    init() throws(SystemError) {
+        epoll = try Epoll(capacity: 128)
+        wake = try EventCounter()
+        try epoll.add(wake.fd, [.readable, .edgeTriggered], token: 0)
+    }
+
+    deinit { wake.close() }
+
+    /// Watches `fd` for every event, edge-triggered. Throws EPERM for regular files and directories (the
+    /// caller treats those as always ready).
+    func register(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) -> Registration {
+        let token = nextToken
+        nextToken += 1
+        try epoll.add(fd, [.readable, .writable, .peerClosed, .edgeTriggered], token: token)
+        handlers[token] = handler
+        return Registration(token: token)
+    }
+
+    /// Stops watching. Call before closing the fd.
+    func unregister(_ registration: Registration, _ fd: FileDescriptor) {
+        epoll.remove(fd)
+        handlers[registration.token] = nil
+    }
+
+    /// Runs `action` on the loop after `delay`.
+    @discardableResult
+    func schedule(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
+        let id = nextTimer
+        nextTimer += 1
+        let deadline = Self.now() + UInt64(delay.components.seconds) * 1_000_000_000
+            + UInt64(delay.components.attoseconds / 1_000_000_000)
+        let index = timers.firstIndex { $0.deadline > deadline } ?? timers.endIndex
+        timers.insert(Timer(id: id, deadline: deadline, action: action), at: index)
+        return TimerID(id: id)
+    }
+
+    func cancel(_ timer: TimerID) { timers.removeAll { $0.id == timer.id } }
+
+    /// Runs `work` after the handlers of the current batch.
+    func later(_ work: @escaping () -> Void) { deferred.append(work) }
+
+    /// Runs `work` on the loop's thread; callable from any thread.
+    func execute(_ work: @escaping @Sendable () -> Void) {
+        inbox.withLock { $0.append(work) }
+        wake.signal()
+    }
+
+    /// Makes `run` return after the current batch.
+    func stop() { stopped = true }
+
+    /// Runs until `stop()`.
+    func run() throws(SystemError) {
+        while !stopped {
+            try runOnce(timeoutMilliseconds: -1)
+        }
+    }
+
+    /// Waits for events once (at most until the next timer or `timeoutMilliseconds`) and handles them.
+    func runOnce(timeoutMilliseconds: Int32) throws(SystemError) {
+        var timeout = timeoutMilliseconds
+        if let first = timers.first {
+            let now = Self.now()
+            let untilTimer = first.deadline > now ? Int32(min((first.deadline - now + 999_999) / 1_000_000, 60_000)) : 0
+            timeout = timeout < 0 ? untilTimer : min(timeout, untilTimer)
+        }
+        if !deferred.isEmpty { timeout = 0 }
+        try epoll.wait(timeoutMilliseconds: timeout) { token, events in
+            if token == 0 {
+                wake.drain()
+                let work = inbox.withLock { pending in
+                    defer { pending.removeAll() }
+                    return pending
+                }
+                for item in work { item() }
+                return
+            }
+            handlers[token]?(events)
+        }
+        runDeferred()
+        if !timers.isEmpty {
+            let now = Self.now()
+            while let first = timers.first, first.deadline <= now {
+                timers.removeFirst()
+                first.action()
+                runDeferred()
+            }
+        }
+    }
+
+    private func runDeferred() {
+        while !deferred.isEmpty {
+            let work = deferred
+            deferred.removeAll()
+            for item in work { item() }
+        }
+    }
+
+    static func now() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+    }
+}

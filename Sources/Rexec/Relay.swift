@@ -1,0 +1,543 @@
+import DPUSystem
+import DPUWire
+import Glibc
+import NIOCore
+import SystemPackage
+
+// The data path shared by client and server: one framed connection carrying any number of streams, each
+// tied to a local fd, with per-stream credit so that a slow reader stops its own stream and nothing else.
+
+/// A local fd one side of a stream reads from or writes to, with the readiness the last event reported.
+final class LocalEnd {
+    let fd: FileDescriptor
+    /// Inherited sockets share their open file description with the caller: use MSG_DONTWAIT per call
+    /// instead of setting O_NONBLOCK on it.
+    let isSharedSocket: Bool
+    /// Regular files cannot be watched by epoll and are always ready.
+    private(set) var alwaysReady = false
+    var readable = false
+    var writable = false
+    /// The peer hung up (EPOLLHUP/ERR): reads give EOF, writes EPIPE.
+    var hungUp = false
+    private var registration: EventLoop.Registration?
+    /// Whether closing `fd` is ours to do (false for the client's own fds 0-2 and inherited fds).
+    let owned: Bool
+    /// Called when readiness changed.
+    var onReady: (() -> Void)?
+    private(set) var closed = false
+
+    init(fd: FileDescriptor, owned: Bool, isSharedSocket: Bool = false) {
+        self.fd = fd
+        self.owned = owned
+        self.isSharedSocket = isSharedSocket
+    }
+
+    /// Registers with `loop`; an fd epoll refuses (a regular file) is treated as always ready.
+    func watch(_ loop: EventLoop) throws(SystemError) {
+        guard registration == nil && !alwaysReady else { return }
+        do throws(SystemError) {
+            registration = try loop.register(fd) { [unowned self] events in
+                if events.contains(.readable) || events.contains(.peerClosed) { readable = true }
+                if events.contains(.writable) { writable = true }
+                if events.contains(.hangUp) || events.contains(.error) {
+                    hungUp = true
+                    readable = true
+                    writable = true
+                }
+                onReady?()
+            }
+        } catch where error.errno == .notPermitted {
+            alwaysReady = true
+            readable = true
+            writable = true
+        }
+    }
+
+    enum IOResult {
+        case bytes(Int)
+        case wouldBlock
+        case endOfFile
+        case failed(SystemError)
+    }
+
+    /// Reads into `buffer`. EIO from a pseudo-terminal controller whose terminal side is closed is end of
+    /// file (that is how ptys say it).
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        while true {
+            let count = isSharedSocket
+                ? recv(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+                : Glibc.read(fd.rawValue, buffer.baseAddress, buffer.count)
+            if count > 0 { return .bytes(count) }
+            if count == 0 { return .endOfFile }
+            let error = Errno(rawValue: errno)
+            switch error {
+            case .interrupted: continue
+            case .wouldBlock:
+                if alwaysReady { return .endOfFile }
+                readable = false
+                return .wouldBlock
+            case .ioError, .connectionReset: return .endOfFile
+            default: return .failed(SystemError(error, "read", String(fd.rawValue)))
+            }
+        }
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer) -> IOResult {
+        while true {
+            let count = isSharedSocket
+                ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                : Glibc.write(fd.rawValue, buffer.baseAddress, buffer.count)
+            if count >= 0 { return .bytes(count) }
+            let error = Errno(rawValue: errno)
+            switch error {
+            case .interrupted: continue
+            case .wouldBlock:
+                writable = false
+                return .wouldBlock
+            default: return .failed(SystemError(error, "write", String(fd.rawValue)))
+            }
+        }
+    }
+
+    /// Stops watching and closes the fd if it is ours.
+    func close(_ loop: EventLoop) {
+        guard !closed else { return }
+        closed = true
+        if let registration { loop.unregister(registration, fd) }
+        registration = nil
+        onReady = nil
+        if owned { fd.closeQuietly() }
+    }
+}
+
+/// One carried stream: local source → DATA frames out, DATA frames in → local sink. Either half may be
+/// absent (a pipe goes one way; a socket or terminal both ways).
+final class CarriedStream {
+    let id: UInt32
+    var source: LocalEnd?
+    var sink: LocalEnd?
+    var sendWindow = SendWindow()
+    var receiveWindow = ReceiveWindow()
+    /// Received bytes the sink has not taken yet (bounded by the receive window).
+    var pending = ByteBuffer()
+    enum HalfState { case open, ended, reset }
+    var sendState: HalfState
+    var receiveState: HalfState
+    /// Send END_STREAM once the source hits EAGAIN (the server after its program exited: whatever the
+    /// program wrote is in the pipe by then; later writers are its orphans).
+    var drainOnly = false
+    /// Called when the stream finished both ways (to release fds and let the session decide it is done).
+    var onFinished: ((CarriedStream) -> Void)?
+    /// Shuts down only the writing side of a duplex sink at end of stream (sockets), rather than closing.
+    var halfCloseSink = false
+    /// Called when the sink is done (instead of closing it): the client replaces its fds with /dev/null.
+    var onSinkDone: (() -> Void)?
+    var onSourceDone: (() -> Void)?
+
+    init(id: UInt32, source: LocalEnd?, sink: LocalEnd?) {
+        self.id = id
+        self.source = source
+        self.sink = sink
+        sendState = source == nil ? .ended : .open
+        receiveState = sink == nil ? .ended : .open
+    }
+
+    var isFinished: Bool { sendState != .open && receiveState != .open && pending.readableBytes == 0 }
+}
+
+/// A framed connection with its streams. The owner handles control frames (`onControl`) and the end of
+/// the connection (`onClosed`); the multiplexer moves the data.
+final class Multiplexer {
+    let loop: EventLoop
+    let link: LocalEnd
+    private var inbound: ByteBuffer
+    private(set) var outbound: ByteBuffer
+    private let decoder: FrameDecoder
+    private(set) var streams: [UInt32: CarriedStream] = [:]
+    /// Highest number of streams at once (a peer that opens more loses its connection).
+    var maximumStreams = 4096
+    /// Stop reading local sources while this much is queued for the connection.
+    static let outboundHighWater = 2 << 20
+    static let chunk = 1 << 20
+
+    /// A control frame (anything but DATA and the connection's flow-control and liveness frames).
+    var onControl: ((Frame) throws(WireError) -> Void)?
+    /// The connection ended: nil for a clean end of file, else why.
+    var onClosed: ((Error?) -> Void)?
+    /// Called after each pump, when some stream may have finished or the outbound queue drained.
+    var onProgress: (() -> Void)?
+    private(set) var closed = false
+    private var readingPaused = false
+    private var pumping = false
+    private var pumpAgain = false
+
+    init(loop: EventLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
+        self.loop = loop
+        self.link = link
+        self.decoder = FrameDecoder(maximumPayload: maximumPayload)
+        inbound = ByteBuffer()
+        inbound.reserveCapacity(Frame.maximumPayload + Frame.headerSize + 4096)
+        var leftover = leftover
+        inbound.writeBuffer(&leftover)
+        outbound = ByteBuffer()
+        link.onReady = { [unowned self] in pump() }
+    }
+
+    /// Starts watching the connection (after the owner set its callbacks).
+    func start() throws(SystemError) {
+        try link.watch(loop)
+        // Bytes that arrived with the handshake are processed at once.
+        if inbound.readableBytes > 0 { link.readable = true }
+        pump()
+    }
+
+    func add(_ stream: CarriedStream) throws(WireError) {
+        guard streams[stream.id] == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
+        guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams") }
+        streams[stream.id] = stream
+        stream.source?.onReady = { [unowned self] in pump() }
+        stream.sink?.onReady = { [unowned self] in pump() }
+    }
+
+    func stream(_ id: UInt32) -> CarriedStream? { streams[id] }
+
+    /// Queues a frame for the connection.
+    func send(_ frame: Frame) {
+        guard !closed else { return }
+        frame.encode(into: &outbound)
+    }
+
+    func send(_ message: RexecMessage) { send(message.frame) }
+
+    /// Queues bytes as they are (the end of a handshake).
+    func sendRaw(_ bytes: ByteBuffer) {
+        var bytes = bytes
+        outbound.writeBuffer(&bytes)
+    }
+
+    var hasQueuedOutput: Bool { outbound.readableBytes > 0 }
+
+    /// Moves everything that can move now. Re-entrant calls (from callbacks) are folded into one.
+    func pump() {
+        if pumping {
+            pumpAgain = true
+            return
+        }
+        pumping = true
+        defer { pumping = false }
+        repeat {
+            pumpAgain = false
+            if closed {
+                for stream in streams.values where stream.sink != nil {
+                    writeSink(stream)
+                    if stream.pending.readableBytes == 0 { releaseSink(stream) }
+                }
+                onProgress?()
+                return
+            }
+            readLink()
+            for stream in streams.values {
+                writeSink(stream)
+                if !closed { readSource(stream) }
+            }
+            flush()
+            onProgress?()
+        } while pumpAgain
+    }
+
+    // MARK: connection
+
+    private func readLink() {
+        // Frames that arrived with the handshake, or that an earlier pass left for later.
+        if inbound.readableBytes > 0 { processInbound() }
+        while link.readable && !closed {
+            if inbound.writableBytes < 64 << 10 {
+                inbound.discardReadBytes()
+                if inbound.writableBytes < 64 << 10 { inbound.reserveCapacity(minimumWritableBytes: 64 << 10) }
+            }
+            var outcome = LocalEnd.IOResult.wouldBlock
+            inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw -> Int in
+                outcome = link.read(into: raw)
+                if case .bytes(let count) = outcome { return count }
+                return 0
+            }
+            switch outcome {
+            case .bytes:
+                processInbound()
+            case .wouldBlock:
+                return
+            case .endOfFile:
+                processInbound()
+                return close(nil)
+            case .failed(let error):
+                processInbound()
+                return close(error)
+            }
+        }
+    }
+
+    private func processInbound() {
+        do throws(WireError) {
+            while !closed, let frame = try decoder.decode(&inbound) {
+                try handle(frame)
+            }
+        } catch {
+            send(ConnectionMessage.goAway(.protocolError, reason: error.message).frame)
+            flush()
+            close(error)
+        }
+        if inbound.readableBytes == 0 { inbound.clear() }
+    }
+
+    private func handle(_ frame: Frame) throws(WireError) {
+        switch frame.type {
+        case RexecFrame.data:
+            try receiveData(frame)
+        case .windowUpdate, .resetStream, .ping, .pong, .goAway:
+            let message = try ConnectionMessage(frame)
+            switch message {
+            case .windowUpdate(let id, let increment):
+                try streams[id]?.sendWindow.grant(increment)
+            case .resetStream(let id, _, _):
+                if let stream = streams[id] { resetLocally(stream) }
+            case .ping(let value):
+                send(ConnectionMessage.pong(value).frame)
+            case .pong:
+                break
+            case .goAway:
+                try onControl?(frame)
+            }
+        default:
+            try onControl?(frame)
+        }
+    }
+
+    private func receiveData(_ frame: Frame) throws(WireError) {
+        guard let stream = streams[frame.stream] else {
+            throw WireError(.protocolViolation, "DATA for unknown stream \(frame.stream)")
+        }
+        let count = frame.payload.readableBytes
+        switch stream.receiveState {
+        case .ended:
+            throw WireError(.protocolViolation, "DATA on stream \(frame.stream) after its end")
+        case .reset:
+            return  // sent before the peer saw our reset
+        case .open:
+            break
+        }
+        try stream.receiveWindow.receive(count)
+        if count > 0 {
+            var payload = frame.payload
+            if stream.pending.readableBytes == 0, let sink = stream.sink, sink.writable {
+                // Straight from the connection's buffer to the sink; keep only what it did not take.
+                let result = payload.readableBytesView.withUnsafeBytes { sink.write($0) }
+                switch result {
+                case .bytes(let written):
+                    payload.moveReaderIndex(forwardBy: written)
+                    credit(stream, written)
+                case .failed:
+                    sinkFailed(stream)
+                    return
+                case .wouldBlock, .endOfFile:
+                    break
+                }
+            }
+            if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
+        }
+        if frame.flags.contains(.endStream) {
+            stream.receiveState = .ended
+            if stream.pending.readableBytes == 0 { finishSink(stream) }
+        }
+    }
+
+    private func credit(_ stream: CarriedStream, _ count: Int) {
+        if !closed, let increment = stream.receiveWindow.release(count) {
+            send(ConnectionMessage.windowUpdate(stream: stream.id, increment: increment).frame)
+        }
+    }
+
+    /// Writes what the connection can take now.
+    func flush() {
+        while outbound.readableBytes > 0 && link.writable && !closed {
+            let result = outbound.readableBytesView.withUnsafeBytes { link.write($0) }
+            switch result {
+            case .bytes(let count): outbound.moveReaderIndex(forwardBy: count)
+            case .wouldBlock, .endOfFile: break
+            case .failed(let error):
+                if error.errno == .brokenPipe || error.errno == .connectionReset {
+                    outbound.clear()
+                    // The read side reports the end (and any bytes that came before it).
+                    link.readable = true
+                    link.hungUp = true
+                    return
+                }
+                return close(error)
+            }
+        }
+        if outbound.readableBytes == 0 { outbound.clear() }
+    }
+
+    /// Ends the connection: nothing more is sent; sources are released. Sinks that still hold received
+    /// data keep being written when `keepSinksAfterClose` (the client: output the program wrote before
+    /// it exited must reach the caller), else they are released too. `onClosed` runs once.
+    func close(_ error: Error?) {
+        guard !closed else { return }
+        closed = true
+        outbound.clear()
+        for stream in streams.values {
+            releaseSource(stream)
+            if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
+        }
+        link.close(loop)
+        onClosed?(error)
+    }
+
+    /// See `close`.
+    var keepSinksAfterClose = false
+
+    /// Whether a sink still holds data to write (after the connection closed).
+    var hasPendingSinkData: Bool { streams.values.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
+
+    /// Shuts down our writing side after flushing what is queued (blocking briefly is acceptable: this is
+    /// the last thing a session does).
+    func finishAndClose() {
+        if !closed && outbound.readableBytes > 0 {
+            // Bounded: a peer that does not read within a second loses the rest.
+            let deadline = EventLoop.now() + 1_000_000_000
+            while outbound.readableBytes > 0 && !closed && EventLoop.now() < deadline {
+                var set = [pollfd(fd: link.fd.rawValue, events: Int16(POLLOUT), revents: 0)]
+                _ = try? DPUSystem.poll(&set, timeoutMilliseconds: 100, retryOnInterrupt: true)
+                link.writable = true
+                flush()
+            }
+        }
+        close(nil)
+    }
+
+    // MARK: streams
+
+    private func readSource(_ stream: CarriedStream) {
+        guard stream.sendState == .open, let source = stream.source else { return }
+        while source.readable && !closed && stream.sendState == .open {
+            let allowance = stream.sendWindow.allowance(Multiplexer.chunk)
+            guard allowance > 0, outbound.readableBytes < Multiplexer.outboundHighWater else { return }
+            let headerIndex = outbound.writerIndex
+            Frame.encodeHeader(type: RexecFrame.data, stream: stream.id, payloadLength: 0, into: &outbound)
+            var outcome = LocalEnd.IOResult.wouldBlock
+            outbound.writeWithUnsafeMutableBytes(minimumWritableBytes: allowance) { raw in
+                outcome = source.read(into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(allowance)))
+                if case .bytes(let count) = outcome { return count }
+                return 0
+            }
+            switch outcome {
+            case .bytes(let count):
+                outbound.setInteger(UInt32(count), at: headerIndex, endianness: .big)
+                stream.sendWindow.consume(count)
+            case .wouldBlock:
+                outbound.moveWriterIndex(to: headerIndex)
+                if stream.drainOnly { endSource(stream) }
+                return
+            case .endOfFile, .failed:
+                outbound.moveWriterIndex(to: headerIndex)
+                endSource(stream)
+                return
+            }
+            if outbound.readableBytes >= Multiplexer.outboundHighWater { flush() }
+        }
+    }
+
+    private func endSource(_ stream: CarriedStream) {
+        Frame(type: RexecFrame.data, flags: .endStream, stream: stream.id).encode(into: &outbound)
+        stream.sendState = .ended
+        releaseSource(stream)
+        checkFinished(stream)
+    }
+
+    /// Ends sending on every open source at its current EAGAIN (see `CarriedStream.drainOnly`).
+    func drainSources() {
+        for stream in streams.values where stream.sendState == .open {
+            stream.drainOnly = true
+            // Read whatever is there even if no event said so yet: the program's last writes may be in
+            // the same batch of events as its exit.
+            stream.source?.readable = true
+        }
+        pump()
+    }
+
+    private func writeSink(_ stream: CarriedStream) {
+        guard let sink = stream.sink else { return }
+        while stream.pending.readableBytes > 0 && sink.writable {
+            let result = stream.pending.readableBytesView.withUnsafeBytes { sink.write($0) }
+            switch result {
+            case .bytes(let count):
+                stream.pending.moveReaderIndex(forwardBy: count)
+                credit(stream, count)
+            case .wouldBlock, .endOfFile:
+                return
+            case .failed:
+                sinkFailed(stream)
+                return
+            }
+        }
+        if stream.pending.readableBytes == 0 {
+            stream.pending.clear()
+            if stream.receiveState == .ended { finishSink(stream) }
+        }
+    }
+
+    /// The local reader is gone (EPIPE...): tell the peer to stop, and drop this stream's data.
+    private func sinkFailed(_ stream: CarriedStream) {
+        send(ConnectionMessage.resetStream(stream: stream.id, .cancelled, reason: "the reader closed").frame)
+        resetLocally(stream)
+    }
+
+    private func resetLocally(_ stream: CarriedStream) {
+        stream.pending.clear()
+        if stream.sendState == .open { stream.sendState = .reset }
+        if stream.receiveState == .open { stream.receiveState = .reset }
+        release(stream)
+        checkFinished(stream)
+    }
+
+    private func finishSink(_ stream: CarriedStream) {
+        guard let sink = stream.sink else { return }
+        if stream.halfCloseSink && stream.source != nil {
+            try? sink.fd.shutdown(.write)
+        } else {
+            releaseSink(stream)
+        }
+        _ = sink
+        checkFinished(stream)
+    }
+
+    private func checkFinished(_ stream: CarriedStream) {
+        guard stream.isFinished else { return }
+        release(stream)
+        let callback = stream.onFinished
+        stream.onFinished = nil
+        callback?(stream)
+    }
+
+    private func release(_ stream: CarriedStream) {
+        releaseSource(stream)
+        releaseSink(stream)
+    }
+
+    private func releaseSource(_ stream: CarriedStream) {
+        guard let source = stream.source else { return }
+        stream.source = nil
+        if source !== stream.sink { source.close(loop) }
+        let done = stream.onSourceDone
+        stream.onSourceDone = nil
+        done?()
+    }
+
+    private func releaseSink(_ stream: CarriedStream) {
+        guard let sink = stream.sink else { return }
+        stream.sink = nil
+        if sink !== stream.source { sink.close(loop) }
+        let done = stream.onSinkDone
+        stream.onSinkDone = nil
+        done?()
+    }
+}

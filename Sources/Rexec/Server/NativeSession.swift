@@ -1,0 +1,404 @@
+import DPUSystem
+import DPUWire
+import Glibc
+import Logging
+import NIOCore
+import SystemPackage
+
+/// One dpuctl client and its program: EXEC → STARTED, the streams, signals, window sizes, connections to
+/// carried listeners, and EXITED once the program's output is out. If the client disappears first, the
+/// program gets SIGTERM and, after the grace period, SIGKILL (its whole process group).
+final class NativeSession: ServerSession {
+    unowned let core: ServerCore
+    private let id: UInt64
+    private let mux: Multiplexer
+    private let peer: String
+    private let via: Endpoint
+
+    private enum State {
+        case awaitingRequest
+        case running
+        case ended
+    }
+    private var state = State.awaitingRequest
+    private var program = ""
+    private var process: ProcessHandle?
+    private var processRegistration: EventLoop.Registration?
+    private var gate: GatedChild?
+    private var gateReport: LocalEnd?
+    private var exitStatus: ExitStatus?
+    private var exitedSent = false
+    private var clientGone = false
+    private var closeWhenFlushed = false
+    private var killTimer: EventLoop.TimerID?
+    private var listenerPaths: [Int32: String] = [:]
+    private var terminalController: FileDescriptor?
+    private var finished = false
+
+    var pid: pid_t? { process?.pid }
+
+    init(core: ServerCore, end: LocalEnd, leftover: ByteBuffer, greeting: ByteBuffer, peer: String, via: Endpoint) {
+        self.core = core
+        id = core.sessionID()
+        self.peer = peer
+        self.via = via
+        mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
+        mux.sendRaw(greeting)
+        mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
+        mux.onClosed = { [unowned self] error in connectionClosed(error) }
+        mux.onProgress = { [unowned self] in progressed() }
+        do { try mux.start() } catch {
+            core.logger.error("\(peer): cannot watch the connection: \(error)")
+            mux.close(error)
+        }
+    }
+
+    // MARK: requests
+
+    private func control(_ frame: Frame) throws(WireError) {
+        if frame.type == .goAway { return }
+        let message = try RexecMessage(frame)
+        switch (state, message) {
+        case (.awaitingRequest, .exec(let request)):
+            start(request)
+        case (.awaitingRequest, _):
+            throw WireError(.protocolViolation, "expected EXEC first, got \(frame.type)")
+        case (_, .exec):
+            throw WireError(.protocolViolation, "a second EXEC on one connection")
+        case (.running, .signal(let signal, let toGroup)):
+            deliver(signal, toGroup: toGroup)
+        case (.running, .windowSize(let size)):
+            if let terminalController {
+                try? Terminal.setWindowSize(terminalController, WindowSize(rows: size.rows, columns: size.columns, width: size.width, height: size.height))
+            }
+        case (.running, .open(let stream, let listener)):
+            try open(stream, listener: listener)
+        case (.running, .gate(let word)):
+            openGate(word)
+        case (.ended, .signal), (.ended, .windowSize), (.ended, .gate):
+            break
+        case (.ended, .open(let stream, _)):
+            mux.send(ConnectionMessage.resetStream(stream: stream, .cancelled, reason: "the program has exited").frame)
+        default:
+            throw WireError(.protocolViolation, "unexpected \(frame.type) from the client")
+        }
+    }
+
+    private func start(_ request: RexecExecRequest) {
+        program = String(decoding: request.program, as: UTF8.self)
+        let path: [UInt8]
+        do { path = try Launcher.resolve(request.program, whitelist: core.whitelist) } catch {
+            return refuse(error)
+        }
+        var descriptors: [Int32: FileDescriptor] = [:]
+        var programEnds: [FileDescriptor] = []
+        var streams: [CarriedStream] = []
+        var notes: [String] = []
+        var controllingTerminal: Int32?
+        func discard() {
+            for fd in programEnds { fd.closeQuietly() }
+            for stream in streams {
+                stream.source?.close(core.loop)
+                if stream.sink !== stream.source { stream.sink?.close(core.loop) }
+            }
+            for path in listenerPaths.values { unlink(path) }
+            listenerPaths = [:]
+            terminalController?.closeQuietly()
+            terminalController = nil
+        }
+        do {
+            for descriptor in request.descriptors {
+                let first = descriptor.targets[0]
+                switch descriptor.kind {
+                case .file(let filePath, let flags, let offset):
+                    let (fd, note) = Launcher.reopen(path: filePath, flags: Int32(bitPattern: flags), offset: Int64(offset), target: first)
+                    if let note { notes.append(note) }
+                    guard let fd else { continue }
+                    programEnds.append(fd)
+                    for target in descriptor.targets { descriptors[target] = fd }
+                case .input(let stream):
+                    let (read, write) = try FileDescriptor.makePipe()
+                    programEnds.append(read)
+                    write.setPipeCapacity(1 << 20)
+                    try write.setNonBlocking()
+                    for target in descriptor.targets { descriptors[target] = read }
+                    streams.append(CarriedStream(id: stream, source: nil, sink: LocalEnd(fd: write, owned: true)))
+                case .output(let stream):
+                    let (read, write) = try FileDescriptor.makePipe()
+                    programEnds.append(write)
+                    read.setPipeCapacity(1 << 20)
+                    try read.setNonBlocking()
+                    for target in descriptor.targets { descriptors[target] = write }
+                    streams.append(CarriedStream(id: stream, source: LocalEnd(fd: read, owned: true), sink: nil))
+                case .socket(let stream):
+                    let (ours, theirs) = try FileDescriptor.socketPair()
+                    programEnds.append(theirs)
+                    try ours.setNonBlocking()
+                    for target in descriptor.targets { descriptors[target] = theirs }
+                    let end = LocalEnd(fd: ours, owned: true)
+                    let carried = CarriedStream(id: stream, source: end, sink: end)
+                    carried.halfCloseSink = true
+                    streams.append(carried)
+                case .listener:
+                    let socketPath = "\(core.settings.runtimeDirectory)/listeners/\(getpid())-\(id)-\(first).sock"
+                    let fd = try Self.listenerSocket(socketPath)
+                    listenerPaths[first] = socketPath
+                    programEnds.append(fd)
+                    for target in descriptor.targets { descriptors[target] = fd }
+                case .terminal(let stream):
+                    let pty = try PseudoTerminal.open()
+                    programEnds.append(pty.terminal)
+                    terminalController = pty.controller
+                    if let terminal = request.terminal {
+                        if terminal.flags.contains(where: { $0 != 0 }) {
+                            try? Terminal.setModes(pty.terminal, TerminalModes(
+                                inputFlags: terminal.flags[0], outputFlags: terminal.flags[1], controlFlags: terminal.flags[2],
+                                localFlags: terminal.flags[3], controlCharacters: terminal.controlCharacters))
+                        }
+                        let size = terminal.size
+                        try? Terminal.setWindowSize(pty.controller, WindowSize(rows: size.rows, columns: size.columns, width: size.width, height: size.height))
+                    }
+                    try pty.controller.setNonBlocking()
+                    for target in descriptor.targets { descriptors[target] = pty.terminal }
+                    controllingTerminal = first
+                    // The controller outlives the stream's halves: it is closed with the session.
+                    let end = LocalEnd(fd: pty.controller, owned: false)
+                    streams.append(CarriedStream(id: stream, source: end, sink: end))
+                }
+            }
+        } catch {
+            discard()
+            return refuse(Launcher.failure(error, Launcher.Request(
+                program: request.program, arguments: [], environment: [], workingDirectory: nil, umask: nil, descriptors: [:],
+                controllingTerminal: nil, gated: false)))
+        }
+        let launch = Launcher.Request(
+            program: request.program, arguments: request.arguments, environment: request.environment,
+            workingDirectory: request.workingDirectory, umask: mode_t(request.umask), descriptors: descriptors,
+            controllingTerminal: controllingTerminal, gated: request.gated)
+        let started: Launcher.Started
+        do { started = try Launcher.start(launch, path: path) } catch {
+            discard()
+            return refuse(error)
+        }
+        for fd in programEnds { fd.closeQuietly() }
+        process = started.process
+        gate = started.gate
+        state = .running
+        core.started(self, pid: started.process.pid)
+        let arguments = request.arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+        core.logger.info("pid \(started.process.pid): \(program) \(arguments) for \(peer) via \(via)")
+        mux.send(.started(pid: started.process.pid, notes: notes))
+        do {
+            processRegistration = try core.loop.register(started.process.fd) { [unowned self] _ in reap() }
+            for stream in streams {
+                try mux.add(stream)
+                try stream.source?.watch(core.loop)
+                if let sink = stream.sink, sink !== stream.source { try sink.watch(core.loop) }
+            }
+        } catch {
+            core.logger.error("pid \(started.process.pid): cannot relay its fds: \(error)")
+            mux.close(error)
+        }
+        mux.pump()
+    }
+
+    private static func listenerSocket(_ path: String) throws(SystemError) -> FileDescriptor {
+        let directory = String(path[..<path.lastIndex(of: "/")!])
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw SystemError(Errno(rawValue: errno), "mkdir", directory) }
+        unlink(path)
+        let fd = try FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue))
+        do {
+            try fd.bind(try SocketAddress(unixPath: path))
+            try fd.listen(backlog: 4096)
+        } catch {
+            fd.closeQuietly()
+            throw error
+        }
+        return fd
+    }
+
+    private func refuse(_ failure: RexecFailure) {
+        core.logger.notice("refused \(program) for \(peer) via \(via): \(failure.message)")
+        mux.send(.failed(failure))
+        state = .ended
+        closeAfterFlush()
+    }
+
+    // MARK: the program
+
+    private func deliver(_ signal: Int32, toGroup: Bool) {
+        guard let process, exitStatus == nil else { return }
+        if toGroup { try? process.signalGroup(signal) } else { try? process.signal(signal) }
+    }
+
+    private func open(_ stream: UInt32, listener: Int32) throws(WireError) {
+        guard let path = listenerPaths[listener] else {
+            throw WireError(.protocolViolation, "OPEN names fd \(listener), which is not a carried listener")
+        }
+        guard exitStatus == nil, let fd = try? FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true),
+            (try? fd.connect(try SocketAddress(unixPath: path))) == true
+        else {
+            mux.send(ConnectionMessage.resetStream(stream: stream, .refused, reason: "the program does not accept connections").frame)
+            return
+        }
+        let end = LocalEnd(fd: fd, owned: true)
+        let carried = CarriedStream(id: stream, source: end, sink: end)
+        carried.halfCloseSink = true
+        try mux.add(carried)
+        do { try end.watch(core.loop) } catch { mux.send(ConnectionMessage.resetStream(stream: stream, .internalError, reason: "\(error)").frame) }
+    }
+
+    private func openGate(_ word: UInt8) {
+        guard let gate else { return }
+        self.gate = nil
+        guard word == UInt8(ascii: "1") else {
+            gate.veto()
+            gate.report.closeQuietly()
+            mux.send(.failed(RexecFailure(.vetoed, "the start gate (REXEC_HANDSHAKE_RD) said no")))
+            closeAfterFlush()
+            return
+        }
+        gate.release()
+        let report = LocalEnd(fd: gate.report, owned: true)
+        gateReport = report
+        report.onReady = { [unowned self] in
+            switch gate.outcome() {
+            case nil: return
+            case .running?: break
+            case .failed(let error)?:
+                let failure = Launcher.failure(SystemError(error.errno, error.operation, program), Launcher.Request(
+                    program: [], arguments: [], environment: [], workingDirectory: nil, umask: nil, descriptors: [:],
+                    controllingTerminal: nil, gated: true))
+                mux.send(.failed(failure))
+                closeAfterFlush()
+            }
+            report.close(core.loop)
+            gateReport = nil
+        }
+        do { try report.watch(core.loop) } catch { report.close(core.loop) }
+    }
+
+    private func reap() {
+        guard let process, exitStatus == nil else { return }
+        guard let status = try? process.wait(nonBlocking: true) else { return }
+        // A gated program that exited: its report says by now whether it ran at all.
+        gateReport?.onReady?()
+        exitStatus = status
+        if let processRegistration { core.loop.unregister(processRegistration, process.fd) }
+        processRegistration = nil
+        if let killTimer { core.loop.cancel(killTimer) }
+        core.logger.info("pid \(process.pid): \(program) \(status)")
+        gate?.veto()
+        gate = nil
+        state = .ended
+        if mux.closed { return finish() }
+        if closeWhenFlushed { return progressed() }
+        // Whatever the program wrote before it exited is in its pipes now: send that, then EXITED.
+        mux.drainSources()
+    }
+
+    private func progressed() {
+        if let exitStatus, !exitedSent, !mux.closed, !closeWhenFlushed,
+            mux.streams.values.allSatisfy({ $0.sendState != .open })
+        {
+            exitedSent = true
+            switch exitStatus {
+            case .exited(let code): mux.send(.exited(.exited(code: UInt8(truncatingIfNeeded: code))))
+            case .signaled(let signal, let core): mux.send(.exited(.signaled(signal: UInt8(signal), coreDumped: core)))
+            }
+            closeAfterFlush()
+        }
+        if closeWhenFlushed && !mux.hasQueuedOutput && !mux.closed { mux.close(nil) }
+    }
+
+    /// Closes the connection once what is queued is sent (bounded: a client that reads nothing for 30 s
+    /// loses the rest).
+    private func closeAfterFlush() {
+        guard !closeWhenFlushed else { return }
+        closeWhenFlushed = true
+        core.loop.schedule(after: .seconds(30)) { [weak self] in
+            guard let self, !mux.closed else { return }
+            mux.close(nil)
+        }
+        mux.flush()
+        core.loop.later { [weak self] in self?.progressed() }
+    }
+
+    private func connectionClosed(_ error: Error?) {
+        if let error, !exitedSent {
+            core.logger.notice("\(peer): connection ended: \(error)")
+        }
+        guard let process, exitStatus == nil else { return finish() }
+        clientGone = true
+        if let gate {
+            // Never released: it ends without running the program; the reap finishes the session.
+            gate.veto()
+            self.gate = nil
+            return
+        }
+        if killTimer != nil { return }
+        // The client went away while its program runs: nothing may be orphaned silently.
+        core.logger.notice("pid \(process.pid): its client \(peer) went away; SIGTERM now, SIGKILL in \(core.settings.grace)")
+        terminate(process)
+    }
+
+    private func terminate(_ process: ProcessHandle) {
+        try? process.signalGroup(SIGTERM)
+        try? process.signal(SIGTERM)
+        try? process.signalGroup(SIGCONT)
+        killTimer = core.loop.schedule(after: core.settings.grace) { [weak self] in
+            guard let self, exitStatus == nil else { return }
+            core.logger.notice("pid \(process.pid): still running \(core.settings.grace) after SIGTERM; SIGKILL")
+            try? process.signalGroup(SIGKILL)
+            try? process.signal(SIGKILL)
+        }
+    }
+
+    func childStateChanged(_ change: ChildStateChange) {
+        guard !mux.closed, exitStatus == nil else { return }
+        switch change {
+        case .stopped(_, let signal): mux.send(.stopped(signal: signal))
+        case .continued: mux.send(.continued)
+        }
+        mux.pump()
+    }
+
+    func shutDown(_ policy: RexecServerSettings.StopPolicy) {
+        var reason = "rexec_server is stopping"
+        if let process, exitStatus == nil {
+            switch policy {
+            case .leave:
+                core.logger.notice("pid \(process.pid): \(program) left running (stop-policy leave)")
+                reason += "; \(program) keeps running on the server as pid \(process.pid)"
+                if let processRegistration { core.loop.unregister(processRegistration, process.fd) }
+                processRegistration = nil
+                if let killTimer { core.loop.cancel(killTimer) }
+                self.process = nil
+                process.close()
+            case .terminate:
+                reason += "; \(program) (pid \(process.pid)) is being terminated"
+                clientGone = true
+                if killTimer == nil { terminate(process) }
+            }
+        }
+        if mux.closed { return finish() }
+        mux.send(ConnectionMessage.goAway(.shuttingDown, reason: reason).frame)
+        closeAfterFlush()
+    }
+
+    /// Releases everything once the connection is closed and no live program is tracked.
+    private func finish() {
+        guard !finished, mux.closed, process == nil || exitStatus != nil else { return }
+        finished = true
+        if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
+        processRegistration = nil
+        process?.close()
+        gateReport?.close(core.loop)
+        for path in listenerPaths.values { unlink(path) }
+        listenerPaths = [:]
+        terminalController?.closeQuietly()
+        terminalController = nil
+        core.remove(self)
+    }
+}
