@@ -41,10 +41,10 @@ wait_for "lab_dpu test -S '$MNT/local.sock'" 10
 expect_eq "a socket bound on the DPU serves DPU clients" "dpu-side" "$(lab_dpu timeout 5 socat -u "UNIX-CONNECT:$MNT/local.sock" -)"
 expect_eq "its node exists on the host" "socket" "$(lab_host stat -c %F "$EXPORT/local.sock")"
 
-# The host server goes away: connections are refused; the mount still unmounts cleanly.
+# The host server goes away: a connection is closed at once (the listener here accepted it before the
+# host could refuse); the mount still unmounts cleanly.
 lab_stop echo
-echo gone | lab_dpu timeout 5 socat - "UNIX-CONNECT:$MNT/echo.sock" >/dev/null 2>&1
-expect_eq "with the host server gone, nothing answers" "1" "$?"
+expect_eq "with the host server gone, nothing answers" "" "$(echo gone | lab_dpu timeout 5 socat - "UNIX-CONNECT:$MNT/echo.sock" 2>/dev/null)"
 lab_stop dpulocal
 client=$(lab_dpu pgrep -f "qtfs mount --foreground.* $MNT\$")
 lab_dpu kill -TERM "$client"
