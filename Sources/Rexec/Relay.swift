@@ -153,7 +153,9 @@ final class Multiplexer {
     private var inbound: ByteBuffer
     private(set) var outbound: ByteBuffer
     private let decoder: FrameDecoder
-    private(set) var streams: [UInt32: CarriedStream] = [:]
+    /// The streams, in the order they were added (few: a linear search beats a dictionary, whose generic
+    /// metadata costs start-up time).
+    private(set) var streams: [CarriedStream] = []
     /// Highest number of streams at once (a peer that opens more loses its connection).
     var maximumStreams = 4096
     /// Stop reading local sources while this much is queued for the connection.
@@ -175,8 +177,9 @@ final class Multiplexer {
         self.loop = loop
         self.link = link
         self.decoder = FrameDecoder(maximumPayload: maximumPayload)
+        // Grows to a frame's size when one arrives; a session that moves little data stays small.
         inbound = ByteBuffer()
-        inbound.reserveCapacity(Frame.maximumPayload + Frame.headerSize + 4096)
+        inbound.reserveCapacity(64 << 10)
         var leftover = leftover
         inbound.writeBuffer(&leftover)
         outbound = ByteBuffer()
@@ -192,14 +195,17 @@ final class Multiplexer {
     }
 
     func add(_ stream: CarriedStream) throws(WireError) {
-        guard streams[stream.id] == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
+        guard self.stream(stream.id) == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
         guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams") }
-        streams[stream.id] = stream
+        streams.append(stream)
         stream.source?.onReady = { [unowned self] in pump() }
         stream.sink?.onReady = { [unowned self] in pump() }
     }
 
-    func stream(_ id: UInt32) -> CarriedStream? { streams[id] }
+    func stream(_ id: UInt32) -> CarriedStream? {
+        for stream in streams where stream.id == id { return stream }
+        return nil
+    }
 
     /// Queues a frame for the connection.
     func send(_ frame: Frame) {
@@ -228,7 +234,7 @@ final class Multiplexer {
         repeat {
             pumpAgain = false
             if closed {
-                for stream in streams.values where stream.sink != nil {
+                for stream in streams where stream.sink != nil {
                     writeSink(stream)
                     if stream.pending.readableBytes == 0 { releaseSink(stream) }
                 }
@@ -236,7 +242,7 @@ final class Multiplexer {
                 return
             }
             readLink()
-            for stream in streams.values {
+            for stream in streams {
                 writeSink(stream)
                 if !closed { readSource(stream) }
             }
@@ -251,9 +257,11 @@ final class Multiplexer {
         // Frames that arrived with the handshake, or that an earlier pass left for later.
         if inbound.readableBytes > 0 { processInbound() }
         while link.readable && !closed {
-            if inbound.writableBytes < 64 << 10 {
+            if inbound.writableBytes < 32 << 10 {
                 inbound.discardReadBytes()
-                if inbound.writableBytes < 64 << 10 { inbound.reserveCapacity(minimumWritableBytes: 64 << 10) }
+                // Room for a whole frame once large frames flow (fewer, larger reads).
+                let wanted = inbound.readableBytes > 0 || inbound.capacity >= 1 << 20 ? Frame.maximumPayload + Frame.headerSize : 64 << 10
+                if inbound.writableBytes < 32 << 10 { inbound.reserveCapacity(minimumWritableBytes: wanted) }
             }
             var outcome = LocalEnd.IOResult.wouldBlock
             inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw -> Int in
@@ -297,9 +305,9 @@ final class Multiplexer {
             let message = try ConnectionMessage(frame)
             switch message {
             case .windowUpdate(let id, let increment):
-                try streams[id]?.sendWindow.grant(increment)
+                try stream(id)?.sendWindow.grant(increment)
             case .resetStream(let id, _, _):
-                if let stream = streams[id] { resetLocally(stream) }
+                if let stream = stream(id) { resetLocally(stream) }
             case .ping(let value):
                 send(ConnectionMessage.pong(value).frame)
             case .pong:
@@ -313,7 +321,7 @@ final class Multiplexer {
     }
 
     private func receiveData(_ frame: Frame) throws(WireError) {
-        guard let stream = streams[frame.stream] else {
+        guard let stream = stream(frame.stream) else {
             throw WireError(.protocolViolation, "DATA for unknown stream \(frame.stream)")
         }
         let count = frame.payload.readableBytes
@@ -384,7 +392,7 @@ final class Multiplexer {
         guard !closed else { return }
         closed = true
         outbound.clear()
-        for stream in streams.values {
+        for stream in streams {
             releaseSource(stream)
             if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
         }
@@ -396,7 +404,7 @@ final class Multiplexer {
     var keepSinksAfterClose = false
 
     /// Whether a sink still holds data to write (after the connection closed).
-    var hasPendingSinkData: Bool { streams.values.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
+    var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
 
     /// Shuts down our writing side after flushing what is queued (blocking briefly is acceptable: this is
     /// the last thing a session does).
@@ -455,7 +463,7 @@ final class Multiplexer {
 
     /// Ends sending on every open source at its current EAGAIN (see `CarriedStream.drainOnly`).
     func drainSources() {
-        for stream in streams.values where stream.sendState == .open {
+        for stream in streams where stream.sendState == .open {
             stream.drainOnly = true
             // Read whatever is there even if no event said so yet: the program's last writes may be in
             // the same batch of events as its exit.

@@ -16,6 +16,7 @@
 #include <sys/eventfd.h>
 #include <sys/file.h>
 #include <termios.h>
+#include <sys/random.h>
 
 /* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
 

@@ -24,7 +24,12 @@ enum Connector {
         do {
             switch endpoint {
             case .unix(let path): addresses = [try SocketAddress(unixPath: path)]
-            case .tcp(let host, let port): addresses = try SocketAddress.resolveTCP(host: host, port: port)
+            case .tcp(let host, let port):
+                if let numeric = SocketAddress(numericHost: host, port: port) {
+                    addresses = [numeric]
+                } else {
+                    addresses = try SocketAddress.resolveTCP(host: host, port: port)
+                }
             case .vsock(let cid, let port): addresses = [SocketAddress(vsockCID: cid, port: port)]
             }
         } catch {
@@ -69,7 +74,7 @@ enum Connector {
     static func handshake(
         _ fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, exec: ByteBuffer, signals: SignalDescriptor
     ) throws(RexecError) -> Opened {
-        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key)
+        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key, nonce: randomBytes(Hello.nonceSize))
         var output = handshake.clientOpening
         var execSent = false
         if key == nil {

@@ -300,7 +300,7 @@ final class NativeSession: ServerSession {
 
     private func progressed() {
         if let exitStatus, !exitedSent, !mux.closed, !closeWhenFlushed,
-            mux.streams.values.allSatisfy({ $0.sendState != .open })
+            mux.streams.allSatisfy({ $0.sendState != .open })
         {
             exitedSent = true
             switch exitStatus {

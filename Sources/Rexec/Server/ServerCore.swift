@@ -260,7 +260,7 @@ final class PendingConnection {
                 return handOver { LegacySession(core: core, end: end, peer: peer) }
             }
             guard first == Hello.magic[0] else { return fail("does not speak the rexec protocol (first byte 0x\(String(first, radix: 16)))") }
-            handshake = Handshake(role: .server, service: .rexec, capabilities: 0, key: listener.key)
+            handshake = Handshake(role: .server, service: .rexec, capabilities: 0, key: listener.key, nonce: randomBytes(Hello.nonceSize))
         }
         while end.readable && !done {
             var outcome = LocalEnd.IOResult.wouldBlock
