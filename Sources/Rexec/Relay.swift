@@ -238,6 +238,7 @@ final class Multiplexer {
                     writeSink(stream)
                     if stream.pending.readableBytes == 0 { releaseSink(stream) }
                 }
+                for stream in streams where stream.source != nil { discard(stream) }
                 onProgress?()
                 return
             }
@@ -393,15 +394,25 @@ final class Multiplexer {
         closed = true
         outbound.clear()
         for stream in streams {
-            releaseSource(stream)
+            if !discardSourcesAfterClose || stream.source === stream.sink { releaseSource(stream) }
             if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
         }
         link.close(loop)
         onClosed?(error)
+        if discardSourcesAfterClose { pump() }
+    }
+
+    /// Releases every stream's fds (the session is over).
+    func releaseAll() {
+        for stream in streams { release(stream) }
     }
 
     /// See `close`.
     var keepSinksAfterClose = false
+    /// After the connection closed, keep reading the sources and drop what they give until their end
+    /// (the server: a program whose client vanished must not die of SIGPIPE on its next write before it
+    /// got its SIGTERM; it may want to log why it stops).
+    var discardSourcesAfterClose = false
 
     /// Whether a sink still holds data to write (after the connection closed).
     var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
@@ -451,6 +462,20 @@ final class Multiplexer {
                 return
             }
             if outbound.readableBytes >= Multiplexer.outboundHighWater { flush() }
+        }
+    }
+
+    private func discard(_ stream: CarriedStream) {
+        guard let source = stream.source else { return }
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        while source.readable {
+            switch scratch.withUnsafeMutableBytes({ source.read(into: $0) }) {
+            case .bytes: continue
+            case .wouldBlock: return
+            case .endOfFile, .failed:
+                releaseSource(stream)
+                return
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 #   rx_unix ARGS...                 rexec on the host over the unix socket
 #   status_of CMD...                "exit N" or "signal NAME": how CMD ended, as its parent sees it
 #   rx_status ARGS...               the same for rexec ARGS on the DPU
+#   descendant PID COMM             the first process named COMM below PID (as seen from here)
 
 REXEC_PORT=7777
 REXEC_URL="tcp://$HOST_IP:$REXEC_PORT"
@@ -47,4 +48,13 @@ status_of() {
 import signal, subprocess, sys
 code = subprocess.run(sys.argv[1:]).returncode
 print("signal " + signal.Signals(-code).name if code < 0 else "exit %d" % code)' "$@"
+}
+
+descendant() {
+    local child
+    for child in $(pgrep -P "$1"); do
+        if [ "$(cat "/proc/$child/comm" 2>/dev/null)" = "$2" ]; then echo "$child"; return 0; fi
+        descendant "$child" "$2" && return 0
+    done
+    return 1
 }
