@@ -67,7 +67,9 @@ enum Connector {
             }
         }
         var hint = ""
-        if case .unix = endpoint { hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)" }
+        if case .unix = endpoint, lastError == Errno.noSuchFileOrDirectory.description || lastError == Errno.connectionRefused.description {
+            hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)"
+        }
         throw RexecError(.connection, "cannot connect to \(endpoint): \(lastError)\(hint)")
     }
 

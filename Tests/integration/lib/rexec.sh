@@ -3,6 +3,8 @@
 #
 #   rexec_lab_up [SERVER ARGS...]   lab, key, whitelist, private /run/rexec on both machines, the server
 #   rexec_server_start [ARGS...]    (re)start the server as background process "server"
+#   rexec_server_stop [SIGNAL]      stop it (TERM) and wait until it is gone
+#   server_pid                      the server's pid (lab_pid gives its nsenter)
 #   rx ARGS...                      rexec on the DPU over TCP with the key (like libvirt's wrapper would)
 #   rx_unix ARGS...                 rexec on the host over the unix socket
 #   status_of CMD...                "exit N" or "signal NAME": how CMD ended, as its parent sees it
@@ -33,6 +35,15 @@ rexec_server_start() {
     lab_bg server host rexec_server --listen "$REXEC_URL" --listen unix:///run/rexec/rexec_uds.sock \
         --key "$W/key" --whitelist "$W/whitelist" --config "$W/none.conf" --grace 2 "$@"
     wait_for "grep -q 'ready:' '$W/server.log'" 10 || { cat "$W/server.log"; echo "rexec_server did not start" >&2; exit 1; }
+}
+
+server_pid() { descendant "$(lab_pid server)" rexec_server; }
+
+rexec_server_stop() {
+    local pid
+    pid=$(server_pid) || return 0
+    kill -s "${1:-TERM}" "$pid"
+    wait_for "! kill -0 $pid" 30
 }
 
 rx() { lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" "$@"; }
