@@ -190,7 +190,13 @@ final class ServerCore {
         snapshot.started()
     }
 
+    /// Forgets a finished session — after the current batch of events: it may be deep in its own
+    /// callbacks now, and must outlive them.
     func remove(_ session: ServerSession) {
+        loop.later { [self] in forget(session) }
+    }
+
+    private func forget(_ session: ServerSession) {
         sessions[ObjectIdentifier(session)] = nil
         if let pid = session.pid, byPID[pid] === session { byPID[pid] = nil }
         snapshot.update(sessions: sessions.count, pending: pending.count)
