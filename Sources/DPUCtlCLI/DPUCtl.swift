@@ -20,6 +20,9 @@ public enum DPUCtl {
             RexecArguments.runFast(rawArguments(from: 1))
         } else if name == "dpuctl" && argv.count > 1 && argv[1] == "rexec" {
             RexecArguments.runFast(rawArguments(from: 2))
+        } else if name == "dpuctl" && argv.count == 2 && argv[1] == "--version" {
+            print(version)
+            exit(0)
         }
         let arguments = UncheckedSendable(argv)
         Task {

@@ -109,10 +109,11 @@ public final class QTFSFileServer: Sendable {
             _ = export
             return .attributes(try attributes(directory.status(of: name)))
         case .mknod(let path, let mode, let owner):
-            // FIFOs and regular files only: a device node created from the DPU would open host devices.
+            // FIFOs, regular files and sockets (a DPU process binding a unix socket): never a device node,
+            // which would give the DPU the host's devices.
             let type = mode_t(mode) & S_IFMT
-            guard type == S_IFIFO || type == S_IFREG else {
-                throw SystemError(.notPermitted, "mknod (only FIFOs and regular files)", describe(path.path))
+            guard type == S_IFIFO || type == S_IFREG || type == S_IFSOCK else {
+                throw SystemError(.notPermitted, "mknod (only FIFOs, regular files and sockets)", describe(path.path))
             }
             let (_, directory, name) = try prepareChange(.create, path, session)
             defer { directory.closeQuietly() }

@@ -87,15 +87,25 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// Open files by node: a file unlinked while open has no path any more, but fstat(2) still asks
     /// for its attributes by node (the kernel sends no handle with GETATTR); its handle answers.
     private let openFiles = Mutex([UInt64: [ObjectIdentifier: OpenFile]]())
+    /// Host unix sockets made connectable here (nil with `nosockets`).
+    let sockets: SocketNodes?
+    /// Attributes of socket nodes, for the MKNOD that binds them.
+    private let socketAttributes = Mutex([UInt64: QTFSAttributes]())
     private let nextPollID = Atomic<UInt64>(1)
 
-    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) {
+    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) throws {
         self.client = client
         self.options = options
         self.local = local
         self.logger = logger
         rootDevice = client.export?.root.device ?? 0
+        sockets = options.sockets && !options.proc
+            ? try SocketNodes(
+                mountpoint: options.mountpoint, hostPath: Array(options.hostPath.utf8), control: options.udsproxyControl,
+                logger: logger)
+            : nil
         client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
+        sockets?.pathOf = { [nodes] node in nodes.path(node) }
     }
 
     // MARK: Plumbing
@@ -211,9 +221,15 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     private func replyEntry(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes) {
         let id = nodes.remember(parent, name, a)
-        var e = entry(id, a)
-        // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
-        if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+        let reply = { [self] in
+            var e = entry(id, a)
+            // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+        }
+        guard a.mode & 0o170000 == 0o140000, let sockets, let path = nodes.path(id) else { return reply() }
+        socketAttributes.withLock { $0[id] = a }
+        // A host socket: listen for it, before the caller (about to connect, likely) gets the entry.
+        sockets.ensureListener(id, path: path, reply)
     }
 
     private func replyAttributes(_ req: fuse_req_t, _ node: UInt64, _ a: QTFSAttributes) {
@@ -221,10 +237,11 @@ final class QTFSFilesystem: @unchecked Sendable {
         fuse_reply_attr(req, &s, timeouts(a).attributes)
     }
 
-    private func synthetic(_ id: UInt64, _ target: Int) -> QTFSAttributes {
+    /// Attributes of a node the client made up: a link (proc mode) or the hidden socket directory.
+    private func synthetic(_ id: UInt64, _ kind: NodeTable.Synthetic) -> QTFSAttributes {
         QTFSAttributes(
-            device: rootDevice, inode: 0xffff_0000_0000_0000 | id, mode: 0o120777, linkCount: 1,
-            size: UInt64(target))
+            device: rootDevice, inode: 0xffff_0000_0000_0000 | id, mode: kind == .socketDirectory ? 0o040700 : 0o120777,
+            linkCount: kind == .socketDirectory ? 2 : 1, size: 16)
     }
 
     private func path(_ req: fuse_req_t, _ node: UInt64) -> [UInt8]? {
@@ -278,8 +295,18 @@ final class QTFSFilesystem: @unchecked Sendable {
                 }
             }
         }
+        if let sockets {
+            if parent == NodeTable.rootID && name == sockets.directoryName {
+                return replySynthetic(req, parent, name, .socketDirectory)
+            }
+            // Nothing is ever found in the hidden directory: binding there must not find an entry.
+            if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
+        }
         guard let path = path(req, parent, name) else { return }
         call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
+            if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
+                sockets.close(gone)
+            }
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
             replyEntry(req, parent, name, a)
         }
@@ -289,15 +316,15 @@ final class QTFSFilesystem: @unchecked Sendable {
         let id = nodes.rememberSynthetic(parent, name, kind)
         var e = fuse_entry_param()
         e.ino = id
-        e.attr = stat(synthetic(id, 16), node: id)
+        e.attr = stat(synthetic(id, kind), node: id)
         if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
     }
 
     func forget(_ node: UInt64, _ count: UInt64) { nodes.forget(node, count) }
 
     func getattr(_ req: fuse_req_t, _ node: UInt64, _ file: OpenFile?) {
-        if case .synthetic = nodes.node(node)?.kind {
-            var s = stat(synthetic(node, 16), node: node)
+        if case .synthetic(let kind) = nodes.node(node)?.kind {
+            var s = stat(synthetic(node, kind), node: node)
             return _ = fuse_reply_attr(req, &s, 0)
         }
         if let file = file ?? (nodes.path(node) == nil ? openFiles.withLock({ $0[node]?.values.first }) : nil) {
@@ -360,10 +387,28 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func mknod(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t, _ device: dev_t) {
+        if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind {
+            // Only our binder may bind here, and only the node it is binding: answer with that node.
+            guard mode & S_IFMT == S_IFSOCK, let sockets, let caller = fuse_req_ctx(req)?.pointee.pid,
+                let node = sockets.claim(name, caller: caller), let a = socketAttributes.withLock({ $0[node] })
+            else { return _ = fuse_reply_err(req, EACCES) }
+            nodes.addReference(node)
+            var e = entry(node, a)
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(node, 1) }
+            return
+        }
         guard let path = path(req, parent, name) else { return }
         let owner = owner(req)
         call(req, .mknod, { .mknod(QTFSPath(export: $0.export, path: path), mode: UInt32(mode), owner: owner) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            if a.mode & 0o170000 == 0o140000 {
+                // A DPU process is binding a socket here: it is the DPU's, not one to relay to the host.
+                let id = nodes.remember(parent, name, a)
+                sockets?.boundLocally(id)
+                var e = entry(id, a)
+                if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+                return
+            }
             guard a.mode & 0o170000 == 0o010000, !options.localFIFOs else { return replyEntry(req, parent, name, a) }
             // The kernel insists that mkfifo makes a FIFO: answer with one, valid for no time, so that the
             // next lookup finds the carried (regular-looking) file.
@@ -570,7 +615,12 @@ final class QTFSFilesystem: @unchecked Sendable {
                     guard needed <= remaining else { break }
                     var e = fuse_entry_param()
                     if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
-                        e = self.entry(nodes.remember(directory, entry.name, a), a)
+                        let id = nodes.remember(directory, entry.name, a)
+                        e = self.entry(id, a)
+                        if a.mode & 0o170000 == 0o140000, let sockets, !sockets.hasListener(id), let path = nodes.path(id) {
+                            socketAttributes.withLock { $0[id] = a }
+                            sockets.ensureListener(id, path: path) {}
+                        }
                     } else {
                         e.attr.st_ino = UInt(entry.inode)
                         e.attr.st_mode = mode_t(entry.type) << 12

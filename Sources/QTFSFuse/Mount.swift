@@ -37,13 +37,14 @@ public enum QTFSMount {
             throw QTFSMountError("\(options.hostPath) is not a directory on the host")
         }
         if export.readOnly && !options.kernelOptions.contains("ro") { options.kernelOptions.append("ro") }
-        let filesystem = QTFSFilesystem(client: client, options: options, local: local, logger: logger)
+        let filesystem = try QTFSFilesystem(client: client, options: options, local: local, logger: logger)
         QTFSFilesystem.current = filesystem
         let session = try FuseSession(filesystem: filesystem, options: options)
         defer { session.destroy() }
         logger.info("mounted \(options.hostPath) from \(endpoint) on \(options.mountpoint)")
         ready()
-        await session.serve(logger: logger)
+        await session.serve(logger: logger) { filesystem.sockets?.stop() }
+        filesystem.sockets?.stop()
         client.stop()
         logger.info("unmounted \(options.mountpoint)")
     }
@@ -86,9 +87,12 @@ final class FuseSession: @unchecked Sendable {
 
     /// Runs the multithreaded loop until the kernel ends the connection (the file system was unmounted
     /// and its last user is gone) or a stop is forced.
-    func serve(logger: Logger) async {
+    /// `release` is called when the mount is being unmounted (SIGTERM, or someone's `umount -l`): bound
+    /// sockets hold the file system busy and must go first.
+    func serve(logger: Logger, release: @escaping @Sendable () -> Void) async {
         ThreadInterruption.install()
-        let stopper = try? Stopper(session: self, logger: logger)
+        let stopper = try? Stopper(session: self, logger: logger, release: release)
+        try? watchUnmount(release)
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             do {
                 try OSThread.start(name: "qtfs-fuse") { [self] in
@@ -107,6 +111,26 @@ final class FuseSession: @unchecked Sendable {
             }
         }
         stopper?.finish()
+    }
+
+    /// Calls `release` once the mount is no longer in this namespace's mount table (a lazy unmount by
+    /// someone else): the kernel ends the connection only when nothing holds the file system.
+    private func watchUnmount(_ release: @escaping @Sendable () -> Void) throws {
+        guard let connection else { return }
+        let table = try FileDescriptor.openPath("/proc/self/mountinfo", flags: O_RDONLY)
+        try OSThread.start(name: "qtfs-mounts") {
+            defer { table.closeQuietly() }
+            while true {
+                // mountinfo polls with POLLPRI when the table changes; the timeout is a safety net.
+                var set = [pollfd(fd: table.rawValue, events: Int16(POLLPRI), revents: 0)]
+                _ = try? DPUSystem.poll(&set, timeoutMilliseconds: 5000, retryOnInterrupt: true)
+                guard let entries = try? MountInfo.read() else { continue }
+                if !entries.contains(where: { $0.device.hasSuffix(":" + connection) && $0.fileSystemType == "fuse.qtfs" }) {
+                    release()
+                    return
+                }
+            }
+        }
     }
 
     /// Lazy unmount: the mount point disappears now; the file system lives on until its last user goes,
@@ -143,7 +167,7 @@ final class Stopper: Sendable {
 
     nonisolated(unsafe) private static var writeEnd: Int32 = -1
 
-    init(session: FuseSession, logger: Logger) throws(SystemError) {
+    init(session: FuseSession, logger: Logger, release: @escaping @Sendable () -> Void) throws(SystemError) {
         pipe = try FileDescriptor.makePipe()
         Stopper.writeEnd = pipe.write.rawValue
         for signal in [SIGTERM, SIGINT, SIGHUP] {
@@ -169,6 +193,7 @@ final class Stopper: Sendable {
                 if ready > 0 && Int32(byte) == SIGHUP { continue }
                 if !detached && ready > 0 {
                     logger.info("signal \(Signals.name(of: Int32(byte))): unmounting")
+                    release()
                     session.detach()
                     detached = true
                 } else {

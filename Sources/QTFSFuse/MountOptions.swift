@@ -1,4 +1,5 @@
 import DPUSystem
+import UDSProxy
 
 /// What `mount -t qtfs -o OPTIONS HOSTPATH MOUNTPOINT` asks for.
 public struct QTFSMountOptions: Sendable, Equatable {
@@ -26,6 +27,10 @@ public struct QTFSMountOptions: Sendable, Equatable {
     public var patience = 60
     /// `localfifo`: show host FIFOs as FIFOs; they then work as pipes of the DPU only (same-machine use).
     public var localFIFOs = false
+    /// Host unix sockets become connectable here through udsproxyd (`nosockets` turns it off).
+    public var sockets = true
+    /// udsproxyd's control socket on this machine (`udsproxy=PATH`).
+    public var udsproxyControl = UDSProxySettings.defaultControlPath
     /// Kernel mount flags handed to libfuse (ro, nosuid, nodev, noexec, ...). `nodev` unless `dev`.
     public var kernelOptions: [String] = []
     public var readOnly = false
@@ -60,6 +65,14 @@ public struct QTFSMountOptions: Sendable, Equatable {
             switch name {
             case "proc": proc = true
             case "localfifo": localFIFOs = true
+            case "nosockets": sockets = false
+            case "sockets": sockets = true
+            case "udsproxy":
+                let path = try need()
+                guard path.hasPrefix("/"), path.utf8.count <= Endpoint.maximumUnixPathLength else {
+                    throw MountOptionError("udsproxy=\(path) must be an absolute socket path of at most \(Endpoint.maximumUnixPathLength) bytes")
+                }
+                udsproxyControl = path
             case "localproc":
                 let path = try need()
                 guard path.hasPrefix("/") else { throw MountOptionError("localproc=\(path) must be an absolute path") }
@@ -93,7 +106,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, localcomm=A:B, server=URL, key=FILE, connections=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -25,6 +25,8 @@ final class NodeTable: Sendable {
         case procThreadSelf
         case localProcess(Int32)
         case fixedLink([UInt8])
+        /// The hidden directory where socket nodes are bound (`SocketNodes`).
+        case socketDirectory
     }
 
     struct Dentry: Hashable, Sendable {
@@ -128,10 +130,22 @@ final class NodeTable: Sendable {
             if let previous = state.byDentry[dentry] { NodeTable.unhook(dentry, from: previous, in: &state) }
             let id = state.next
             state.next += 1
-            state.nodes[id] = Node(kind: .synthetic(synthetic), key: nil, type: 0o120000, names: [dentry], lookups: 1)
+            let type: UInt32 = synthetic == .socketDirectory ? 0o040000 : 0o120000
+            state.nodes[id] = Node(kind: .synthetic(synthetic), key: nil, type: type, names: [dentry], lookups: 1)
             state.byDentry[dentry] = id
             return id
         }
+    }
+
+    /// The kernel took one more reference to `node` under a name this table does not record (a socket
+    /// bound in the hidden directory).
+    func addReference(_ node: UInt64) {
+        state.withLock { state in state.nodes[node]?.lookups += 1 }
+    }
+
+    /// The node `name` in `parent` stands for now, if any.
+    func child(_ parent: UInt64, _ name: [UInt8]) -> UInt64? {
+        state.withLock { $0.byDentry[Dentry(parent: parent, name: name)] }
     }
 
     /// The kernel dropped `count` references to `node`.

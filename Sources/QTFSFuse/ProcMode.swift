@@ -88,6 +88,8 @@ final class LocalProcesses: Sendable {
             return localProc + [slash] + Array("\(pid)".utf8)
         case .fixedLink(let target):
             return target
+        case .socketDirectory:
+            return []
         }
     }
 

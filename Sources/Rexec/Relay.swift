@@ -153,7 +153,9 @@ final class Multiplexer {
     private var inbound: ByteBuffer
     private(set) var outbound: ByteBuffer
     private let decoder: FrameDecoder
-    private(set) var streams: [UInt32: CarriedStream] = [:]
+    /// The streams, in the order they were added (few: a linear search beats a dictionary, whose generic
+    /// metadata costs start-up time).
+    private(set) var streams: [CarriedStream] = []
     /// Highest number of streams at once (a peer that opens more loses its connection).
     var maximumStreams = 4096
     /// Stop reading local sources while this much is queued for the connection.
@@ -175,8 +177,9 @@ final class Multiplexer {
         self.loop = loop
         self.link = link
         self.decoder = FrameDecoder(maximumPayload: maximumPayload)
+        // Grows to a frame's size when one arrives; a session that moves little data stays small.
         inbound = ByteBuffer()
-        inbound.reserveCapacity(Frame.maximumPayload + Frame.headerSize + 4096)
+        inbound.reserveCapacity(64 << 10)
         var leftover = leftover
         inbound.writeBuffer(&leftover)
         outbound = ByteBuffer()
@@ -192,14 +195,17 @@ final class Multiplexer {
     }
 
     func add(_ stream: CarriedStream) throws(WireError) {
-        guard streams[stream.id] == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
+        guard self.stream(stream.id) == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
         guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams") }
-        streams[stream.id] = stream
+        streams.append(stream)
         stream.source?.onReady = { [unowned self] in pump() }
         stream.sink?.onReady = { [unowned self] in pump() }
     }
 
-    func stream(_ id: UInt32) -> CarriedStream? { streams[id] }
+    func stream(_ id: UInt32) -> CarriedStream? {
+        for stream in streams where stream.id == id { return stream }
+        return nil
+    }
 
     /// Queues a frame for the connection.
     func send(_ frame: Frame) {
@@ -228,15 +234,16 @@ final class Multiplexer {
         repeat {
             pumpAgain = false
             if closed {
-                for stream in streams.values where stream.sink != nil {
+                for stream in streams where stream.sink != nil {
                     writeSink(stream)
                     if stream.pending.readableBytes == 0 { releaseSink(stream) }
                 }
+                for stream in streams where stream.source != nil { discard(stream) }
                 onProgress?()
                 return
             }
             readLink()
-            for stream in streams.values {
+            for stream in streams {
                 writeSink(stream)
                 if !closed { readSource(stream) }
             }
@@ -251,9 +258,11 @@ final class Multiplexer {
         // Frames that arrived with the handshake, or that an earlier pass left for later.
         if inbound.readableBytes > 0 { processInbound() }
         while link.readable && !closed {
-            if inbound.writableBytes < 64 << 10 {
+            if inbound.writableBytes < 32 << 10 {
                 inbound.discardReadBytes()
-                if inbound.writableBytes < 64 << 10 { inbound.reserveCapacity(minimumWritableBytes: 64 << 10) }
+                // Room for a whole frame once large frames flow (fewer, larger reads).
+                let wanted = inbound.readableBytes > 0 || inbound.capacity >= 1 << 20 ? Frame.maximumPayload + Frame.headerSize : 64 << 10
+                if inbound.writableBytes < 32 << 10 { inbound.reserveCapacity(minimumWritableBytes: wanted) }
             }
             var outcome = LocalEnd.IOResult.wouldBlock
             inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw -> Int in
@@ -297,9 +306,9 @@ final class Multiplexer {
             let message = try ConnectionMessage(frame)
             switch message {
             case .windowUpdate(let id, let increment):
-                try streams[id]?.sendWindow.grant(increment)
+                try stream(id)?.sendWindow.grant(increment)
             case .resetStream(let id, _, _):
-                if let stream = streams[id] { resetLocally(stream) }
+                if let stream = stream(id) { resetLocally(stream) }
             case .ping(let value):
                 send(ConnectionMessage.pong(value).frame)
             case .pong:
@@ -313,7 +322,7 @@ final class Multiplexer {
     }
 
     private func receiveData(_ frame: Frame) throws(WireError) {
-        guard let stream = streams[frame.stream] else {
+        guard let stream = stream(frame.stream) else {
             throw WireError(.protocolViolation, "DATA for unknown stream \(frame.stream)")
         }
         let count = frame.payload.readableBytes
@@ -384,19 +393,29 @@ final class Multiplexer {
         guard !closed else { return }
         closed = true
         outbound.clear()
-        for stream in streams.values {
-            releaseSource(stream)
+        for stream in streams {
+            if !discardSourcesAfterClose || stream.source === stream.sink { releaseSource(stream) }
             if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
         }
         link.close(loop)
         onClosed?(error)
+        if discardSourcesAfterClose { pump() }
+    }
+
+    /// Releases every stream's fds (the session is over).
+    func releaseAll() {
+        for stream in streams { release(stream) }
     }
 
     /// See `close`.
     var keepSinksAfterClose = false
+    /// After the connection closed, keep reading the sources and drop what they give until their end
+    /// (the server: a program whose client vanished must not die of SIGPIPE on its next write before it
+    /// got its SIGTERM; it may want to log why it stops).
+    var discardSourcesAfterClose = false
 
     /// Whether a sink still holds data to write (after the connection closed).
-    var hasPendingSinkData: Bool { streams.values.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
+    var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
 
     /// Shuts down our writing side after flushing what is queued (blocking briefly is acceptable: this is
     /// the last thing a session does).
@@ -446,6 +465,20 @@ final class Multiplexer {
         }
     }
 
+    private func discard(_ stream: CarriedStream) {
+        guard let source = stream.source else { return }
+        var scratch = [UInt8](repeating: 0, count: 65536)
+        while source.readable {
+            switch scratch.withUnsafeMutableBytes({ source.read(into: $0) }) {
+            case .bytes: continue
+            case .wouldBlock: return
+            case .endOfFile, .failed:
+                releaseSource(stream)
+                return
+            }
+        }
+    }
+
     private func endSource(_ stream: CarriedStream) {
         Frame(type: RexecFrame.data, flags: .endStream, stream: stream.id).encode(into: &outbound)
         stream.sendState = .ended
@@ -455,7 +488,7 @@ final class Multiplexer {
 
     /// Ends sending on every open source at its current EAGAIN (see `CarriedStream.drainOnly`).
     func drainSources() {
-        for stream in streams.values where stream.sendState == .open {
+        for stream in streams where stream.sendState == .open {
             stream.drainOnly = true
             // Read whatever is there even if no event said so yet: the program's last writes may be in
             // the same batch of events as its exit.

@@ -20,6 +20,7 @@
 #include <sys/uio.h>
 #include <sys/file.h>
 #include <termios.h>
+#include <sys/random.h>
 
 /* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
 

@@ -27,6 +27,7 @@ final class ClientSession {
     private var queuedSignals: [SignalInfo] = []
     private var failure: RexecError?
     private var goAwayReason: String?
+    private var goAwayCode = CloseCode.normal
     private var pidFile: PidFile?
     private var savedTerminal: termios?
     private var nextStream: UInt32
@@ -73,7 +74,10 @@ final class ClientSession {
 
     private func control(_ frame: Frame) throws(WireError) {
         if frame.type == .goAway {
-            if case .goAway(_, let reason) = try ConnectionMessage(frame) { goAwayReason = reason }
+            if case .goAway(let code, let reason) = try ConnectionMessage(frame) {
+                goAwayReason = reason
+                goAwayCode = code
+            }
             return
         }
         switch try RexecMessage(frame) {
@@ -154,6 +158,9 @@ final class ClientSession {
     /// Points `targets` at /dev/null: our reference to the caller's pipe or socket goes, while the fd
     /// numbers stay valid (a later open must not land on 1 or 2).
     private func neutralise(_ targets: [Int32]) {
+        // Only for a stream the program ended; when the connection goes, we are about to exit and may
+        // still have to say why on stderr.
+        guard !mux.closed else { return }
         if nullDevice == nil { nullDevice = try? FileDescriptor.openPath("/dev/null", flags: O_RDWR) }
         guard let nullDevice else { return }
         for target in targets { dup2(nullDevice.rawValue, target) }
@@ -209,7 +216,9 @@ final class ClientSession {
         if failure != nil { return }
         var where_ = ""
         if case .running(let pid) = state { where_ = "; the program may still run there as pid \(pid)" }
-        if let goAwayReason {
+        if let goAwayReason, goAwayCode == .refused || goAwayCode == .protocolError {
+            failure = RexecError(.connection, "the server at \(endpoint) refused: \(goAwayReason)")
+        } else if let goAwayReason {
             failure = RexecError(.disconnected, "the server at \(endpoint) stopped (\(goAwayReason))\(where_)")
         } else if let error {
             failure = RexecError(.disconnected, "lost the connection to \(endpoint): \(error)\(where_)")

@@ -24,7 +24,12 @@ enum Connector {
         do {
             switch endpoint {
             case .unix(let path): addresses = [try SocketAddress(unixPath: path)]
-            case .tcp(let host, let port): addresses = try SocketAddress.resolveTCP(host: host, port: port)
+            case .tcp(let host, let port):
+                if let numeric = SocketAddress(numericHost: host, port: port) {
+                    addresses = [numeric]
+                } else {
+                    addresses = try SocketAddress.resolveTCP(host: host, port: port)
+                }
             case .vsock(let cid, let port): addresses = [SocketAddress(vsockCID: cid, port: port)]
             }
         } catch {
@@ -62,14 +67,16 @@ enum Connector {
             }
         }
         var hint = ""
-        if case .unix = endpoint { hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)" }
+        if case .unix = endpoint, lastError == Errno.noSuchFileOrDirectory.description || lastError == Errno.connectionRefused.description {
+            hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)"
+        }
         throw RexecError(.connection, "cannot connect to \(endpoint): \(lastError)\(hint)")
     }
 
     static func handshake(
         _ fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, exec: ByteBuffer, signals: SignalDescriptor
     ) throws(RexecError) -> Opened {
-        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key)
+        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key, nonce: randomBytes(Hello.nonceSize))
         var output = handshake.clientOpening
         var execSent = false
         if key == nil {

@@ -37,11 +37,13 @@ struct PidFile {
         fd.closeQuietly()
     }
 
-    /// `mkdir -p` with mode 0700 for what it creates.
+    /// `mkdir -p` with mode 0700 for what it creates (usually one mkdir: the directory exists).
     private static func makeDirectories(_ path: String) throws(SystemError) {
-        var prefix = ""
-        for component in path.split(separator: "/") {
-            prefix += "/" + component
+        if mkdir(path, 0o700) == 0 || errno == EEXIST { return }
+        guard errno == ENOENT else { throw SystemError(Errno(rawValue: errno), "mkdir", path) }
+        let bytes = Array(path.utf8)
+        for index in bytes.indices where index > 0 && bytes[index] == UInt8(ascii: "/") || index == bytes.count - 1 {
+            let prefix = String(decoding: bytes[...index].last == UInt8(ascii: "/") ? bytes[..<index] : bytes[...index], as: UTF8.self)
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
                 throw SystemError(Errno(rawValue: errno), "mkdir", prefix)
             }
