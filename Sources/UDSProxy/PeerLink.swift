@@ -295,9 +295,12 @@ final class PeerLink: ReactorSource {
             return Frame.headerSize + count
         }
         if case .read(let count, _, _) = outcome, count > 0 {
-            var header = ByteBuffer()
-            Frame.encodeHeader(type: .udsData, stream: stream, payloadLength: count, into: &header)
-            output.setBuffer(header, at: headerIndex)
+            // The header `Frame.encodeHeader` would write, in place.
+            output.setInteger(UInt32(count), at: headerIndex, endianness: .big)
+            output.setInteger(FrameType.udsData.rawValue, at: headerIndex + 4)
+            output.setInteger(UInt8(0), at: headerIndex + 5)
+            output.setInteger(UInt16(0), at: headerIndex + 6, endianness: .big)
+            output.setInteger(stream, at: headerIndex + 8, endianness: .big)
             scheduleFlush()
         }
         return (outcome, headerIndex)

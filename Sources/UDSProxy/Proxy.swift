@@ -618,25 +618,24 @@ final class Proxy {
         updateStatus(now: false)
     }
 
-    /// Publishes the status line; tells systemd at once for link changes, at most every second otherwise.
+    /// Publishes the status line: at once for link changes, at most every second for connection counts
+    /// (which change with every connection: the line is not even computed more often).
     private func updateStatus(now: Bool) {
-        let text = statusLine()
-        board.setStatus(text)
-        guard text != lastStatus else { return }
         if now {
             reactor.cancel(statusTimer)
             statusTimer = nil
-            notifyStatus()
+            publishAndNotify()
         } else if statusTimer == nil {
             statusTimer = reactor.schedule(after: .seconds(1)) { [weak self] in
                 self?.statusTimer = nil
-                self?.notifyStatus()
+                self?.publishAndNotify()
             }
         }
     }
 
-    private func notifyStatus() {
+    private func publishAndNotify() {
         let text = statusLine()
+        board.setStatus(text)
         guard text != lastStatus else { return }
         lastStatus = text
         do { try Systemd.notify(.status(text)) } catch { logger.debug("cannot send STATUS: \(error)") }

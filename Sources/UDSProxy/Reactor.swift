@@ -168,6 +168,7 @@ struct TimerQueue {
         var action: () -> Void
     }
     private var heap: [Entry] = []
+    private var live: Set<UInt64> = []
     private var cancelled: Set<UInt64> = []
     private var nextID: UInt64 = 1
 
@@ -175,6 +176,7 @@ struct TimerQueue {
         let id = nextID
         nextID += 1
         heap.append(Entry(deadline: deadline, id: id, action: action))
+        live.insert(id)
         var child = heap.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
@@ -186,7 +188,7 @@ struct TimerQueue {
     }
 
     mutating func cancel(_ timer: TimerID) {
-        if heap.contains(where: { $0.id == timer.value }) { cancelled.insert(timer.value) }
+        if live.remove(timer.value) != nil { cancelled.insert(timer.value) }
     }
 
     /// Milliseconds until the next deadline (rounded up), -1 when there is none.
@@ -201,6 +203,7 @@ struct TimerQueue {
         var actions: [() -> Void] = []
         while let first = heap.first, first.deadline <= now {
             removeFirst()
+            live.remove(first.id)
             if cancelled.remove(first.id) == nil { actions.append(first.action) }
         }
         return actions
