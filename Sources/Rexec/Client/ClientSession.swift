@@ -138,7 +138,9 @@ final class ClientSession {
         let stream = CarriedStream(id: planned.id, source: planned.source, sink: planned.sink)
         stream.halfCloseSink = planned.duplex
         let targets = planned.targets
-        if planned.duplex {
+        if planned.id == terminal?.stream {
+            // The terminal stays ours when the remote one closes.
+        } else if planned.duplex {
             stream.onFinished = { [unowned self] _ in neutralise(targets) }
         } else {
             // When the remote side is done with a stream, so are we: the caller sees end of file (or
