@@ -19,7 +19,7 @@ final class LocalEnd {
     var writable = false
     /// The peer hung up (EPOLLHUP/ERR): reads give EOF, writes EPIPE.
     var hungUp = false
-    private var registration: EventLoop.Registration?
+    private var registration: IOLoop.Registration?
     /// Whether closing `fd` is ours to do (false for the client's own fds 0-2 and inherited fds).
     let owned: Bool
     /// Called when readiness changed.
@@ -33,7 +33,7 @@ final class LocalEnd {
     }
 
     /// Registers with `loop`; an fd epoll refuses (a regular file) is treated as always ready.
-    func watch(_ loop: EventLoop) throws(SystemError) {
+    func watch(_ loop: IOLoop) throws(SystemError) {
         guard registration == nil && !alwaysReady else { return }
         do throws(SystemError) {
             registration = try loop.register(fd) { [unowned self] events in
@@ -100,7 +100,7 @@ final class LocalEnd {
     }
 
     /// Stops watching and closes the fd if it is ours.
-    func close(_ loop: EventLoop) {
+    func close(_ loop: IOLoop) {
         guard !closed else { return }
         closed = true
         if let registration { loop.unregister(registration, fd) }
@@ -148,7 +148,7 @@ final class CarriedStream {
 /// A framed connection with its streams. The owner handles control frames (`onControl`) and the end of
 /// the connection (`onClosed`); the multiplexer moves the data.
 final class Multiplexer {
-    let loop: EventLoop
+    let loop: IOLoop
     let link: LocalEnd
     private var inbound: ByteBuffer
     private(set) var outbound: ByteBuffer
@@ -173,7 +173,7 @@ final class Multiplexer {
     private var pumping = false
     private var pumpAgain = false
 
-    init(loop: EventLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
+    init(loop: IOLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
         self.loop = loop
         self.link = link
         self.decoder = FrameDecoder(maximumPayload: maximumPayload)
@@ -422,8 +422,8 @@ final class Multiplexer {
     func finishAndClose() {
         if !closed && outbound.readableBytes > 0 {
             // Bounded: a peer that does not read within a second loses the rest.
-            let deadline = EventLoop.now() + 1_000_000_000
-            while outbound.readableBytes > 0 && !closed && EventLoop.now() < deadline {
+            let deadline = IOLoop.now() + 1_000_000_000
+            while outbound.readableBytes > 0 && !closed && IOLoop.now() < deadline {
                 var set = [pollfd(fd: link.fd.rawValue, events: Int16(POLLOUT), revents: 0)]
                 _ = try? DPUSystem.poll(&set, timeoutMilliseconds: 100, retryOnInterrupt: true)
                 link.writable = true

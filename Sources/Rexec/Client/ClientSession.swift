@@ -7,7 +7,7 @@ import SystemPackage
 /// The client after the handshake: waits for STARTED, then relays the carried fds, forwards signals and
 /// window sizes, accepts connections on carried listeners, and ends as the remote program ended.
 final class ClientSession {
-    private let loop: EventLoop
+    private let loop: IOLoop
     private let mux: Multiplexer
     private let endpoint: Endpoint
     private var plannedStreams: [DescriptorPlan.PlannedStream]
@@ -37,7 +37,7 @@ final class ClientSession {
         connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
         signals: SignalDescriptor, gate: StartGate?, program: String, warn: @escaping (String) -> Void
     ) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
         self.endpoint = endpoint
         plannedStreams = plan.streams

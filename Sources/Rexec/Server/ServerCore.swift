@@ -20,7 +20,7 @@ protocol ServerSession: AnyObject {
 /// Everything of the server that lives on its event loop thread: listeners, connections in their
 /// handshake, sessions, the SIGCHLD wake-up. Only `execute` is called from other threads.
 final class ServerCore {
-    let loop: EventLoop
+    let loop: IOLoop
     let logger: Logger
     let settings: RexecServerSettings
     private(set) var whitelist: Whitelist
@@ -39,7 +39,7 @@ final class ServerCore {
         let fd: FileDescriptor
         let endpoint: Endpoint
         var key: PreSharedKey?
-        var registration: EventLoop.Registration?
+        var registration: IOLoop.Registration?
         /// We created its socket file (socket-activated ones belong to systemd): removed on stop.
         let ownsPath: Bool
         /// Accepting stopped because max-pending connections are opening.
@@ -54,7 +54,7 @@ final class ServerCore {
     }
 
     init(settings: RexecServerSettings, whitelist: Whitelist, logger: Logger, snapshot: Snapshot) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         self.settings = settings
         self.whitelist = whitelist
         self.logger = logger
@@ -146,7 +146,7 @@ final class ServerCore {
     /// handshake takes one round trip; a busy machine may need a little longer): a peer that holds
     /// connections half-open cannot lock others out for longer than that.
     private func evictStalledConnection() -> Bool {
-        let now = EventLoop.now()
+        let now = IOLoop.now()
         let limit = UInt64(settings.handshakeTimeout.components.seconds) * 500_000_000
         guard let oldest = pending.values.min(by: { $0.since < $1.since }), now - oldest.since > limit else {
             return false
@@ -159,7 +159,7 @@ final class ServerCore {
 
     /// Logs a refusal, at most a few per second (a flood must not flood the journal too).
     private func refuse(_ message: String) {
-        let now = EventLoop.now()
+        let now = IOLoop.now()
         if now - lastRefusalLog > 200_000_000 {
             lastRefusalLog = now
             logger.warning("\(message)")
@@ -243,11 +243,11 @@ final class PendingConnection {
     /// Why this connection will be refused once it has said who it is (nil: it is welcome).
     let refusal: String?
     /// When it was accepted (monotonic ns).
-    let since = EventLoop.now()
+    let since = IOLoop.now()
     private var handshake: Handshake?
     private var input = ByteBuffer()
     private var output = ByteBuffer()
-    private var timer: EventLoop.TimerID?
+    private var timer: IOLoop.TimerID?
     private var done = false
 
     init(core: ServerCore, fd: FileDescriptor, listener: ServerCore.Listener, peer: String, refusal: String?) {
