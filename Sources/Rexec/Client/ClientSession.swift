@@ -86,7 +86,9 @@ final class ClientSession {
             for note in notes { warn(note) }
             started(pid)
         case .failed(let why):
-            guard case .starting = state else { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            // A gated program is reported started (its pid is needed for the gate) before it is exec'd.
+            if case .running = state, gate == nil { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            if case .exited = state { throw WireError(.protocolViolation, "FAILED after EXITED") }
             failure = RexecError(kind(of: why.code), "\(program): \(why.message)")
         case .exited(let exit):
             guard case .running = state else { throw WireError(.protocolViolation, "EXITED before STARTED") }
