@@ -351,7 +351,15 @@ final class Multiplexer {
                     break
                 }
             }
-            if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
+            if payload.readableBytes > 0 {
+                // Keep the rest as a slice of the connection's buffer rather than copying it: with a
+                // 64 KiB pipe to the reader, nearly all of a large frame waits here.
+                if stream.pending.readableBytes == 0 {
+                    stream.pending = payload
+                } else {
+                    stream.pending.writeBuffer(&payload)
+                }
+            }
         }
         if frame.flags.contains(.endStream) {
             stream.receiveState = .ended
@@ -513,7 +521,9 @@ final class Multiplexer {
             }
         }
         if stream.pending.readableBytes == 0 {
-            stream.pending.clear()
+            // Not clear(): the buffer may be a slice of the connection's, and clearing a shared buffer
+            // allocates a new one of the same size.
+            stream.pending = ByteBuffer()
             if stream.receiveState == .ended { finishSink(stream) }
         }
     }
@@ -525,7 +535,7 @@ final class Multiplexer {
     }
 
     private func resetLocally(_ stream: CarriedStream) {
-        stream.pending.clear()
+        stream.pending = ByteBuffer()
         if stream.sendState == .open { stream.sendState = .reset }
         if stream.receiveState == .open { stream.receiveState = .reset }
         release(stream)
@@ -572,5 +582,16 @@ final class Multiplexer {
         let done = stream.onSinkDone
         stream.onSinkDone = nil
         done?()
+    }
+}
+
+extension SystemPackage.FileDescriptor {
+    /// A unix stream socket queues at most the sender's SO_SNDBUF (about 200 KiB by default): room for a
+    /// few whole frames means fewer wake-ups per megabyte. Best effort (SO_SNDBUFFORCE needs
+    /// CAP_NET_ADMIN; without it the kernel's wmem_max caps SO_SNDBUF).
+    func enlargeSendBuffer(_ bytes: Int32 = 4 << 20) {
+        if (try? setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, bytes)) == nil {
+            try? setSocketOption(level: SOL_SOCKET, SO_SNDBUF, bytes)
+        }
     }
 }

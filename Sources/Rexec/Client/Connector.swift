@@ -55,6 +55,7 @@ enum Connector {
                     }
                     if let error = try fd.pendingError() { throw SystemError(error, "connect") }
                 }
+                if case .unix = endpoint { fd.enlargeSendBuffer() }
                 if case .tcp = endpoint {
                     try fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
                     // A host that vanishes (cable, crash) is noticed within about a minute.

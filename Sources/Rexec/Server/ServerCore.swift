@@ -126,6 +126,7 @@ final class ServerCore {
                     continue
                 }
                 peer = "pid \(credentials.pid) uid \(credentials.uid)"
+                fd.enlargeSendBuffer()
                 if !settings.allowedUIDs.contains(credentials.uid) {
                     refusal = "uid \(credentials.uid) may not use \(listener.endpoint) (the server's allow-uid)"
                 }
