@@ -23,7 +23,7 @@ MAN_DATE = 2026-11-26
 # Debian packages: to build; to run the tests (namespaces, FUSE, systemd tools, shells for the
 # completions, man to render the pages, socat as a real peer).
 DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config
-DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat
+DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat python3
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all build deps test unit integration demo man completions install uninstall dist clean check-generated

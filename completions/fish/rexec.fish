@@ -20,7 +20,7 @@ function __rexec_parse_tokens -S
     set -l unparsed_tokens (__rexec_tokens -pc)
     switch $unparsed_tokens[1]
     case 'rexec'
-        __rexec_parse_subcommand -r 1 'connect=' 'key=' 'config=' 'h/help'
+        __rexec_parse_subcommand -r 1 'connect=' 'key=' 'config=' 't/tty' 'T/no-tty' 'e/env=+' 'u/unset=+' 'clear-env' 'exclude-fd=+' 'cwd=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __rexec_parse_subcommand -r 1 
@@ -80,5 +80,12 @@ complete -c 'rexec' -f
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" connect' -l 'connect' -d 'Connect here: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT (wins over CMD_NET_ADDR).' -rfka ''
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" key' -l 'key' -d 'Pre-shared key file.' -rfka ''
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" config' -l 'config' -d 'dpuctl configuration file.' -rfka ''
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" t tty' -s 't' -l 'tty' -d 'Give the program a terminal (the default when stdin is one).'
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" T no-tty' -s 'T' -l 'no-tty' -d 'Never give the program a terminal.'
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec"' -s 'e' -l 'env' -d 'Set a variable for the program (repeatable).' -rfka ''
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec"' -s 'u' -l 'unset' -d 'Leave a variable out (repeatable).' -rfka ''
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" clear-env' -l 'clear-env' -d 'Start from an empty environment (then apply -e).'
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec"' -l 'exclude-fd' -d 'Do not carry these inherited fds above 2 (repeatable; `5`, `5,7` or `all`).' -rfka ''
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" cwd' -l 'cwd' -d 'Working directory on the peer (default: ours).' -rfka ''
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_positional "rexec" -eq 1' -fa 'help' -d 'Show subcommand help information.'

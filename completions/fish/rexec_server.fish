@@ -20,7 +20,7 @@ function __rexec_server_parse_tokens -S
     set -l unparsed_tokens (__rexec_server_tokens -pc)
     switch $unparsed_tokens[1]
     case 'rexec_server'
-        __rexec_server_parse_subcommand 0 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'h/help'
+        __rexec_server_parse_subcommand 0 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'allow-uid=+' 'stop-policy=' 'grace=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __rexec_server_parse_subcommand -r 1 
@@ -82,5 +82,8 @@ complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags
 complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" config' -l 'config' -d 'dpuctl configuration file.' -rfka ''
 complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" insecure' -l 'insecure' -d 'Allow a TCP or vsock listener without a key (anyone who reaches it is trusted).'
 complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" whitelist' -l 'whitelist' -d 'Whitelist file (the original\'s format).' -rfka ''
+complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server"' -l 'allow-uid' -d 'A uid allowed on unix sockets (repeatable; default 0).' -rfka ''
+complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" stop-policy' -l 'stop-policy' -d 'On SIGTERM: leave programs running, or terminate them.' -rfka ''
+complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" grace' -l 'grace' -d 'Seconds between SIGTERM and SIGKILL for an abandoned program.' -rfka ''
 complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_flags_or_options "rexec_server" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'rexec_server' -n '__rexec_server_should_offer_completions_for_positional "rexec_server" -eq 1' -fa 'help' -d 'Show subcommand help information.'
