@@ -11,6 +11,8 @@ let readme = ["README.md"]
 /// What every networked component may use (DESIGN.md, Modules).
 let componentDeps: [Target.Dependency] = [
     "DPUWire", "DPUSystem", "DPUSystemd", "DPUConfig",
+    .product(name: "SystemPackage", package: "swift-system"),
+    .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
     .product(name: "NIOCore", package: "swift-nio"),
     .product(name: "NIOPosix", package: "swift-nio"),
     .product(name: "Logging", package: "swift-log"),
@@ -50,14 +52,11 @@ let package = Package(
         .target(name: "DPUCtlCLI", dependencies: cliDeps, exclude: readme, swiftSettings: swift6),
 
         // Components.
-        .target(
-            name: "Rexec",
-            dependencies: componentDeps + [.product(name: "ServiceLifecycle", package: "swift-service-lifecycle")],
-            exclude: readme, swiftSettings: swift6),
+        .target(name: "Rexec", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
-            name: "QTFSFuse", dependencies: ["QTFS", "CFuse3"] + componentDeps, exclude: readme,
+            name: "QTFSFuse", dependencies: ["QTFS", "UDSProxy", "CFuse3"] + componentDeps, exclude: readme,
             swiftSettings: swift6),
         .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
         .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
@@ -94,7 +93,11 @@ let package = Package(
         // link flags.
         .systemLibrary(name: "CSystemd", providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "CUDSPreload"),
+        // libudsproxy.so is loaded into arbitrary processes: it exports connect() and nothing else. The
+        // Swift driver links every product against the Swift runtime (with the toolchain's rpath), which a
+        // preload library must not pull into its hosts: `make build` links the installed copy with the C
+        // compiler instead (see the Makefile); this product is the development build.
+        .target(name: "CUDSPreload", cSettings: [.unsafeFlags(["-fvisibility=hidden"])]),
 
         // Tests.
         .testTarget(name: "DPUWireTests", dependencies: ["DPUWire"], swiftSettings: swift6),
@@ -105,6 +108,12 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "DPUConfigTests", dependencies: ["DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "DPUCtlCLITests", dependencies: ["DPUCtlCLI"], swiftSettings: swift6),
-        .testTarget(name: "RexecTests", dependencies: ["Rexec", "DPUWire", "DPUSystem"], swiftSettings: swift6),
+        .testTarget(name: "MountPlanTests", dependencies: ["MountPlan", "DPUSystem", "DPUConfig"], swiftSettings: swift6),
+        .testTarget(name: "RootfsTests", dependencies: ["Rootfs", "DPUSystem"], swiftSettings: swift6),
+        .testTarget(
+            name: "QTFSTests",
+            dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swift6),
+        .testTarget(name: "UDSProxyTests", dependencies: ["UDSProxy"], swiftSettings: swift6),
     ]
 )

@@ -13,6 +13,9 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <stdio.h>
+#include <dirent.h>
+#include <linux/openat2.h>
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -294,6 +297,31 @@ int cdpu_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
     *uid = cred.uid;
     *gid = cred.gid;
     return 0;
+}
+
+int cdpu_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
+                 unsigned long long resolve) {
+    struct open_how how = {.flags = flags, .mode = mode, .resolve = resolve};
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+}
+
+int cdpu_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags) {
+    return (int)syscall(452 /* SYS_fchmodat2, absent from older headers */, dirfd, path, mode, flags);
+}
+
+int cdpu_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags) {
+    return renameat2(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+long cdpu_getdents64(int fd, void *buffer, size_t size) { return (long)getdents64(fd, buffer, size); }
+
+pid_t cdpu_gettid(void) { return gettid(); }
+
+void cdpu_set_thread_name(const char *name) {
+    char short_name[16];
+    strncpy(short_name, name, sizeof short_name - 1);
+    short_name[sizeof short_name - 1] = 0;
+    prctl(PR_SET_NAME, short_name, 0, 0, 0);
 }
 
 int cdpu_posix_openpt(int flags) { return posix_openpt(flags); }

@@ -44,10 +44,9 @@ public struct DescriptorStatus: Sendable, Equatable {
 }
 
 extension FileDescriptor {
-    /// `fstat(2)`.
-    public func status() throws(SystemError) -> DescriptorStatus {
-        var info = Glibc.stat()
-        _ = try syscall("fstat", String(rawValue)) { fstat(rawValue, &info) }
+    /// What the fd is (`fstat(2)`, classified).
+    public func descriptorStatus() throws(SystemError) -> DescriptorStatus {
+        let info = try status()
         return DescriptorStatus(
             kind: DescriptorKind(mode: info.st_mode), device: UInt64(info.st_dev), inode: UInt64(info.st_ino),
             specialDevice: UInt64(info.st_rdev), mode: info.st_mode, owner: info.st_uid, size: Int64(info.st_size))
@@ -73,7 +72,7 @@ extension FileDescriptor {
     /// The path the kernel shows for the fd (`readlink /proc/self/fd/N`): a path, `pipe:[ino]`,
     /// `socket:[ino]`, or a path ending in ` (deleted)`.
     public func linkTarget() throws(SystemError) -> String {
-        try readLink("/proc/self/fd/\(rawValue)")
+        try DPUSystem.readLink("/proc/self/fd/\(rawValue)")
     }
 
     /// `fcntl(F_SETPIPE_SZ)`: asks for a larger pipe buffer (fewer, larger reads and writes). Returns the
@@ -94,11 +93,6 @@ extension FileDescriptor {
         } catch where error.errno == .wouldBlock {
             return false
         }
-    }
-
-    /// `ftruncate(2)`.
-    public func truncate(to length: Int64) throws(SystemError) {
-        _ = try syscall("ftruncate", String(rawValue)) { ftruncate(rawValue, off_t(length)) }
     }
 
     /// Writes all of `bytes`, waiting (poll) when a non-blocking fd is full. For small, bounded writes

@@ -3,9 +3,9 @@ import Glibc
 import SystemPackage
 
 extension Signals {
-    /// Makes `signal` write to `eventFD` (an `EventFD`): a loop watching it learns of the signal, whatever
+    /// Makes `signal` write to `eventFD` (an `EventCounter`): a loop watching it learns of the signal, whatever
     /// the other threads of the process block. The handler only writes; the loop does the work.
-    public static func wake(_ eventFD: EventFD, on signal: Int32) throws(SystemError) {
+    public static func wake(_ eventFD: EventCounter, on signal: Int32) throws(SystemError) {
         _ = try syscall("sigaction", Signals.name(of: signal)) { cdpu_wake_on_signal(signal, eventFD.fd.rawValue) }
     }
 }

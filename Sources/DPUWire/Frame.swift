@@ -121,20 +121,27 @@ public struct FrameDecoder: Sendable {
     /// Takes one frame from the front of `buffer`, or returns nil if it is not complete yet.
     public func decode(_ buffer: inout ByteBuffer) throws(WireError) -> Frame? {
         guard buffer.readableBytes >= Frame.headerSize else { return nil }
-        let start = buffer.readerIndex
-        let length = Int(buffer.getInteger(at: start, endianness: .big, as: UInt32.self)!)
+        let header = try buffer.readableBytesView.withUnsafeBytes { (raw) throws(WireError) -> FrameHeader in
+            try decodeHeader(UnsafeRawBufferPointer(rebasing: raw.prefix(Frame.headerSize)))
+        }
+        guard buffer.readableBytes >= Frame.headerSize + header.length else { return nil }
+        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
+        let payload = buffer.readSlice(length: header.length)!
+        return Frame(type: header.type, flags: header.flags, stream: header.stream, payload: payload)
+    }
+
+    /// Checks and decodes the `Frame.headerSize` bytes of a header, so that a reader can take the payload
+    /// straight from its socket into a buffer of exactly the right size.
+    public func decodeHeader(_ bytes: UnsafeRawBufferPointer) throws(WireError) -> FrameHeader {
+        precondition(bytes.count >= Frame.headerSize)
+        let length = Int(UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 0, as: UInt32.self)))
         guard length <= maximumPayload else {
             throw WireError(.oversized, "frame of \(length) bytes is over the limit of \(maximumPayload)")
         }
-        let reserved = buffer.getInteger(at: start + 6, endianness: .big, as: UInt16.self)!
-        guard reserved == 0 else { throw WireError(.malformed, "frame header has non-zero reserved bits") }
-        guard buffer.readableBytes >= Frame.headerSize + length else { return nil }
-        let type = FrameType(rawValue: buffer.getInteger(at: start + 4, as: UInt8.self)!)
-        let flags = Frame.Flags(rawValue: buffer.getInteger(at: start + 5, as: UInt8.self)!)
-        let stream = buffer.getInteger(at: start + 8, endianness: .big, as: UInt32.self)!
-        buffer.moveReaderIndex(forwardBy: Frame.headerSize)
-        let payload = buffer.readSlice(length: length)!
-        return Frame(type: type, flags: flags, stream: stream, payload: payload)
+        guard bytes[6] == 0, bytes[7] == 0 else { throw WireError(.malformed, "frame header has non-zero reserved bits") }
+        return FrameHeader(
+            length: length, type: FrameType(rawValue: bytes[4]), flags: Frame.Flags(rawValue: bytes[5]),
+            stream: UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
     }
 
     /// Decodes every complete frame in `buffer`.
@@ -143,6 +150,14 @@ public struct FrameDecoder: Sendable {
         while let frame = try decode(&buffer) { frames.append(frame) }
         return frames
     }
+}
+
+/// A decoded frame header: what follows is `length` bytes of payload.
+public struct FrameHeader: Equatable, Sendable {
+    public var length: Int
+    public var type: FrameType
+    public var flags: Frame.Flags
+    public var stream: UInt32
 }
 
 // MARK: - Connection-level messages

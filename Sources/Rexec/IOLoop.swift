@@ -20,7 +20,7 @@ final class IOLoop {
     private var freeSlots: [Int] = []
     private var timers: [Timer] = []
     private var nextTimer: UInt64 = 1
-    private let wake: EventFD
+    private let wake: EventCounter
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     /// Work to run after the current batch of events (deferred so a handler never re-enters another).
     private var deferred: [() -> Void] = []
@@ -42,7 +42,7 @@ final class IOLoop {
 
     init() throws(SystemError) {
         epoll = try Epoll(capacity: 128)
-        wake = try EventFD()
+        wake = try EventCounter()
         try epoll.add(wake.fd, [.readable, .edgeTriggered], token: 0)
     }
 

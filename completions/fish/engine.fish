@@ -20,7 +20,7 @@ function __engine_parse_tokens -S
     set -l unparsed_tokens (__engine_tokens -pc)
     switch $unparsed_tokens[1]
     case 'engine'
-        __engine_parse_subcommand -r 1 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'h/help'
+        __engine_parse_subcommand -r 1 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'workers=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __engine_parse_subcommand -r 1 
@@ -82,5 +82,6 @@ complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options 
 complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options "engine" config' -l 'config' -d 'dpuctl configuration file.' -rfka ''
 complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options "engine" insecure' -l 'insecure' -d 'Allow a TCP or vsock listener without a key (anyone who reaches it is trusted).'
 complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options "engine" whitelist' -l 'whitelist' -d 'Whitelist file (the original\'s format).' -rfka ''
+complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options "engine" workers' -l 'workers' -d 'Worker threads for file operations.' -rfka ''
 complete -c 'engine' -n '__engine_should_offer_completions_for_flags_or_options "engine" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'engine' -n '__engine_should_offer_completions_for_positional "engine" -eq 1' -fa 'help' -d 'Show subcommand help information.'

@@ -20,7 +20,7 @@ function __mount.qtfs_parse_tokens -S
     set -l unparsed_tokens (__mount.qtfs_tokens -pc)
     switch $unparsed_tokens[1]
     case 'mount.qtfs'
-        __mount.qtfs_parse_subcommand 2 'o=' 'foreground' 'connect=' 'key=' 'config=' 'h/help'
+        __mount.qtfs_parse_subcommand 2 'o=+' 'foreground' 'connect=' 'key=' 'config=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __mount.qtfs_parse_subcommand -r 1 
@@ -77,7 +77,7 @@ function __mount.qtfs_custom_completion
 end
 
 complete -c 'mount.qtfs' -f
-complete -c 'mount.qtfs' -n '__mount.qtfs_should_offer_completions_for_flags_or_options "mount.qtfs" o' -s 'o' -d 'Mount options, comma separated.' -rfka ''
+complete -c 'mount.qtfs' -n '__mount.qtfs_should_offer_completions_for_flags_or_options "mount.qtfs"' -s 'o' -d 'Mount options, comma separated (repeatable).' -rfka ''
 complete -c 'mount.qtfs' -n '__mount.qtfs_should_offer_completions_for_flags_or_options "mount.qtfs" foreground' -l 'foreground' -d 'Stay in the foreground instead of detaching once the mount is live.'
 complete -c 'mount.qtfs' -n '__mount.qtfs_should_offer_completions_for_flags_or_options "mount.qtfs" connect' -l 'connect' -d 'Connect here: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT (wins over CMD_NET_ADDR).' -rfka ''
 complete -c 'mount.qtfs' -n '__mount.qtfs_should_offer_completions_for_flags_or_options "mount.qtfs" key' -l 'key' -d 'Pre-shared key file.' -rfka ''

@@ -20,7 +20,7 @@ function __qtfs_engine_parse_tokens -S
     set -l unparsed_tokens (__qtfs_engine_tokens -pc)
     switch $unparsed_tokens[1]
     case 'qtfs_engine'
-        __qtfs_engine_parse_subcommand -r 1 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'h/help'
+        __qtfs_engine_parse_subcommand -r 1 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'workers=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __qtfs_engine_parse_subcommand -r 1 
@@ -82,5 +82,6 @@ complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_o
 complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_or_options "qtfs_engine" config' -l 'config' -d 'dpuctl configuration file.' -rfka ''
 complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_or_options "qtfs_engine" insecure' -l 'insecure' -d 'Allow a TCP or vsock listener without a key (anyone who reaches it is trusted).'
 complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_or_options "qtfs_engine" whitelist' -l 'whitelist' -d 'Whitelist file (the original\'s format).' -rfka ''
+complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_or_options "qtfs_engine" workers' -l 'workers' -d 'Worker threads for file operations.' -rfka ''
 complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_flags_or_options "qtfs_engine" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'qtfs_engine' -n '__qtfs_engine_should_offer_completions_for_positional "qtfs_engine" -eq 1' -fa 'help' -d 'Show subcommand help information.'

@@ -12,8 +12,12 @@
 #include <signal.h>
 #include <linux/vm_sockets.h>
 #include <sys/signalfd.h>
+/* Headers the Glibc module leaves out (xattr, statfs, epoll, eventfd); included here so that Swift sees their declarations. */
+#include <sys/xattr.h>
+#include <sys/vfs.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <sys/file.h>
 #include <termios.h>
 #include <sys/random.h>
@@ -88,6 +92,18 @@ int cdpu_pipe2(int fds[2], int flags);
 int cdpu_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
 int cdpu_unshare(int flags);
 
+/* ---- file system calls without a glibc wrapper, or declared only under _GNU_SOURCE --------------- */
+
+/* openat2(2) with `struct open_how` {flags, mode, resolve}. */
+int cdpu_openat2(int dirfd, const char *path, unsigned long long flags, unsigned long long mode,
+                 unsigned long long resolve);
+/* fchmodat2(2) (Linux 6.6): fchmodat that honours AT_SYMLINK_NOFOLLOW. */
+int cdpu_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags);
+int cdpu_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+long cdpu_getdents64(int fd, void *buffer, size_t size);
+pid_t cdpu_gettid(void);
+/* Names the calling thread (prctl(PR_SET_NAME) is variadic); longer names are cut to 15 bytes. */
+void cdpu_set_thread_name(const char *name);
 /* TIOCGPTPEER is a function-like macro Swift cannot import. */
 #define CDPU_TIOCGPTPEER 0x5441
 /* Only visible with _GNU_SOURCE, which Swift's Glibc module does not define. */
@@ -100,6 +116,25 @@ int cdpu_unlockpt(int fd);
 int cdpu_errno(void);
 void cdpu_set_errno(int value);
 
+/* ---- the new mount API, loop devices, copy_file_range (mount.c) ---------------------------------- */
+/* Raw system calls rather than glibc's wrappers: glibc declares fsopen & co. only from 2.36, and a binary
+ * that needs them from glibc would not start on the older distributions DPUs run. */
+
+int cdpu_open_tree(int dirfd, const char *path, unsigned int flags);
+int cdpu_move_mount(int from_dirfd, const char *from_path, int to_dirfd, const char *to_path, unsigned int flags);
+int cdpu_fsopen(const char *fs_name, unsigned int flags);
+int cdpu_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux);
+int cdpu_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+/* mount_setattr(2) setting `attr_set` and clearing `attr_clr` (MOUNT_ATTR_*), `propagation` 0 = unchanged. */
+int cdpu_mount_setattr(int dirfd, const char *path, unsigned int flags, unsigned long long attr_set,
+                       unsigned long long attr_clr, unsigned long long propagation);
+
+/* Binds `backing_fd` to the loop device `loop_fd` (LOOP_CONFIGURE) from `offset` for `size_limit` bytes
+ * (0: to the end) with LO_FLAGS_* `flags`. */
+int cdpu_loop_configure(int loop_fd, int backing_fd, unsigned long long offset, unsigned long long size_limit,
+                        unsigned int flags);
+
+long cdpu_copy_file_range(int in_fd, long long *in_offset, int out_fd, long long *out_offset, size_t length);
 /* Installs a handler for `sig` that only writes 8 bytes to `event_fd` (an eventfd): a thread's event loop
  * learns of the signal whatever other threads block (a signalfd needs it blocked in every thread, which a
  * process with library threads cannot promise). SA_RESTART, errno preserved. */

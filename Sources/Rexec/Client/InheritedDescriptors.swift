@@ -81,7 +81,7 @@ enum InheritedDescriptors {
                 // opened by this process (the runtime's own).
                 if (try? fd.isCloseOnExec()) ?? true { continue }
             }
-            guard let status = try? fd.status(), let flags = try? fd.statusFlags() else { continue }
+            guard let status = try? fd.descriptorStatus(), let flags = try? fd.statusFlags() else { continue }
             entries.append(Entry(number: number, status: status, flags: flags))
         }
 

@@ -62,7 +62,7 @@ struct PidFile {
             let path = "\(directory)/\(name)"
             guard let fd = try? FileDescriptor.openPath(path, flags: O_RDONLY | O_NOFOLLOW) else { continue }
             // An empty file may be a client between its open and its flock: leave it.
-            if (try? fd.lock(nonBlocking: true)) == true, ((try? fd.status())?.size ?? 0) > 0 { unlink(path) }
+            if (try? fd.lock(nonBlocking: true)) == true, ((try? fd.descriptorStatus())?.size ?? 0) > 0 { unlink(path) }
             fd.closeQuietly()
         }
     }

@@ -144,7 +144,7 @@ struct StartGate {
         guard let readText = getenv("REXEC_HANDSHAKE_RD"), let writeText = getenv("REXEC_HANDSHAKE_WR") else { return nil }
         func fd(_ text: UnsafeMutablePointer<CChar>, _ name: String) throws(RexecError) -> FileDescriptor {
             let string = String(decoding: UnsafeRawBufferPointer(start: text, count: strlen(text)), as: UTF8.self)
-            guard let number = Int32(string), number > 2, let status = try? FileDescriptor(rawValue: number).status(),
+            guard let number = Int32(string), number > 2, let status = try? FileDescriptor(rawValue: number).descriptorStatus(),
                 status.kind == .fifo
             else {
                 throw RexecError(.local, "\(name)=\(string) must name an inherited FIFO above fd 2")

@@ -99,7 +99,7 @@ enum Launcher {
         let allowed = flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY
         do {
             let fd = try FileDescriptor.openPath(text, flags: allowed)
-            if offset > 0, (try? fd.status())?.kind == .regularFile { try? fd.seek(to: offset) }
+            if offset > 0, (try? fd.descriptorStatus())?.kind == .regularFile { try? fd.seek(to: offset) }
             return (fd, nil)
         } catch {
             return (nil, "fd \(target) (\(text)) is not carried: the server cannot open it (\(error.errno)); the program runs without it")

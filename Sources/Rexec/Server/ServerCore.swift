@@ -28,7 +28,7 @@ final class ServerCore {
     private var pending: [ObjectIdentifier: PendingConnection] = [:]
     private var sessions: [ObjectIdentifier: ServerSession] = [:]
     private var byPID: [pid_t: ServerSession] = [:]
-    private let childEvents: EventFD
+    private let childEvents: EventCounter
     private(set) var stopping = false
     private var nextSession: UInt64 = 1
     private var lastRefusalLog: UInt64 = 0
@@ -59,7 +59,7 @@ final class ServerCore {
         self.whitelist = whitelist
         self.logger = logger
         self.snapshot = snapshot
-        childEvents = try EventFD()
+        childEvents = try EventCounter()
     }
 
     /// Adopts listening sockets (already bound: ours or socket-activated).

@@ -49,7 +49,7 @@ public struct Whitelist: Sendable, Equatable {
         }
         defer { fd.closeQuietly() }
         let status: DescriptorStatus
-        do { status = try fd.status() } catch { throw WhitelistError(path: path, "cannot be examined: \(error.errno)") }
+        do { status = try fd.descriptorStatus() } catch { throw WhitelistError(path: path, "cannot be examined: \(error.errno)") }
         guard status.kind == .regularFile else { throw WhitelistError(path: path, "is not a regular file") }
         let owner = geteuid()
         guard status.owner == 0 || status.owner == owner else {

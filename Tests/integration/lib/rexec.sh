@@ -4,12 +4,12 @@
 #   rexec_lab_up [SERVER ARGS...]   lab, key, whitelist, private /run/rexec on both machines, the server
 #   rexec_server_start [ARGS...]    (re)start the server as background process "server"
 #   rexec_server_stop [SIGNAL]      stop it (TERM) and wait until it is gone
-#   server_pid                      the server's pid (lab_pid gives its nsenter)
+#   server_pid                      the server's pid
 #   rx ARGS...                      rexec on the DPU over TCP with the key (like libvirt's wrapper would)
 #   rx_unix ARGS...                 rexec on the host over the unix socket
 #   status_of CMD...                "exit N" or "signal NAME": how CMD ended, as its parent sees it
 #   rx_status ARGS...               the same for rexec ARGS on the DPU
-#   descendant PID COMM             the first process named COMM below PID (as seen from here)
+#   descendant PID COMM             PID itself if named COMM, else the first process named COMM below it
 
 REXEC_PORT=7777
 REXEC_URL="tcp://$HOST_IP:$REXEC_PORT"
@@ -63,6 +63,7 @@ print("signal " + signal.Signals(-code).name if code < 0 else "exit %d" % code)'
 
 descendant() {
     local child
+    if [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; then echo "$1"; return 0; fi
     for child in $(pgrep -P "$1"); do
         if [ "$(cat "/proc/$child/comm" 2>/dev/null)" = "$2" ]; then echo "$child"; return 0; fi
         descendant "$child" "$2" && return 0

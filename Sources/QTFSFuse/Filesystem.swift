@@ -1,0 +1,716 @@
+import CFuse3
+import DPUSystem
+import DPUWire
+import Glibc
+import Logging
+import NIOCore
+import QTFS
+import SystemPackage
+import Synchronization
+
+/// A file or directory the kernel opened: the engine's handle for it, on the connection it lives on.
+/// When that connection is gone (the engine restarted), the file is opened again by path, so that a
+/// reader or writer in the middle of its work goes on.
+final class OpenFile: @unchecked Sendable {
+    let node: UInt64
+    /// open(2) flags to open it again with: no O_CREAT, O_EXCL or O_TRUNC any more.
+    let flags: Int32
+    let isDirectory: Bool
+    let pollID: UInt64
+    private let state: ConditionLock<(link: Link, handle: UInt64, waiters: [(Errno?) -> Void]?)>
+    /// Directories: entries fetched ahead of the kernel's small readdir calls.
+    let listing = Mutex(Listing())
+    /// The kernel's poll handle to notify (fuse_pollhandle *), if it asked to be told.
+    let pollHandle = Mutex<UInt?>(nil)
+
+    init(node: UInt64, flags: Int32, isDirectory: Bool, link: Link, handle: UInt64, pollID: UInt64) {
+        self.node = node
+        self.flags = flags & ~(O_CREAT | O_EXCL | O_TRUNC)
+        self.isDirectory = isDirectory
+        self.pollID = pollID
+        state = ConditionLock((link, handle, nil))
+    }
+
+    var current: (link: Link, handle: UInt64) { state.withLock { ($0.link, $0.handle) } }
+
+    /// Starts a reopen unless one is running; false if `body` was queued behind a running one (or the
+    /// file was already reopened since `stale`, in which case `body` is called at once).
+    func joinReopen(stale: Link, _ body: @escaping (Errno?) -> Void) -> Bool {
+        let action = state.withLock { state -> Int in
+            if state.link != stale { return 0 }
+            if state.waiters != nil {
+                state.waiters!.append(body)
+                return 1
+            }
+            state.waiters = [body]
+            return 2
+        }
+        if action == 0 { body(nil) }
+        return action == 2
+    }
+
+    func reopened(_ result: Result<(Link, UInt64), Errno>) {
+        let waiters = state.withLock { state -> [(Errno?) -> Void] in
+            if case .success(let (link, handle)) = result {
+                state.link = link
+                state.handle = handle
+            }
+            defer { state.waiters = nil }
+            return state.waiters ?? []
+        }
+        let error: Errno? = if case .failure(let error) = result { error } else { nil }
+        for waiter in waiters { waiter(error) }
+    }
+}
+
+/// Directory entries of one batch and where they continue.
+struct Listing: Sendable {
+    /// The cookie the batch was asked from.
+    var start: UInt64 = 0
+    var entries: [QTFSDirectoryEntry] = []
+    var end = false
+    var loaded = false
+}
+
+/// The FUSE file system: every kernel request becomes an engine request, answered from the connection's
+/// reader thread when the engine replies (FUSE workers never wait for the network).
+final class QTFSFilesystem: @unchecked Sendable {
+    let client: EngineClient
+    let options: QTFSMountOptions
+    let nodes = NodeTable()
+    let local: LocalProcesses?
+    let logger: Logger
+    /// The device of the export root on the host: its files keep their host inode numbers.
+    let rootDevice: UInt64
+    private let interrupts = Mutex((next: UInt64(1), requests: [UInt64: Outgoing]()))
+    private let polls = Mutex([UInt64: OpenFile]())
+    /// Open files by node: a file unlinked while open has no path any more, but fstat(2) still asks
+    /// for its attributes by node (the kernel sends no handle with GETATTR); its handle answers.
+    private let openFiles = Mutex([UInt64: [ObjectIdentifier: OpenFile]]())
+    /// Host unix sockets made connectable here (nil with `nosockets`).
+    let sockets: SocketNodes?
+    /// Attributes of socket nodes, for the MKNOD that binds them.
+    private let socketAttributes = Mutex([UInt64: QTFSAttributes]())
+    private let nextPollID = Atomic<UInt64>(1)
+
+    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) throws {
+        self.client = client
+        self.options = options
+        self.local = local
+        self.logger = logger
+        rootDevice = client.export?.root.device ?? 0
+        sockets = options.sockets && !options.proc
+            ? try SocketNodes(
+                mountpoint: options.mountpoint, hostPath: Array(options.hostPath.utf8), control: options.udsproxyControl,
+                logger: logger)
+            : nil
+        client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
+        sockets?.pathOf = { [nodes] node in nodes.path(node) }
+    }
+
+    // MARK: Plumbing
+
+    /// The one file system of this process, for the interrupt callback (which gets no user data of ours).
+    nonisolated(unsafe) static var current: QTFSFilesystem?
+
+    /// Sends a request for kernel request `req`, which may interrupt it (the engine is then told to give
+    /// up, and a request still waiting for a connection fails with EINTR).
+    private func send(
+        _ req: fuse_req_t, _ operation: QTFSOperation, pinned: Link? = nil, retry: Retry? = nil,
+        _ encode: @escaping (Link) -> QTFSRequest?, _ done: @escaping (Result<QTFSReply, Errno>, Link?) -> Void
+    ) {
+        let token = interrupts.withLock { state -> UInt64 in
+            state.next += 1
+            return state.next
+        }
+        let request = Outgoing(operation, pinned: pinned, retry: retry, encode: encode) { [self] result, link in
+            interrupts.withLock { _ = $0.requests.removeValue(forKey: token) }
+            done(result, link)
+        }
+        interrupts.withLock { $0.requests[token] = request }
+        fuse_req_interrupt_func(req, { _, data in
+            guard let filesystem = QTFSFilesystem.current, let data else { return }
+            let token = UInt64(UInt(bitPattern: data))
+            if let request = filesystem.interrupts.withLock({ $0.requests[token] }) { filesystem.client.cancel(request) }
+        }, UnsafeMutableRawPointer(bitPattern: UInt(token)))
+        client.send(request)
+    }
+
+    /// A request about paths (no handle).
+    private func call(
+        _ req: fuse_req_t, _ operation: QTFSOperation, retry: Retry? = nil, _ encode: @escaping (Link) -> QTFSRequest?,
+        _ done: @escaping (Result<QTFSReply, Errno>) -> Void
+    ) {
+        send(req, operation, retry: retry, encode) { result, _ in done(result) }
+    }
+
+    /// A request on an open file's handle; if the handle died with its connection, the file is opened
+    /// again by path and the request repeated.
+    private func withHandle(
+        _ req: fuse_req_t, _ file: OpenFile, _ operation: QTFSOperation, retry: Retry = .resend, attempt: Int = 0,
+        _ encode: @escaping (UInt64) -> QTFSRequest, _ done: @escaping (Result<QTFSReply, Errno>) -> Void
+    ) {
+        let (link, handle) = file.current
+        send(req, operation, pinned: link, retry: retry, { _ in encode(handle) }) { [self] result, _ in
+            guard case .failure(.staleNFSFileHandle) = result, attempt < 3 else { return done(result) }
+            reopen(file, stale: link) { [self] error in
+                if let error { return done(.failure(error == .staleNFSFileHandle ? .ioError : error)) }
+                withHandle(req, file, operation, retry: retry, attempt: attempt + 1, encode, done)
+            }
+        }
+    }
+
+    private func reopen(_ file: OpenFile, stale: Link, _ then: @escaping (Errno?) -> Void) {
+        guard file.joinReopen(stale: stale, then) else { return }
+        guard let path = nodes.path(file.node) else { return file.reopened(.failure(.staleNFSFileHandle)) }
+        let flags = UInt32(bitPattern: file.flags)
+        let isDirectory = file.isDirectory
+        client.send(Outgoing(isDirectory ? .opendir : .open, retry: .resend, encode: { link in
+            let target = QTFSPath(export: link.export, path: path)
+            return isDirectory ? .opendir(target) : .open(target, flags: flags)
+        }) { result, link in
+            switch (result, link) {
+            case (.success(.opened(let handle, _, _)), let link?), (.success(.handle(let handle)), let link?):
+                file.reopened(.success((link, handle)))
+            case (.failure(let error), _):
+                file.reopened(.failure(error))
+            default:
+                file.reopened(.failure(.ioError))
+            }
+        })
+    }
+
+    // MARK: Attributes
+
+    func stat(_ a: QTFSAttributes, node: UInt64) -> Glibc.stat {
+        var s = Glibc.stat()
+        // One st_dev for the whole mount: files of other host file systems (mounts below the export) get
+        // their inode number mixed with their device so that two of them never look like one file.
+        s.st_ino = UInt(a.device == rootDevice ? a.inode : a.inode ^ (a.device &* 0x9E37_79B9_7F4A_7C15))
+        // A host FIFO is shown as a regular file: an S_IFIFO inode would be a pipe of the DPU's kernel,
+        // and nothing would reach the host. As a file with direct I/O its reads, writes and polls are
+        // carried (`test -p` is the visible difference; `-o localfifo` keeps the type).
+        s.st_mode = a.mode & 0o170000 == 0o010000 && !options.localFIFOs ? (a.mode & 0o7777) | 0o100000 : a.mode
+        s.st_nlink = UInt(a.linkCount)
+        s.st_uid = a.uid
+        s.st_gid = a.gid
+        s.st_rdev = UInt(a.rdev)
+        s.st_size = Int(clamping: a.size)
+        s.st_blocks = Int(clamping: a.blocks)
+        s.st_blksize = Int(a.blockSize)
+        s.st_atim = timespec(tv_sec: Int(a.accessTime.seconds), tv_nsec: Int(a.accessTime.nanoseconds))
+        s.st_mtim = timespec(tv_sec: Int(a.modificationTime.seconds), tv_nsec: Int(a.modificationTime.nanoseconds))
+        s.st_ctim = timespec(tv_sec: Int(a.changeTime.seconds), tv_nsec: Int(a.changeTime.nanoseconds))
+        return s
+    }
+
+    /// How long the kernel may trust an answer about `a`: never for proc mode and pseudo files.
+    func timeouts(_ a: QTFSAttributes?) -> (entry: Double, attributes: Double) {
+        if options.proc || a?.flags.contains(.volatile) == true { return (0, 0) }
+        return (options.entryTimeout, options.attributeTimeout)
+    }
+
+    private func entry(_ id: UInt64, _ a: QTFSAttributes) -> fuse_entry_param {
+        var e = fuse_entry_param()
+        e.ino = id
+        e.generation = 0
+        e.attr = stat(a, node: id)
+        (e.entry_timeout, e.attr_timeout) = timeouts(a)
+        return e
+    }
+
+    private func replyEntry(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes) {
+        let id = nodes.remember(parent, name, a)
+        let reply = { [self] in
+            var e = entry(id, a)
+            // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+        }
+        guard a.mode & 0o170000 == 0o140000, let sockets, let path = nodes.path(id) else { return reply() }
+        socketAttributes.withLock { $0[id] = a }
+        // A host socket: listen for it, before the caller (about to connect, likely) gets the entry.
+        sockets.ensureListener(id, path: path, reply)
+    }
+
+    private func replyAttributes(_ req: fuse_req_t, _ node: UInt64, _ a: QTFSAttributes) {
+        var s = stat(a, node: node)
+        fuse_reply_attr(req, &s, timeouts(a).attributes)
+    }
+
+    /// Attributes of a node the client made up: a link (proc mode) or the hidden socket directory.
+    private func synthetic(_ id: UInt64, _ kind: NodeTable.Synthetic) -> QTFSAttributes {
+        QTFSAttributes(
+            device: rootDevice, inode: 0xffff_0000_0000_0000 | id, mode: kind == .socketDirectory ? 0o040700 : 0o120777,
+            linkCount: kind == .socketDirectory ? 2 : 1, size: 16)
+    }
+
+    private func path(_ req: fuse_req_t, _ node: UInt64) -> [UInt8]? {
+        if let path = nodes.path(node) { return path }
+        fuse_reply_err(req, ESTALE)
+        return nil
+    }
+
+    private func path(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8]) -> [UInt8]? {
+        if let problem = QTFSPath.nameProblem(name) {
+            _ = problem
+            fuse_reply_err(req, name.count > QTFSLimits.maximumName ? ENAMETOOLONG : EINVAL)
+            return nil
+        }
+        if let path = nodes.path(parent, name) { return path }
+        fuse_reply_err(req, ESTALE)
+        return nil
+    }
+
+    private func fail(_ req: fuse_req_t, _ result: Result<QTFSReply, Errno>) {
+        if case .failure(let error) = result {
+            fuse_reply_err(req, error.rawValue)
+        } else {
+            fuse_reply_err(req, EIO)
+        }
+    }
+
+    private func owner(_ req: fuse_req_t) -> QTFSOwner {
+        guard let context = fuse_req_ctx(req) else { return .root }
+        return QTFSOwner(uid: context.pointee.uid, gid: context.pointee.gid)
+    }
+
+    // MARK: Names
+
+    func lookup(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8]) {
+        if let local, parent == NodeTable.rootID {
+            if let fixed = LocalProcesses.fixedName(name) { return replySynthetic(req, parent, name, fixed) }
+            if let pid = LocalProcesses.pid(name), let caller = fuse_req_ctx(req)?.pointee.pid {
+                switch local.decide(pid, caller: caller) {
+                case .local: return replySynthetic(req, parent, name, .localProcess(pid))
+                case .host: break
+                case .hostThenLocal:
+                    guard let path = path(req, parent, name) else { return }
+                    return call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
+                        switch result {
+                        case .success(.attributes(let a)): replyEntry(req, parent, name, a)
+                        case .failure(.noSuchFileOrDirectory): replySynthetic(req, parent, name, .localProcess(pid))
+                        default: fail(req, result)
+                        }
+                    }
+                }
+            }
+        }
+        if let sockets {
+            if parent == NodeTable.rootID && name == sockets.directoryName {
+                return replySynthetic(req, parent, name, .socketDirectory)
+            }
+            // Nothing is ever found in the hidden directory: binding there must not find an entry.
+            if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
+        }
+        guard let path = path(req, parent, name) else { return }
+        call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
+            if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
+                sockets.close(gone)
+            }
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyEntry(req, parent, name, a)
+        }
+    }
+
+    private func replySynthetic(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ kind: NodeTable.Synthetic) {
+        let id = nodes.rememberSynthetic(parent, name, kind)
+        var e = fuse_entry_param()
+        e.ino = id
+        e.attr = stat(synthetic(id, kind), node: id)
+        if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+    }
+
+    func forget(_ node: UInt64, _ count: UInt64) { nodes.forget(node, count) }
+
+    func getattr(_ req: fuse_req_t, _ node: UInt64, _ file: OpenFile?) {
+        if case .synthetic(let kind) = nodes.node(node)?.kind {
+            var s = stat(synthetic(node, kind), node: node)
+            return _ = fuse_reply_attr(req, &s, 0)
+        }
+        if let file = file ?? (nodes.path(node) == nil ? openFiles.withLock({ $0[node]?.values.first }) : nil) {
+            return withHandle(req, file, .getattr, { .getattr(.handle($0)) }) { [self] result in
+                guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+                replyAttributes(req, node, a)
+            }
+        }
+        guard let path = path(req, node) else { return }
+        call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyAttributes(req, node, a)
+        }
+    }
+
+    func setattr(_ req: fuse_req_t, _ node: UInt64, _ attr: Glibc.stat, _ set: Int32, _ file: OpenFile?) {
+        var fields: QTFSSetAttributes.Fields = []
+        var changes = QTFSSetAttributes(fields: [])
+        if set & FUSE_SET_ATTR_MODE != 0 { fields.insert(.mode); changes.mode = attr.st_mode }
+        if set & FUSE_SET_ATTR_UID != 0 { fields.insert(.uid); changes.uid = attr.st_uid }
+        if set & FUSE_SET_ATTR_GID != 0 { fields.insert(.gid); changes.gid = attr.st_gid }
+        if set & FUSE_SET_ATTR_SIZE != 0 { fields.insert(.size); changes.size = UInt64(max(attr.st_size, 0)) }
+        if set & FUSE_SET_ATTR_ATIME_NOW != 0 {
+            fields.insert(.accessTimeNow)
+        } else if set & FUSE_SET_ATTR_ATIME != 0 {
+            fields.insert(.accessTime)
+            changes.accessTime = QTFSTime(seconds: Int64(attr.st_atim.tv_sec), nanoseconds: UInt32(attr.st_atim.tv_nsec))
+        }
+        if set & FUSE_SET_ATTR_MTIME_NOW != 0 {
+            fields.insert(.modificationTimeNow)
+        } else if set & FUSE_SET_ATTR_MTIME != 0 {
+            fields.insert(.modificationTime)
+            changes.modificationTime = QTFSTime(seconds: Int64(attr.st_mtim.tv_sec), nanoseconds: UInt32(attr.st_mtim.tv_nsec))
+        }
+        changes.fields = fields
+        let reply: (Result<QTFSReply, Errno>) -> Void = { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyAttributes(req, node, a)
+        }
+        if let file, !file.isDirectory {
+            return withHandle(req, file, .setattr, retry: .fail, { .setattr(.handle($0), changes) }, reply)
+        }
+        guard let path = path(req, node) else { return }
+        call(req, .setattr, { .setattr(.path(QTFSPath(export: $0.export, path: path)), changes) }, reply)
+    }
+
+    func readlink(_ req: fuse_req_t, _ node: UInt64) {
+        if case .synthetic(let kind) = nodes.node(node)?.kind, let local {
+            let caller = fuse_req_ctx(req)?.pointee.pid ?? getpid()
+            var target = local.target(of: kind, caller: caller)
+            target.append(0)
+            return _ = target.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { fuse_reply_readlink(req, $0.baseAddress) } }
+        }
+        guard let path = path(req, node) else { return }
+        call(req, .readlink, { .readlink(QTFSPath(export: $0.export, path: path)) }) { [self] result in
+            guard case .success(.linkTarget(var target)) = result else { return fail(req, result) }
+            target.append(0)
+            _ = target.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { fuse_reply_readlink(req, $0.baseAddress) } }
+        }
+    }
+
+    func mknod(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t, _ device: dev_t) {
+        if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind {
+            // Only our binder may bind here, and only the node it is binding: answer with that node.
+            guard mode & S_IFMT == S_IFSOCK, let sockets, let caller = fuse_req_ctx(req)?.pointee.pid,
+                let node = sockets.claim(name, caller: caller), let a = socketAttributes.withLock({ $0[node] })
+            else { return _ = fuse_reply_err(req, EACCES) }
+            nodes.addReference(node)
+            var e = entry(node, a)
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(node, 1) }
+            return
+        }
+        guard let path = path(req, parent, name) else { return }
+        let owner = owner(req)
+        call(req, .mknod, { .mknod(QTFSPath(export: $0.export, path: path), mode: UInt32(mode), owner: owner) }) { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            if a.mode & 0o170000 == 0o140000 {
+                // A DPU process is binding a socket here: it is the DPU's, not one to relay to the host.
+                let id = nodes.remember(parent, name, a)
+                sockets?.boundLocally(id)
+                var e = entry(id, a)
+                if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+                return
+            }
+            guard a.mode & 0o170000 == 0o010000, !options.localFIFOs else { return replyEntry(req, parent, name, a) }
+            // The kernel insists that mkfifo makes a FIFO: answer with one, valid for no time, so that the
+            // next lookup finds the carried (regular-looking) file.
+            let id = nodes.remember(parent, name, a)
+            var e = entry(id, a)
+            e.attr.st_mode = mode_t(a.mode)
+            e.entry_timeout = 0
+            e.attr_timeout = 0
+            if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
+        }
+    }
+
+    func mkdir(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t) {
+        guard let path = path(req, parent, name) else { return }
+        let owner = owner(req)
+        call(req, .mkdir, { .mkdir(QTFSPath(export: $0.export, path: path), mode: UInt32(mode), owner: owner) }) { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyEntry(req, parent, name, a)
+        }
+    }
+
+    func symlink(_ req: fuse_req_t, _ target: [UInt8], _ parent: UInt64, _ name: [UInt8]) {
+        guard let path = path(req, parent, name) else { return }
+        let owner = owner(req)
+        call(req, .symlink, { .symlink(QTFSPath(export: $0.export, path: path), target: target, owner: owner) }) { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyEntry(req, parent, name, a)
+        }
+    }
+
+    func link(_ req: fuse_req_t, _ node: UInt64, _ parent: UInt64, _ name: [UInt8]) {
+        guard let source = path(req, node), let path = path(req, parent, name) else { return }
+        call(req, .link, { .link(QTFSPath(export: $0.export, path: source), newPath: path) }) { [self] result in
+            guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+            replyEntry(req, parent, name, a)
+        }
+    }
+
+    func remove(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], directory: Bool) {
+        guard let path = path(req, parent, name) else { return }
+        call(req, directory ? .rmdir : .unlink, { link in
+            let target = QTFSPath(export: link.export, path: path)
+            return directory ? .rmdir(target) : .unlink(target)
+        }) { [self] result in
+            guard case .success = result else { return fail(req, result) }
+            nodes.removed(parent, name)
+            fuse_reply_err(req, 0)
+        }
+    }
+
+    func rename(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ newParent: UInt64, _ newName: [UInt8], _ flags: UInt32) {
+        guard let from = path(req, parent, name), let to = path(req, newParent, newName) else { return }
+        call(req, .rename, { .rename(QTFSPath(export: $0.export, path: from), newPath: to, flags: flags) }) { [self] result in
+            guard case .success = result else { return fail(req, result) }
+            nodes.renamed(parent, name, to: newParent, newName, exchange: flags & 2 != 0)
+            fuse_reply_err(req, 0)
+        }
+    }
+
+    // MARK: Files
+
+    private func install(_ fi: UnsafeMutablePointer<fuse_file_info>, _ file: OpenFile, _ flags: QTFSOpenFlags, _ a: QTFSAttributes) {
+        openFiles.withLock { $0[file.node, default: [:]][ObjectIdentifier(file)] = file }
+        fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+        let direct = flags.contains(.directIO) || a.flags.contains(.volatile) || options.proc
+        fi.pointee.direct_io = direct ? 1 : 0
+        fi.pointee.keep_cache = direct ? 0 : 1
+        fi.pointee.nonseekable = flags.contains(.stream) ? 1 : 0
+    }
+
+    static func file(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenFile? {
+        guard let fi, fi.pointee.fh != 0, let pointer = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) else { return nil }
+        return Unmanaged<OpenFile>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    func open(_ req: fuse_req_t, _ node: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        guard let path = path(req, node) else { return }
+        let flags = fi.pointee.flags
+        let info = fi
+        send(req, .open, { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags)) }) {
+            [self] result, link in
+            guard case .success(.opened(let handle, let openFlags, let a)) = result, let link else { return fail(req, result) }
+            let file = OpenFile(
+                node: node, flags: flags, isDirectory: false, link: link, handle: handle,
+                pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
+            install(info, file, openFlags, a)
+            if fuse_reply_open(req, info) != 0 { release(file) }
+        }
+    }
+
+    func create(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        guard let path = path(req, parent, name) else { return }
+        let flags = fi.pointee.flags
+        let owner = owner(req)
+        let info = fi
+        send(req, .create, {
+            .create(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags), mode: UInt32(mode), owner: owner)
+        }) { [self] result, link in
+            guard case .success(.opened(let handle, let openFlags, let a)) = result, let link else { return fail(req, result) }
+            let id = nodes.remember(parent, name, a)
+            let file = OpenFile(
+                node: id, flags: flags, isDirectory: false, link: link, handle: handle,
+                pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
+            install(info, file, openFlags, a)
+            var e = entry(id, a)
+            if fuse_reply_create(req, &e, info) != 0 {
+                nodes.forget(id, 1)
+                release(file)
+            }
+        }
+    }
+
+    func read(_ req: fuse_req_t, _ file: OpenFile, _ size: Int, _ offset: Int, _ flags: Int32) {
+        let size = UInt32(min(size, QTFSLimits.maximumIO))
+        withHandle(req, file, .read, { .read(handle: $0, offset: UInt64(max(offset, 0)), size: size, flags: UInt32(bitPattern: flags)) }) {
+            [self] result in
+            guard case .success(.data(let data)) = result else { return fail(req, result) }
+            data.withUnsafeReadableBytes { raw in
+                _ = fuse_reply_buf(req, raw.baseAddress?.assumingMemoryBound(to: CChar.self), raw.count)
+            }
+        }
+    }
+
+    func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
+        withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
+            [self] result in
+            guard case .success(.written(let count)) = result else { return fail(req, result) }
+            fuse_reply_write(req, Int(count))
+        }
+    }
+
+    func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {
+        withHandle(req, file, .fsync, { .fsync(handle: $0, dataOnly: dataOnly) }) { [self] result in
+            guard case .success = result else { return fail(req, result) }
+            fuse_reply_err(req, 0)
+        }
+    }
+
+    /// The kernel closed its last reference: answer at once, tell the engine in the background.
+    func release(_ file: OpenFile) {
+        let (link, handle) = file.current
+        openFiles.withLock { files in
+            files[file.node]?[ObjectIdentifier(file)] = nil
+            if files[file.node]?.isEmpty == true { files[file.node] = nil }
+        }
+        polls.withLock { _ = $0.removeValue(forKey: file.pollID) }
+        if let pending = file.pollHandle.withLock({ state -> UInt? in defer { state = nil }; return state }) {
+            fuse_pollhandle_destroy(OpaquePointer(bitPattern: pending))
+        }
+        client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+    }
+
+    // MARK: Directories
+
+    func opendir(_ req: fuse_req_t, _ node: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        guard let path = path(req, node) else { return }
+        let info = fi
+        send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
+            guard case .success(.handle(let handle)) = result, let link else { return fail(req, result) }
+            let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
+            info.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+            // The kernel may keep what it listed while the directory's mtime says nothing changed.
+            let cache = !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
+            info.pointee.cache_readdir = cache ? 1 : 0
+            info.pointee.keep_cache = cache ? 1 : 0
+            if fuse_reply_open(req, info) != 0 { release(file) }
+        }
+    }
+
+    /// Entries fetched per READDIR: enough to fill several of the kernel's 4 KiB requests.
+    static let batch: UInt32 = 512
+
+    func readdir(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ offset: Int, plus: Bool) {
+        let cookie = UInt64(bitPattern: Int64(offset))
+        // Serve from the batch in hand when the kernel continues where it left off.
+        let start: Int? = file.listing.withLock { listing in
+            guard listing.loaded else { return nil }
+            if cookie == listing.start { return 0 }
+            guard let index = listing.entries.firstIndex(where: { $0.cookie == cookie }) else { return nil }
+            if index + 1 == listing.entries.count && !listing.end { return nil }
+            return index + 1
+        }
+        if let start { return emit(req, directory, file, size, start, plus) }
+        withHandle(req, file, .readdir, { .readdir(handle: $0, cookie: cookie, maximumEntries: QTFSFilesystem.batch, withAttributes: plus) }) {
+            [self] result in
+            guard case .success(.entries(let entries, let end)) = result else { return fail(req, result) }
+            file.listing.withLock { $0 = Listing(start: cookie, entries: entries, end: end, loaded: true) }
+            emit(req, directory, file, size, 0, plus)
+        }
+    }
+
+    private func emit(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ start: Int, _ plus: Bool) {
+        let entries = file.listing.withLock { Array($0.entries.dropFirst(start)) }
+        var buffer = [CChar](repeating: 0, count: size)
+        var used = 0
+        buffer.withUnsafeMutableBufferPointer { raw in
+            for entry in entries {
+                var name = entry.name.map { CChar(bitPattern: $0) }
+                name.append(0)
+                let remaining = size - used
+                let offset = Int(Int64(bitPattern: entry.cookie))
+                if plus {
+                    let needed = fuse_add_direntry_plus(req, nil, 0, name, nil, 0)
+                    guard needed <= remaining else { break }
+                    var e = fuse_entry_param()
+                    if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
+                        let id = nodes.remember(directory, entry.name, a)
+                        e = self.entry(id, a)
+                        if a.mode & 0o170000 == 0o140000, let sockets, !sockets.hasListener(id), let path = nodes.path(id) {
+                            socketAttributes.withLock { $0[id] = a }
+                            sockets.ensureListener(id, path: path) {}
+                        }
+                    } else {
+                        e.attr.st_ino = UInt(entry.inode)
+                        e.attr.st_mode = mode_t(entry.type) << 12
+                    }
+                    used += fuse_add_direntry_plus(req, raw.baseAddress! + used, remaining, name, &e, offset)
+                } else {
+                    var s = Glibc.stat()
+                    s.st_ino = UInt(entry.inode)
+                    s.st_mode = mode_t(entry.type) << 12
+                    let needed = fuse_add_direntry(req, raw.baseAddress! + used, remaining, name, &s, offset)
+                    guard needed <= remaining else { break }
+                    used += needed
+                }
+            }
+        }
+        fuse_reply_buf(req, buffer, used)
+    }
+
+    // MARK: File system, attributes, poll
+
+    func statfs(_ req: fuse_req_t, _ node: UInt64) {
+        let path = nodes.path(node) ?? []
+        call(req, .statfs, { .statfs(QTFSPath(export: $0.export, path: path)) }) { [self] result in
+            guard case .success(.fileSystem(let info)) = result else { return fail(req, result) }
+            var s = statvfs()
+            s.f_bsize = UInt(info.blockSize)
+            s.f_frsize = UInt(info.fragmentSize)
+            s.f_blocks = UInt(info.blocks)
+            s.f_bfree = UInt(info.freeBlocks)
+            s.f_bavail = UInt(info.availableBlocks)
+            s.f_files = UInt(info.files)
+            s.f_ffree = UInt(info.freeFiles)
+            s.f_favail = UInt(info.freeFiles)
+            s.f_namemax = UInt(info.maximumNameLength)
+            fuse_reply_statfs(req, &s)
+        }
+    }
+
+    private func target(_ req: fuse_req_t, _ node: UInt64) -> ((Link) -> QTFSTarget)? {
+        guard let path = path(req, node) else { return nil }
+        return { .path(QTFSPath(export: $0.export, path: path)) }
+    }
+
+    func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
+        guard let target = target(req, node) else { return }
+        let size = UInt32(min(size, QTFSLimits.maximumXattr))
+        call(req, list ? .listxattr : .getxattr, { link in
+            list ? .listxattr(target(link), size: size) : .getxattr(target(link), name: name, size: size)
+        }) { [self] result in
+            guard case .success(.xattr(let count, let value)) = result else { return fail(req, result) }
+            if size == 0 {
+                fuse_reply_xattr(req, Int(count))
+            } else {
+                value.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+            }
+        }
+    }
+
+    func setxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ value: [UInt8]?, _ flags: Int32) {
+        guard let target = target(req, node) else { return }
+        call(req, value == nil ? .removexattr : .setxattr, { link in
+            if let value { return .setxattr(target(link), name: name, value: value, flags: UInt32(bitPattern: flags)) }
+            return .removexattr(target(link), name: name)
+        }) { [self] result in
+            guard case .success = result else { return fail(req, result) }
+            fuse_reply_err(req, 0)
+        }
+    }
+
+    func poll(_ req: fuse_req_t, _ file: OpenFile, _ handle: OpaquePointer?, _ events: UInt32) {
+        var notify: UInt64 = 0
+        if let handle {
+            notify = file.pollID
+            polls.withLock { $0[file.pollID] = file }
+            let previous = file.pollHandle.withLock { state -> UInt? in
+                defer { state = UInt(bitPattern: handle) }
+                return state
+            }
+            if let previous { fuse_pollhandle_destroy(OpaquePointer(bitPattern: previous)) }
+        }
+        withHandle(req, file, .poll, { .poll(handle: $0, events: events, notify: notify) }) { [self] result in
+            guard case .success(.polled(let ready)) = result else { return fail(req, result) }
+            fuse_reply_poll(req, ready)
+        }
+    }
+
+    private func pollReady(_ id: UInt64) {
+        guard let file = polls.withLock({ $0[id] }) else { return }
+        guard let handle = file.pollHandle.withLock({ state -> UInt? in defer { state = nil }; return state }) else { return }
+        fuse_lowlevel_notify_poll(OpaquePointer(bitPattern: handle))
+        fuse_pollhandle_destroy(OpaquePointer(bitPattern: handle))
+    }
+}

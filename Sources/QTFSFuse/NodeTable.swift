@@ -1,0 +1,207 @@
+import DPUWire
+import Synchronization
+import SystemPackage
+
+/// The kernel's node ids and what they stand for.
+///
+/// A host file is identified by (st_dev, st_ino): hard links share one node, as on a local file system.
+/// Each node remembers the names it was found under (parent node + name); its path beneath the export is
+/// rebuilt from them when a request needs it, so that renaming a directory moves everything below it at
+/// once. Node ids are never reused (generation 0 is enough): the kernel matches a unix socket bound on
+/// the mount by its inode, and a stable id keeps such a socket reachable.
+final class NodeTable: Sendable {
+    static let rootID: UInt64 = 1
+
+    enum Kind: Sendable, Equatable {
+        /// A host file.
+        case host
+        /// A symbolic link made up by the client (proc mode: `self`, a local pid); the target depends on
+        /// who asks.
+        case synthetic(Synthetic)
+    }
+
+    enum Synthetic: Sendable, Equatable {
+        case procSelf
+        case procThreadSelf
+        case localProcess(Int32)
+        case fixedLink([UInt8])
+        /// The hidden directory where socket nodes are bound (`SocketNodes`).
+        case socketDirectory
+    }
+
+    struct Dentry: Hashable, Sendable {
+        var parent: UInt64
+        var name: [UInt8]
+    }
+
+    struct Key: Hashable, Sendable {
+        var device: UInt64
+        var inode: UInt64
+    }
+
+    struct Node: Sendable {
+        var kind: Kind
+        var key: Key?
+        var type: UInt32
+        var names: [Dentry]
+        var lookups: UInt64
+    }
+
+    private struct State {
+        var nodes: [UInt64: Node] = [NodeTable.rootID: Node(kind: .host, key: nil, type: 0o040000, names: [], lookups: 1)]
+        var byKey: [Key: UInt64] = [:]
+        var byDentry: [Dentry: UInt64] = [:]
+        var next: UInt64 = 2
+    }
+
+    private let state = Mutex(State())
+
+    /// The path beneath the export of `node` (via its first name whose ancestors are all known), or nil
+    /// if the node is unknown.
+    func path(_ node: UInt64) -> [UInt8]? {
+        state.withLock { state in NodeTable.path(node, in: state) }
+    }
+
+    /// The path of `name` in directory `parent`.
+    func path(_ parent: UInt64, _ name: [UInt8]) -> [UInt8]? {
+        guard let base = path(parent) else { return nil }
+        return base.isEmpty ? name : base + [UInt8(ascii: "/")] + name
+    }
+
+    private static func path(_ node: UInt64, in state: State) -> [UInt8]? {
+        var components: [[UInt8]] = []
+        var current = node
+        var depth = 0
+        while current != rootID {
+            guard let entry = state.nodes[current], let name = entry.names.first, depth < 4096 else { return nil }
+            components.append(name.name)
+            current = name.parent
+            depth += 1
+        }
+        return Array(components.reversed().joined(separator: [UInt8(ascii: "/")]))
+    }
+
+    func node(_ id: UInt64) -> Node? { state.withLock { $0.nodes[id] } }
+
+    /// Records that the kernel now holds one more reference to the host file `attributes` found as
+    /// `name` in `parent`, and returns its node id.
+    func remember(_ parent: UInt64, _ name: [UInt8], _ attributes: QTFSAttributes, count: UInt64 = 1) -> UInt64 {
+        let key = Key(device: attributes.device, inode: attributes.inode)
+        let dentry = Dentry(parent: parent, name: name)
+        let type = attributes.mode & 0o170000
+        return state.withLock { state in
+            // The name now means this file: unhook whatever node had it before.
+            if let previous = state.byDentry[dentry], state.nodes[previous]?.key != key {
+                NodeTable.unhook(dentry, from: previous, in: &state)
+            }
+            if let id = state.byKey[key], var node = state.nodes[id], node.type == type {
+                node.lookups += count
+                if !node.names.contains(dentry) {
+                    // Directories have one name; a file reached by another name is a hard link.
+                    if type == 0o040000 {
+                        for old in node.names { state.byDentry[old] = nil }
+                        node.names = [dentry]
+                    } else {
+                        node.names.append(dentry)
+                    }
+                }
+                state.nodes[id] = node
+                state.byDentry[dentry] = id
+                return id
+            }
+            let id = state.next
+            state.next += 1
+            state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count)
+            state.byKey[key] = id
+            state.byDentry[dentry] = id
+            return id
+        }
+    }
+
+    /// A client-made node (proc mode) for `name` in `parent`; the same one for the same meaning.
+    func rememberSynthetic(_ parent: UInt64, _ name: [UInt8], _ synthetic: Synthetic) -> UInt64 {
+        let dentry = Dentry(parent: parent, name: name)
+        return state.withLock { state in
+            if let id = state.byDentry[dentry], var node = state.nodes[id], node.kind == .synthetic(synthetic) {
+                node.lookups += 1
+                state.nodes[id] = node
+                return id
+            }
+            if let previous = state.byDentry[dentry] { NodeTable.unhook(dentry, from: previous, in: &state) }
+            let id = state.next
+            state.next += 1
+            let type: UInt32 = synthetic == .socketDirectory ? 0o040000 : 0o120000
+            state.nodes[id] = Node(kind: .synthetic(synthetic), key: nil, type: type, names: [dentry], lookups: 1)
+            state.byDentry[dentry] = id
+            return id
+        }
+    }
+
+    /// The kernel took one more reference to `node` under a name this table does not record (a socket
+    /// bound in the hidden directory).
+    func addReference(_ node: UInt64) {
+        state.withLock { state in state.nodes[node]?.lookups += 1 }
+    }
+
+    /// The node `name` in `parent` stands for now, if any.
+    func child(_ parent: UInt64, _ name: [UInt8]) -> UInt64? {
+        state.withLock { $0.byDentry[Dentry(parent: parent, name: name)] }
+    }
+
+    /// The kernel dropped `count` references to `node`.
+    func forget(_ node: UInt64, _ count: UInt64) {
+        guard node != NodeTable.rootID else { return }
+        state.withLock { state in
+            guard var entry = state.nodes[node] else { return }
+            entry.lookups = entry.lookups > count ? entry.lookups - count : 0
+            if entry.lookups > 0 {
+                state.nodes[node] = entry
+                return
+            }
+            state.nodes[node] = nil
+            for name in entry.names where state.byDentry[name] == node { state.byDentry[name] = nil }
+            if let key = entry.key, state.byKey[key] == node { state.byKey[key] = nil }
+        }
+    }
+
+    /// `name` in `parent` is gone (unlink, rmdir).
+    func removed(_ parent: UInt64, _ name: [UInt8]) {
+        let dentry = Dentry(parent: parent, name: name)
+        state.withLock { state in
+            if let id = state.byDentry[dentry] { NodeTable.unhook(dentry, from: id, in: &state) }
+        }
+    }
+
+    /// `name` in `parent` was renamed to `newName` in `newParent` (`exchange`: the two swapped).
+    func renamed(_ parent: UInt64, _ name: [UInt8], to newParent: UInt64, _ newName: [UInt8], exchange: Bool) {
+        let from = Dentry(parent: parent, name: name)
+        let to = Dentry(parent: newParent, name: newName)
+        state.withLock { state in
+            let moving = state.byDentry[from]
+            let replaced = state.byDentry[to]
+            if let moving { NodeTable.unhook(from, from: moving, in: &state) }
+            if let replaced { NodeTable.unhook(to, from: replaced, in: &state) }
+            if let moving { NodeTable.hook(to, to: moving, in: &state) }
+            if exchange, let replaced { NodeTable.hook(from, to: replaced, in: &state) }
+        }
+    }
+
+    private static func unhook(_ dentry: Dentry, from id: UInt64, in state: inout State) {
+        state.byDentry[dentry] = nil
+        guard var node = state.nodes[id] else { return }
+        node.names.removeAll { $0 == dentry }
+        state.nodes[id] = node
+    }
+
+    private static func hook(_ dentry: Dentry, to id: UInt64, in state: inout State) {
+        state.byDentry[dentry] = id
+        guard var node = state.nodes[id] else { return }
+        node.names.insert(dentry, at: 0)
+        state.nodes[id] = node
+    }
+
+    var count: Int { state.withLock { $0.nodes.count } }
+}
+
+// NIOCore has a FileDescriptor too; in this module the name means swift-system's.
+typealias FileDescriptor = SystemPackage.FileDescriptor

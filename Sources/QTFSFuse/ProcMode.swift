@@ -1,0 +1,112 @@
+import DPUSystem
+import Glibc
+import QTFS
+import SystemPackage
+
+/// `-o proc`: the host's /proc, except what only makes sense on the DPU. Decided per caller, from the
+/// caller's own process tree (the original kept a fixed list of program names instead):
+///
+/// - `self` and `thread-self` are links to the caller in the DPU's procfs (`localproc`);
+/// - `/proc/N` is the DPU's process N when N is the caller, one of its threads, an ancestor other than
+///   init, a descendant, or runs a command named with `localcomm=`; when the host has no process N but
+///   the DPU has, it is the DPU's too; otherwise it is the host's;
+/// - `mounts` and `net` are the host init's (they are links to `self/...`, which would be the DPU's).
+final class LocalProcesses: Sendable {
+    /// The DPU's procfs, opened before the mount (the mount may cover it).
+    let procfs: FileDescriptor
+    let localProc: [UInt8]
+    let commands: Set<String>
+
+    init(localProc: String, commands: [String]) throws(SystemError) {
+        procfs = try FileDescriptor.openPath("/proc", flags: O_PATH | O_DIRECTORY)
+        self.localProc = Array(localProc.utf8)
+        self.commands = Set(commands)
+    }
+
+    struct Status {
+        var name = ""
+        var threadGroup: pid_t = 0
+        var parent: pid_t = 0
+    }
+
+    /// Name, Tgid and PPid of process or thread `pid` on the DPU; nil if there is none.
+    func status(_ pid: pid_t) -> Status? {
+        guard pid > 0, let fd = try? procfs.open(at: Array("\(pid)/status".utf8), flags: O_RDONLY) else { return nil }
+        defer { fd.closeQuietly() }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(at: 0, into: $0) }), count > 0 else { return nil }
+        var status = Status()
+        for line in buffer[..<count].split(separator: UInt8(ascii: "\n")).prefix(10) {
+            let text = String(decoding: line, as: UTF8.self)
+            let parts = text.split(separator: "\t", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            switch parts[0] {
+            case "Name:": status.name = String(parts[1])
+            case "Tgid:": status.threadGroup = pid_t(parts[1]) ?? 0
+            case "PPid:": status.parent = pid_t(parts[1]) ?? 0
+            default: break
+            }
+        }
+        return status
+    }
+
+    /// The caller's thread group (process id) from its thread id, as FUSE gives it.
+    func threadGroup(of thread: pid_t) -> pid_t { status(thread)?.threadGroup ?? thread }
+
+    enum Decision { case local, host, hostThenLocal }
+
+    /// Whose process `pid` names for a caller whose thread id is `caller`.
+    func decide(_ pid: pid_t, caller: pid_t) -> Decision {
+        guard let target = status(pid) else { return .host }
+        let me = threadGroup(of: caller)
+        if pid == me || target.threadGroup == me { return .local }
+        if commands.contains(target.name) { return .local }
+        // An ancestor of the caller, except init: /proc/1 stays the host's (its mounts, its namespaces).
+        var current = status(me)?.parent ?? 0
+        for _ in 0..<64 where current > 1 {
+            if current == pid { return .local }
+            current = status(current)?.parent ?? 0
+        }
+        // A descendant of the caller.
+        current = target.parent
+        for _ in 0..<64 where current > 1 {
+            if current == me { return .local }
+            current = status(current)?.parent ?? 0
+        }
+        return .hostThenLocal
+    }
+
+    /// Where a proc-mode link points for `caller`.
+    func target(of synthetic: NodeTable.Synthetic, caller: pid_t) -> [UInt8] {
+        let slash = UInt8(ascii: "/")
+        switch synthetic {
+        case .procSelf:
+            return localProc + [slash] + Array("\(threadGroup(of: caller))".utf8)
+        case .procThreadSelf:
+            return localProc + [slash] + Array("\(threadGroup(of: caller))/task/\(caller)".utf8)
+        case .localProcess(let pid):
+            return localProc + [slash] + Array("\(pid)".utf8)
+        case .fixedLink(let target):
+            return target
+        case .socketDirectory:
+            return []
+        }
+    }
+
+    /// Top-level names of /proc that are links the client makes up.
+    static func fixedName(_ name: [UInt8]) -> NodeTable.Synthetic? {
+        switch String(decoding: name, as: UTF8.self) {
+        case "self": .procSelf
+        case "thread-self": .procThreadSelf
+        case "mounts": .fixedLink(Array("1/mounts".utf8))
+        case "net": .fixedLink(Array("1/net".utf8))
+        default: nil
+        }
+    }
+
+    /// The pid a top-level /proc name stands for, if it is one.
+    static func pid(_ name: [UInt8]) -> pid_t? {
+        guard !name.isEmpty, name.count < 10, name.allSatisfy({ $0 >= 48 && $0 <= 57 }), name.first != 48 else { return nil }
+        return pid_t(String(decoding: name, as: UTF8.self))
+    }
+}

@@ -1,0 +1,223 @@
+import DPUSystem
+import DPUWire
+import Glibc
+import NIOCore
+import SystemPackage
+import Testing
+
+@testable import QTFS
+
+private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
+
+/// A scratch tree: `export/` is served, `outside/` holds what must never be reached.
+final class Scratch {
+    let base: String
+    let server: QTFSFileServer
+    let session = EngineSession(handleLimit: 8)
+    var export: UInt32 = 0
+
+    init(whitelist extra: (String) -> String = { _ in "" }, allKinds: Bool = true, readOnly: Bool = false) throws {
+        var template = Array("/tmp/qtfs-test.XXXXXX".utf8CString)
+        base = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        mkdir(base + "/export", 0o755)
+        mkdir(base + "/outside", 0o755)
+        let secret = open(base + "/outside/secret", O_CREAT | O_WRONLY, 0o644)
+        _ = write(secret, "secret", 6)
+        close(secret)
+        var text = ""
+        if allKinds {
+            for kind in QTFSWhitelist.Kind.allCases { text += "[\(kind.rawValue)]\nPath=\(base)/export\n" }
+        }
+        text += extra(base)
+        var whitelist = try QTFSWhitelist(text: text, path: "test")
+        if readOnly { try whitelist.addReadOnlyRoot(base + "/export", file: "test", line: nil) }
+        server = QTFSFileServer(whitelist: whitelist, handleLimit: 8)
+        if case .attached(let info) = try run(.attach(hostPath: bytes(base + "/export"))) { export = info.export }
+    }
+
+    deinit { _ = system("rm -rf '\(base)'") }
+
+    func path(_ text: String) -> QTFSPath { QTFSPath(export: export, path: bytes(text)) }
+
+    @discardableResult
+    func run(_ request: QTFSRequest, session: EngineSession? = nil) throws -> QTFSReply {
+        do {
+            return try server.perform(request, in: session ?? self.session, blocking: true, cancellation: Cancellation())
+        } catch .failed(let error) {
+            throw error
+        } catch .mustBlock {
+            throw SystemError(.wouldBlock, "must block")
+        }
+    }
+
+    func errno(_ request: QTFSRequest) -> Errno? {
+        do {
+            try run(request)
+            return nil
+        } catch let error as SystemError {
+            return error.errno
+        } catch {
+            return nil
+        }
+    }
+}
+
+@Suite(.serialized) struct Confinement {
+    @Test func dotDotIsRefusedByTheKernel() throws {
+        let scratch = try Scratch()
+        #expect(scratch.errno(.lookup(scratch.path("../outside/secret"))) == .improperLink)
+    }
+
+    @Test func symbolicLinksAreNeverFollowedOnTheHost() throws {
+        let scratch = try Scratch()
+        symlink("/", scratch.base + "/export/absolute")
+        symlink("../outside", scratch.base + "/export/relative")
+        for path in ["absolute/etc/passwd", "relative/secret"] {
+            #expect(scratch.errno(.lookup(scratch.path(path))) == .tooManySymbolicLinkLevels)
+            #expect(scratch.errno(.open(scratch.path(path), flags: UInt32(O_RDONLY))) == .tooManySymbolicLinkLevels)
+            #expect(scratch.errno(.unlink(scratch.path(path))) == .tooManySymbolicLinkLevels)
+            #expect(scratch.errno(.mkdir(scratch.path(path + "x"), mode: 0o755, owner: .root)) == .tooManySymbolicLinkLevels)
+        }
+        // The link itself is visible, and its target is what the client follows on its side.
+        #expect(try scratch.run(.readlink(scratch.path("relative"))) == .linkTarget(bytes("../outside")))
+        // Opening the link itself is refused too: the client resolves it.
+        #expect(scratch.errno(.open(scratch.path("relative"), flags: 0)) == .tooManySymbolicLinkLevels)
+        #expect(scratch.errno(.setattr(.path(scratch.path("absolute")), { var c = QTFSSetAttributes(fields: .mode); c.mode = 0o777; return c }())) == .notSupported)
+    }
+
+    @Test func renameRacesNeverReachOutside() throws {
+        let scratch = try Scratch()
+        mkdir(scratch.base + "/export/a", 0o755)
+        mkdir(scratch.base + "/export/a/b", 0o755)
+        let stop = ConditionLock(false)
+        let base = scratch.base
+        try OSThread.start(name: "renamer") {
+            while !stop.withLock({ $0 }) {
+                rename(base + "/export/a/b", base + "/outside/b")
+                rename(base + "/outside/b", base + "/export/a/b")
+            }
+        }
+        defer { stop.withLock { $0 = true } }
+        for _ in 0..<2000 {
+            if case .attributes(let info) = try? scratch.run(.lookup(scratch.path("a/b/../../secret"))) {
+                Issue.record("reached \(info.inode) outside the export")
+            }
+        }
+    }
+
+    @Test func deviceNodesAreNeitherCreatedNorOpened() throws {
+        let scratch = try Scratch()
+        #expect(scratch.errno(.mknod(scratch.path("null"), mode: UInt32(S_IFCHR) | 0o666, owner: .root)) == .notPermitted)
+        #expect(scratch.errno(.mknod(scratch.path("disk"), mode: UInt32(S_IFBLK) | 0o666, owner: .root)) == .notPermitted)
+        mknod(scratch.base + "/export/null", S_IFCHR | 0o666, (1 << 8) | 3)
+        #expect(scratch.errno(.open(scratch.path("null"), flags: UInt32(O_RDWR))) == .permissionDenied)
+        #expect(try scratch.run(.mknod(scratch.path("fifo"), mode: UInt32(S_IFIFO) | 0o600, owner: .root)) != .done)
+        #expect(scratch.errno(.rename(scratch.path("fifo"), newPath: bytes("x"), flags: 4)) == .invalidArgument)
+    }
+
+    @Test func hardLinksAndRenamesMayNotGainRights() throws {
+        let scratch = try Scratch(
+            whitelist: { base in
+                """
+                [Mount]
+                Path=\(base)/export
+                [Open]
+                Path=\(base)/export/public
+                [Read]
+                Path=\(base)/export/public
+                [Create]
+                Path=\(base)/export
+                [Rename]
+                Path=\(base)/export
+
+                """
+            }, allKinds: false)
+        let base = scratch.base
+        mkdir(base + "/export/public", 0o755)
+        mkdir(base + "/export/private", 0o755)
+        close(open(base + "/export/private/key", O_CREAT | O_WRONLY, 0o600))
+        #expect(scratch.errno(.link(scratch.path("private/key"), newPath: bytes("public/key"))) == .permissionDenied)
+        #expect(scratch.errno(.rename(scratch.path("private/key"), newPath: bytes("public/key"), flags: 0)) == .permissionDenied)
+        #expect(scratch.errno(.open(scratch.path("private/key"), flags: 0)) == .permissionDenied)
+        // The other way loses rights, which is fine.
+        close(open(base + "/export/public/note", O_CREAT | O_WRONLY, 0o600))
+        #expect(scratch.errno(.link(scratch.path("public/note"), newPath: bytes("private/note"))) == nil)
+    }
+}
+
+@Suite(.serialized) struct FileOperations {
+    @Test func createWriteReadAndReleaseAFile() throws {
+        let scratch = try Scratch()
+        guard case .opened(let handle, _, _) = try scratch.run(.create(scratch.path("f"), flags: UInt32(O_RDWR), mode: 0o640, owner: QTFSOwner(uid: 1234, gid: 5678))) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(try scratch.run(.write(handle: handle, offset: 3, flags: 0, data: ByteBuffer(bytes: bytes("hello")))) == .written(5))
+        #expect(try scratch.run(.read(handle: handle, offset: 3, size: 100, flags: 0)) == .data(ByteBuffer(bytes: bytes("hello"))))
+        guard case .attributes(let info) = try scratch.run(.getattr(.handle(handle))) else { return }
+        #expect(info.size == 8 && info.uid == 1234 && info.gid == 5678 && info.mode == UInt32(S_IFREG) | 0o640)
+        try scratch.run(.release(handle: handle))
+        #expect(scratch.errno(.read(handle: handle, offset: 0, size: 1, flags: 0)) == .badFileDescriptor)
+        #expect(scratch.errno(.create(scratch.path("f"), flags: UInt32(O_RDWR | O_EXCL), mode: 0o600, owner: .root)) == .fileExists)
+    }
+
+    @Test func handlesBelongToTheirConnectionAndAreBounded() throws {
+        let scratch = try Scratch()
+        close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
+        guard case .opened(let handle, _, _) = try scratch.run(.open(scratch.path("f"), flags: 0)) else { return }
+        let other = EngineSession(handleLimit: 8)
+        #expect(throws: SystemError.self) { try scratch.run(.read(handle: handle, offset: 0, size: 1, flags: 0), session: other) }
+        for _ in 1..<8 { try scratch.run(.open(scratch.path("f"), flags: 0)) }
+        #expect(scratch.errno(.open(scratch.path("f"), flags: 0)) == .tooManyOpenFiles)
+    }
+
+    @Test func readOnlyExportsRefuseChanges() throws {
+        let scratch = try Scratch(allKinds: false, readOnly: true)
+        close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
+        #expect(scratch.errno(.open(scratch.path("f"), flags: 0)) == nil)
+        #expect(scratch.errno(.open(scratch.path("f"), flags: UInt32(O_WRONLY))) == .readOnlyFileSystem)
+        #expect(scratch.errno(.unlink(scratch.path("f"))) == .readOnlyFileSystem)
+        #expect(scratch.errno(.mkdir(scratch.path("d"), mode: 0o755, owner: .root)) == .readOnlyFileSystem)
+    }
+
+    @Test func attachIsLimitedToMountEntries() throws {
+        let scratch = try Scratch()
+        #expect(scratch.errno(.attach(hostPath: bytes(scratch.base + "/outside"))) == .permissionDenied)
+        #expect(scratch.errno(.attach(hostPath: bytes(scratch.base + "/export/../outside"))) == .invalidArgument)
+        mkdir(scratch.base + "/export/sub", 0o755)
+        symlink(scratch.base + "/outside", scratch.base + "/export/link")
+        #expect(scratch.errno(.attach(hostPath: bytes(scratch.base + "/export/sub"))) == nil)
+        #expect(scratch.errno(.attach(hostPath: bytes(scratch.base + "/export/link"))) == .tooManySymbolicLinkLevels)
+    }
+
+    @Test func readdirReturnsEveryEntryOnceAcrossBatches() throws {
+        let scratch = try Scratch()
+        mkdir(scratch.base + "/export/d", 0o755)
+        for index in 0..<3000 { close(open(scratch.base + "/export/d/file\(index)", O_CREAT | O_WRONLY, 0o644)) }
+        guard case .handle(let handle) = try scratch.run(.opendir(scratch.path("d"))) else { return }
+        var names = Set<[UInt8]>()
+        var cookie: UInt64 = 0
+        while true {
+            guard case .entries(let entries, let end) = try scratch.run(.readdir(handle: handle, cookie: cookie, maximumEntries: 100, withAttributes: true)) else { return }
+            for entry in entries {
+                #expect(names.insert(entry.name).inserted)
+                if entry.name.first != 46 { #expect(entry.attributes?.mode == UInt32(S_IFREG) | 0o644) }
+            }
+            if let last = entries.last { cookie = last.cookie }
+            if end { break }
+        }
+        #expect(names.count == 3002)
+    }
+
+    @Test func xattrsAreReadWrittenAndRemoved() throws {
+        let scratch = try Scratch()
+        close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
+        let target = QTFSTarget.path(scratch.path("f"))
+        try scratch.run(.setxattr(target, name: bytes("user.colour"), value: bytes("blue"), flags: 0))
+        #expect(try scratch.run(.getxattr(target, name: bytes("user.colour"), size: 0)) == .xattr(size: 4, value: []))
+        #expect(try scratch.run(.getxattr(target, name: bytes("user.colour"), size: 100)) == .xattr(size: 4, value: bytes("blue")))
+        #expect(try scratch.run(.listxattr(target, size: 100)) == .xattr(size: 12, value: bytes("user.colour") + [0]))
+        try scratch.run(.removexattr(target, name: bytes("user.colour")))
+        #expect(scratch.errno(.getxattr(target, name: bytes("user.colour"), size: 0)) == .noData)
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A normal qtfs export behaves like a local file system: the POSIX suite gives the same transcript on the
+# DPU's qtfs mount as on a local directory, and what the DPU writes is on the host.
+. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/qtfs.sh"
+require_command setfattr
+
+qtfs_lab_up
+qtfs_whitelist "$EXPORT"
+qtfs_engine_start
+MNT=$W/dpu/mnt
+LOCAL=$W/dpu/local
+lab_dpu mkdir -p "$MNT" "$LOCAL"
+lab_tmpfs dpu "$LOCAL"
+
+expect_status "mount -t qtfs works on the DPU" 0 qtfs_mount "$EXPORT" "$MNT"
+expect_match "mountinfo names the export" "qtfs:$EXPORT" "$(lab_dpu grep " $MNT " /proc/self/mountinfo)"
+expect_match "the mount is nodev by default" "nodev" "$(lab_dpu grep " $MNT " /proc/self/mountinfo)"
+
+lab_dpu bash "$ROOT/Tests/integration/lib/posix-suite.sh" "$LOCAL" >"$W/local.txt"
+lab_dpu bash "$ROOT/Tests/integration/lib/posix-suite.sh" "$MNT" >"$W/qtfs.txt"
+expect_eq "the suite ran every step" "$(grep -c '^step ' "$ROOT/Tests/integration/lib/posix-suite.sh")" "$(wc -l <"$W/qtfs.txt")"
+if diff -u "$W/local.txt" "$W/qtfs.txt" >"$W/posix.diff"; then
+    pass "the POSIX suite gives the same transcript on qtfs as on a local directory"
+else
+    failed "the POSIX suite differs on qtfs:"
+    cat "$W/posix.diff"
+fi
+
+# Both directions: the host sees the DPU's writes, the DPU sees the host's.
+lab_dpu sh -c "echo from-dpu > '$MNT/shared'"
+expect_eq "a file written on the DPU is on the host" "from-dpu" "$(lab_host cat "$EXPORT/shared")"
+lab_host sh -c "echo from-host > '$EXPORT/shared'"
+expect_eq "a change on the host is seen on the DPU within the attribute timeout" "from-host" \
+    "$(sleep 1.2; lab_dpu cat "$MNT/shared")"
+lab_dpu chown 4242:4343 "$MNT/shared"
+expect_eq "ownership set on the DPU is the host's" "4242:4343" "$(lab_host stat -c %u:%g "$EXPORT/shared")"
+chmod 755 "$W" "$W/dpu"
+lab_dpu chmod 1777 "$MNT"
+lab_dpu setpriv --reuid=4242 --regid=4343 --clear-groups mkdir "$MNT/byuser"
+expect_eq "a directory made by a DPU user belongs to that user on the host" "4242:4343" "$(lab_host stat -c %u:%g "$EXPORT/byuser")"
+
+# dpuctl qtfs mount works as well, and a second mount of the same export is independent.
+MNT2=$W/dpu/mnt2
+lab_dpu mkdir -p "$MNT2"
+expect_status "dpuctl qtfs mount" 0 lab_dpu "$DPUCTL" qtfs mount -o "server=$ENGINE_URL,key=$W/key" "$EXPORT" "$MNT2"
+expect_eq "both mounts show the same file" "from-host" "$(lab_dpu cat "$MNT2/shared")"
+
+# Unmounting: umount ends the client; SIGTERM unmounts.
+client2=$(lab_dpu pgrep -f "qtfs mount --foreground.* $MNT2\$")
+lab_dpu umount "$MNT2"
+expect_status "umount ends that client" 0 wait_for "! lab_dpu kill -0 $client2" 10
+client=$(lab_dpu pgrep -f "qtfs mount --foreground.* $MNT\$")
+lab_dpu kill -TERM "$client"
+expect_status "SIGTERM ends the client" 0 wait_for "! lab_dpu kill -0 $client" 10
+expect_eq "and unmounts" "" "$(lab_dpu grep " $MNT " /proc/self/mountinfo)"
+
+# Failures are one line and mount(8)'s status 32.
+out=$(lab_dpu mount -t qtfs -o "server=$ENGINE_URL,key=$W/key" /not/exported "$MNT" 2>&1); status=$?
+expect_eq "mounting a path the host does not export fails with 32" 32 "$status"
+expect_match "saying why" "does not export /not/exported" "$out"
+out=$(lab_dpu mount -t qtfs -o "server=$ENGINE_URL,key=$W/key,bogus" "$EXPORT" "$MNT" 2>&1); status=$?
+expect_match "an unknown option is named" 'unknown option `bogus`' "$out"
+"$DPUCTL" key generate "$W/otherkey" >/dev/null
+out=$(lab_dpu mount -t qtfs -o "server=$ENGINE_URL,key=$W/otherkey" "$EXPORT" "$MNT" 2>&1); status=$?
+expect_eq "a wrong key fails the mount" 32 "$status"
+expect_match "saying the keys differ" "key" "$out"
+finish

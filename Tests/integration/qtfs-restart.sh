@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The engine restarts while a DPU process has a file open for reading and another for writing: both go on
+# (the client waits for the engine, reconnects, opens the files again by path) and nothing is lost or
+# written twice.
+. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/qtfs.sh"
+
+qtfs_lab_up
+qtfs_whitelist "$EXPORT"
+qtfs_engine_start
+MNT=$W/dpu/mnt
+expect_status "mount" 0 qtfs_mount "$EXPORT" "$MNT"
+lab_host sh -c "head -c 24M /dev/urandom > '$EXPORT/in'"
+
+# One chunk per step, read and written through descriptors opened once; a marker says when the engine
+# came back, so that the steps after it can be counted.
+lab_bg worker dpu bash -c "
+    exec 3<'$MNT/in' 4>'$MNT/out'
+    for i in \$(seq 0 23); do
+        dd bs=1M count=1 iflag=fullblock <&3 2>/dev/null >'$W/chunk' || { echo \"read failed at \$i\" >'$W/worker-error'; exit 1; }
+        [ \$(stat -c %s '$W/chunk') = 1048576 ] || { echo \"short read at \$i\" >'$W/worker-error'; exit 1; }
+        cat '$W/chunk' >>'$W/copy'
+        cat '$W/chunk' >&4 || { echo \"write failed at \$i\" >'$W/worker-error'; exit 1; }
+        [ -e '$W/restarted' ] && echo \$i >>'$W/after'
+        sleep 0.25
+    done
+    echo done >'$W/worker-done'"
+
+wait_for "[ -s '$W/copy' ] && [ \$(stat -c %s '$W/copy') -ge 4194304 ]" 20
+qtfs_engine_stop
+expect_eq "the engine is gone" "" "$(lab_host ss -Hltn | grep ":$QTFS_PORT ")"
+sleep 1.5
+qtfs_engine_start
+touch "$W/restarted"
+wait_for "[ -e '$W/worker-done' ] || [ -e '$W/worker-error' ]" 60
+expect_eq "the reader and writer finished without an error" "" "$(cat "$W/worker-error" 2>/dev/null)"
+expect_eq "they worked on after the restart" "yes" "$([ "$(wc -l <"$W/after" 2>/dev/null || echo 0)" -ge 5 ] && echo yes)"
+expect_eq "what was read is the host's file" "$(lab_host cat "$EXPORT/in" | md5sum)" "$(md5sum <"$W/copy")"
+expect_eq "what was written is on the host, once" "$(lab_host cat "$EXPORT/in" | md5sum)" "$(lab_host cat "$EXPORT/out" | md5sum)"
+expect_eq "new operations work" "in out" "$(lab_dpu ls "$MNT" | tr '\n' ' ' | sed 's/ $//')"
+finish
