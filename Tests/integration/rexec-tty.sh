@@ -15,7 +15,7 @@ in_terminal() { lab_dpu script -qec "$1" /dev/null <"$W/idle" 6>&- | tr -d '\r';
 
 expect_match "with a terminal on stdin the program gets one" "^/dev/pts/[0-9]+$" "$(in_terminal "$REXEC /usr/bin/tty")"
 expect_eq "-T: it does not" "not a tty" "$(in_terminal "$REXEC -T /usr/bin/tty")"
-expect_eq "without one, -t gives it one anyway" "yes" "$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" -t /bin/sh -c 'test -t 0 && test -t 1 && echo yes' </dev/null | tr -d '\r')"
+expect_eq "without one, -t gives it one anyway" "yes" "$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" -t /bin/sh -c 'test -t 0 && test -t 1 && echo yes' </dev/null 6>&- | tr -d '\r')"
 expect_eq "its size is ours" "33 77" "$(in_terminal "stty rows 33 cols 77; $REXEC /bin/stty size")"
 expect_match "its modes are ours" "-echo " "$(in_terminal "stty -echo; $REXEC /bin/stty -a")"
 expect_eq "stdout redirected stays a pipe (only the terminal fds get the pty)" "pipe" \
