@@ -29,6 +29,7 @@ import Testing
             max-sessions = 10
             max-pending = 5
             runtime-dir = /run/x
+            keepalive = 9
             """)
         defer { unlink(path) }
         var settings = RexecServerSettings()
@@ -38,6 +39,7 @@ import Testing
         #expect(settings.allowedUIDs == [0, 107])
         #expect(settings.grace == .seconds(3) && settings.stopPolicy == .terminate)
         #expect(settings.maximumSessions == 10 && settings.maximumPending == 5 && settings.runtimeDirectory == "/run/x")
+        #expect(settings.keepalive == 9)
     }
 
     @Test func theCommandLineAndCMD_NET_ADDRWin() throws {

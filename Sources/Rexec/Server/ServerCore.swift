@@ -133,7 +133,10 @@ final class ServerCore {
             } else {
                 peer = (try? fd.peerAddress().description) ?? peer
                 try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-                try? fd.enableKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
+                // A DPU that vanishes (cable, reset) is noticed within `keepalive` seconds, idle or not.
+                let seconds = Int32(settings.keepalive)
+                try? fd.enableKeepAlive(idleSeconds: max(1, seconds / 2), intervalSeconds: max(1, seconds / 6), probes: 3)
+                try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, seconds * 1000)
             }
             if let refusal { refuse("refused \(peer) on \(listener.endpoint): \(refusal)") }
             let connection = PendingConnection(core: self, fd: fd, listener: listener, peer: peer, refusal: refusal)
