@@ -115,5 +115,6 @@ let package = Package(
             dependencies: ["QTFS", "DPUSystem", "DPUWire", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swift6),
         .testTarget(name: "UDSProxyTests", dependencies: ["UDSProxy"], swiftSettings: swift6),
+        .testTarget(name: "RexecTests", dependencies: ["Rexec", "DPUWire", "DPUSystem", "DPUConfig"], swiftSettings: swift6),
     ]
 )

@@ -333,7 +333,7 @@ public enum RexecMessage: Equatable, Sendable {
         default:
             throw WireError(.unknownMessage, "unknown rexec frame \(type)")
         }
-        try payload.expectFullyRead("rexec \(type)")
+        if payload.readableBytes > 0 { try payload.expectFullyRead("rexec \(type)") }
     }
 }
 

@@ -19,7 +19,7 @@ final class LocalEnd {
     var writable = false
     /// The peer hung up (EPOLLHUP/ERR): reads give EOF, writes EPIPE.
     var hungUp = false
-    private var registration: EventLoop.Registration?
+    private var registration: IOLoop.Registration?
     /// Whether closing `fd` is ours to do (false for the client's own fds 0-2 and inherited fds).
     let owned: Bool
     /// Called when readiness changed.
@@ -33,7 +33,7 @@ final class LocalEnd {
     }
 
     /// Registers with `loop`; an fd epoll refuses (a regular file) is treated as always ready.
-    func watch(_ loop: EventLoop) throws(SystemError) {
+    func watch(_ loop: IOLoop) throws(SystemError) {
         guard registration == nil && !alwaysReady else { return }
         do throws(SystemError) {
             registration = try loop.register(fd) { [unowned self] events in
@@ -100,7 +100,7 @@ final class LocalEnd {
     }
 
     /// Stops watching and closes the fd if it is ours.
-    func close(_ loop: EventLoop) {
+    func close(_ loop: IOLoop) {
         guard !closed else { return }
         closed = true
         if let registration { loop.unregister(registration, fd) }
@@ -148,7 +148,7 @@ final class CarriedStream {
 /// A framed connection with its streams. The owner handles control frames (`onControl`) and the end of
 /// the connection (`onClosed`); the multiplexer moves the data.
 final class Multiplexer {
-    let loop: EventLoop
+    let loop: IOLoop
     let link: LocalEnd
     private var inbound: ByteBuffer
     private(set) var outbound: ByteBuffer
@@ -173,7 +173,7 @@ final class Multiplexer {
     private var pumping = false
     private var pumpAgain = false
 
-    init(loop: EventLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
+    init(loop: IOLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
         self.loop = loop
         self.link = link
         self.decoder = FrameDecoder(maximumPayload: maximumPayload)
@@ -351,7 +351,15 @@ final class Multiplexer {
                     break
                 }
             }
-            if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
+            if payload.readableBytes > 0 {
+                // Keep the rest as a slice of the connection's buffer rather than copying it: with a
+                // 64 KiB pipe to the reader, nearly all of a large frame waits here.
+                if stream.pending.readableBytes == 0 {
+                    stream.pending = payload
+                } else {
+                    stream.pending.writeBuffer(&payload)
+                }
+            }
         }
         if frame.flags.contains(.endStream) {
             stream.receiveState = .ended
@@ -422,8 +430,8 @@ final class Multiplexer {
     func finishAndClose() {
         if !closed && outbound.readableBytes > 0 {
             // Bounded: a peer that does not read within a second loses the rest.
-            let deadline = EventLoop.now() + 1_000_000_000
-            while outbound.readableBytes > 0 && !closed && EventLoop.now() < deadline {
+            let deadline = IOLoop.now() + 1_000_000_000
+            while outbound.readableBytes > 0 && !closed && IOLoop.now() < deadline {
                 var set = [pollfd(fd: link.fd.rawValue, events: Int16(POLLOUT), revents: 0)]
                 _ = try? DPUSystem.poll(&set, timeoutMilliseconds: 100, retryOnInterrupt: true)
                 link.writable = true
@@ -513,7 +521,9 @@ final class Multiplexer {
             }
         }
         if stream.pending.readableBytes == 0 {
-            stream.pending.clear()
+            // Not clear(): the buffer may be a slice of the connection's, and clearing a shared buffer
+            // allocates a new one of the same size.
+            stream.pending = ByteBuffer()
             if stream.receiveState == .ended { finishSink(stream) }
         }
     }
@@ -525,7 +535,7 @@ final class Multiplexer {
     }
 
     private func resetLocally(_ stream: CarriedStream) {
-        stream.pending.clear()
+        stream.pending = ByteBuffer()
         if stream.sendState == .open { stream.sendState = .reset }
         if stream.receiveState == .open { stream.receiveState = .reset }
         release(stream)
@@ -572,5 +582,16 @@ final class Multiplexer {
         let done = stream.onSinkDone
         stream.onSinkDone = nil
         done?()
+    }
+}
+
+extension SystemPackage.FileDescriptor {
+    /// A unix stream socket queues at most the sender's SO_SNDBUF (about 200 KiB by default): room for a
+    /// few whole frames means fewer wake-ups per megabyte. Best effort (SO_SNDBUFFORCE needs
+    /// CAP_NET_ADMIN; without it the kernel's wmem_max caps SO_SNDBUF).
+    func enlargeSendBuffer(_ bytes: Int32 = 4 << 20) {
+        if (try? setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, bytes)) == nil {
+            try? setSocketOption(level: SOL_SOCKET, SO_SNDBUF, bytes)
+        }
     }
 }

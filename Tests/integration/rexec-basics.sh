@@ -67,6 +67,13 @@ lab_host kill "$(cat "$W/remote.pid")"
 wait_for "! kill -0 $(lab_pid sleeper)"
 expect_status "removed when it ends" 1 lab_dpu test -e /var/run/rexec/pids/$client
 
+# The original's start gate: the pid file is ready before the program runs, and the caller can veto it.
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" bash "$ROOT/Tests/integration/helpers/start-gate.sh" "$W" 1)
+expect_match "REXEC_HANDSHAKE_WR: the pid file exists before the program runs" "^ready=1 pidfile=[0-9]+ ran-before-gate=no" "$out"
+expect_match "REXEC_HANDSHAKE_RD '1': it runs" "status=0 ran=yes$" "$out"
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" bash "$ROOT/Tests/integration/helpers/start-gate.sh" "$W" 0 2>&1)
+expect_match "anything else: it never runs and rexec exits 1" "status=1 ran=no$" "$out"
+
 # One-line errors with a shell's statuses.
 out=$(rx /nonexistent/program 2>&1); status=$?
 expect_eq "a whitelisted but missing program: 127" 127 "$status"

@@ -75,4 +75,17 @@ kill -KILL "$(client_of vanisher)"
 expect_status "a client killed with SIGKILL: its program gets SIGTERM" 0 wait_for "test -e '$W/termed'" 10
 expect_status "and, ignoring it, SIGKILL after the grace period (2 s here)" 0 wait_for "! lab_host kill -0 $remote" 15
 expect_match "the server says so" "pid $remote: its client .* went away; SIGTERM now, SIGKILL in 2" "$(cat "$W/server.log")"
+
+# The network between the machines goes away: keep-alive notices (3 s here), and the program is ended.
+rexec_server_stop
+printf '[rexec-server]\nkeepalive = 3\n' >"$W/keepalive.conf"
+rexec_server_start --config "$W/keepalive.conf"
+rm -f "$W/remote.pid"
+lab_bg cut dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo $$ >'"$W/remote.pid"'; exec sleep 120'
+wait_for "test -s '$W/remote.pid'"
+remote=$(cat "$W/remote.pid")
+lab_dpu ip link set "${LAB_ID}b" down
+expect_status "when the link dies, keep-alive ends the session and the program" 0 wait_for "! lab_host kill -0 $remote" 30
+expect_match "the server says its client went away" "pid $remote: its client .* went away" "$(cat "$W/server.log")"
+lab_dpu ip link set "${LAB_ID}b" up
 finish

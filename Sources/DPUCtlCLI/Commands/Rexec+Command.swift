@@ -62,6 +62,11 @@ struct RexecCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        RexecArguments.runClient(options())
+    }
+
+    /// The same options the hand parser produces for the same arguments.
+    func options() -> RexecClientOptions {
         var options = RexecClientOptions()
         options.connect = client.connect
         options.keyPath = client.key
@@ -78,7 +83,7 @@ struct RexecCommand: AsyncParsableCommand {
             }
         }
         options.workingDirectory = cwd.map { Array($0.utf8) }
-        RexecArguments.runClient(options)
+        return options
     }
 }
 

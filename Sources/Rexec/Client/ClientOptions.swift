@@ -4,7 +4,7 @@ import Glibc
 
 /// What `rexec` was asked to do. Byte strings, not `String`: argv and the environment are passed on
 /// exactly, whatever their encoding.
-public struct RexecClientOptions: Sendable {
+public struct RexecClientOptions: Sendable, Equatable {
     /// `--connect`: wins over `CMD_NET_ADDR` and the configuration.
     public var connect: String?
     public var keyPath: String = KeyFile.defaultPath

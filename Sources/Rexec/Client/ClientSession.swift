@@ -7,7 +7,7 @@ import SystemPackage
 /// The client after the handshake: waits for STARTED, then relays the carried fds, forwards signals and
 /// window sizes, accepts connections on carried listeners, and ends as the remote program ended.
 final class ClientSession {
-    private let loop: EventLoop
+    private let loop: IOLoop
     private let mux: Multiplexer
     private let endpoint: Endpoint
     private var plannedStreams: [DescriptorPlan.PlannedStream]
@@ -37,7 +37,7 @@ final class ClientSession {
         connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
         signals: SignalDescriptor, gate: StartGate?, program: String, warn: @escaping (String) -> Void
     ) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
         self.endpoint = endpoint
         plannedStreams = plan.streams
@@ -86,7 +86,9 @@ final class ClientSession {
             for note in notes { warn(note) }
             started(pid)
         case .failed(let why):
-            guard case .starting = state else { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            // A gated program is reported started (its pid is needed for the gate) before it is exec'd.
+            if case .running = state, gate == nil { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            if case .exited = state { throw WireError(.protocolViolation, "FAILED after EXITED") }
             failure = RexecError(kind(of: why.code), "\(program): \(why.message)")
         case .exited(let exit):
             guard case .running = state else { throw WireError(.protocolViolation, "EXITED before STARTED") }
@@ -138,7 +140,9 @@ final class ClientSession {
         let stream = CarriedStream(id: planned.id, source: planned.source, sink: planned.sink)
         stream.halfCloseSink = planned.duplex
         let targets = planned.targets
-        if planned.duplex {
+        if planned.id == terminal?.stream {
+            // The terminal stays ours when the remote one closes.
+        } else if planned.duplex {
             stream.onFinished = { [unowned self] _ in neutralise(targets) }
         } else {
             // When the remote side is done with a stream, so are we: the caller sees end of file (or

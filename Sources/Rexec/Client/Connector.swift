@@ -55,6 +55,7 @@ enum Connector {
                     }
                     if let error = try fd.pendingError() { throw SystemError(error, "connect") }
                 }
+                if case .unix = endpoint { fd.enlargeSendBuffer() }
                 if case .tcp = endpoint {
                     try fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
                     // A host that vanishes (cable, crash) is noticed within about a minute.
@@ -175,9 +176,9 @@ enum Connector {
             pollfd(fd: fd.rawValue, events: events, revents: 0),
             pollfd(fd: signals.fd.rawValue, events: Int16(POLLIN), revents: 0),
         ]
-        let deadline = EventLoop.now() + UInt64(timeoutMilliseconds) * 1_000_000
+        let deadline = IOLoop.now() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
-            let now = EventLoop.now()
+            let now = IOLoop.now()
             guard now < deadline else { return .timedOut }
             let remaining = Int32((deadline - now) / 1_000_000) + 1
             do { _ = try DPUSystem.poll(&set, timeoutMilliseconds: remaining, retryOnInterrupt: true) } catch {

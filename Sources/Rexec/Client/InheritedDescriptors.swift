@@ -90,7 +90,8 @@ enum InheritedDescriptors {
         var terminalTargets: [Int32] = []
         if tty ?? stdinIsTerminal {
             terminalTargets = entries.filter { $0.number <= 2 && FileDescriptor(rawValue: $0.number).isTerminal }.map(\.number)
-            let local = terminalTargets.first.map { FileDescriptor(rawValue: $0) }
+            // A private copy: fds 0-2 may be pointed elsewhere later, the terminal must still be restored.
+            let local = terminalTargets.first.flatMap { try? FileDescriptor(rawValue: $0).duplicateCloseOnExec(minimum: 3) }
             if terminalTargets.isEmpty {
                 // Forced with no local terminal at all: the remote still gets one on 0, 1 and 2 (ssh -t);
                 // our stdin goes into it and its output comes back on our stdout.

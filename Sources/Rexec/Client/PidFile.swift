@@ -22,7 +22,9 @@ struct PidFile {
         let fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_WRONLY | O_NOFOLLOW, mode: 0o600)
         do throws(SystemError) {
             try fd.lock()
-            try fd.truncate(to: 0)
+            // Only a leftover of a dead process with our pid needs truncating; a fresh file does not (and
+            // on ext4 a truncate-then-write makes the close wait for the disk).
+            if (try fd.descriptorStatus()).size > 0 { try fd.truncate(to: 0) }
             try fd.writeFully(String(remotePID).utf8)
         } catch {
             fd.closeQuietly()

@@ -23,14 +23,14 @@ final class NativeSession: ServerSession {
     private var state = State.awaitingRequest
     private var program = ""
     private var process: ProcessHandle?
-    private var processRegistration: EventLoop.Registration?
+    private var processRegistration: IOLoop.Registration?
     private var gate: GatedChild?
     private var gateReport: LocalEnd?
     private var exitStatus: ExitStatus?
     private var exitedSent = false
     private var clientGone = false
     private var closeWhenFlushed = false
-    private var killTimer: EventLoop.TimerID?
+    private var killTimer: IOLoop.TimerID?
     private var listenerPaths: [Int32: String] = [:]
     private var terminalController: FileDescriptor?
     private var finished = false

@@ -20,7 +20,7 @@ protocol ServerSession: AnyObject {
 /// Everything of the server that lives on its event loop thread: listeners, connections in their
 /// handshake, sessions, the SIGCHLD wake-up. Only `execute` is called from other threads.
 final class ServerCore {
-    let loop: EventLoop
+    let loop: IOLoop
     let logger: Logger
     let settings: RexecServerSettings
     private(set) var whitelist: Whitelist
@@ -39,7 +39,7 @@ final class ServerCore {
         let fd: FileDescriptor
         let endpoint: Endpoint
         var key: PreSharedKey?
-        var registration: EventLoop.Registration?
+        var registration: IOLoop.Registration?
         /// We created its socket file (socket-activated ones belong to systemd): removed on stop.
         let ownsPath: Bool
         /// Accepting stopped because max-pending connections are opening.
@@ -54,7 +54,7 @@ final class ServerCore {
     }
 
     init(settings: RexecServerSettings, whitelist: Whitelist, logger: Logger, snapshot: Snapshot) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         self.settings = settings
         self.whitelist = whitelist
         self.logger = logger
@@ -126,13 +126,17 @@ final class ServerCore {
                     continue
                 }
                 peer = "pid \(credentials.pid) uid \(credentials.uid)"
+                fd.enlargeSendBuffer()
                 if !settings.allowedUIDs.contains(credentials.uid) {
                     refusal = "uid \(credentials.uid) may not use \(listener.endpoint) (the server's allow-uid)"
                 }
             } else {
                 peer = (try? fd.peerAddress().description) ?? peer
                 try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-                try? fd.enableKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
+                // A DPU that vanishes (cable, reset) is noticed within `keepalive` seconds, idle or not.
+                let seconds = Int32(settings.keepalive)
+                try? fd.enableKeepAlive(idleSeconds: max(1, seconds / 2), intervalSeconds: max(1, seconds / 6), probes: 3)
+                try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, seconds * 1000)
             }
             if let refusal { refuse("refused \(peer) on \(listener.endpoint): \(refusal)") }
             let connection = PendingConnection(core: self, fd: fd, listener: listener, peer: peer, refusal: refusal)
@@ -146,7 +150,7 @@ final class ServerCore {
     /// handshake takes one round trip; a busy machine may need a little longer): a peer that holds
     /// connections half-open cannot lock others out for longer than that.
     private func evictStalledConnection() -> Bool {
-        let now = EventLoop.now()
+        let now = IOLoop.now()
         let limit = UInt64(settings.handshakeTimeout.components.seconds) * 500_000_000
         guard let oldest = pending.values.min(by: { $0.since < $1.since }), now - oldest.since > limit else {
             return false
@@ -159,7 +163,7 @@ final class ServerCore {
 
     /// Logs a refusal, at most a few per second (a flood must not flood the journal too).
     private func refuse(_ message: String) {
-        let now = EventLoop.now()
+        let now = IOLoop.now()
         if now - lastRefusalLog > 200_000_000 {
             lastRefusalLog = now
             logger.warning("\(message)")
@@ -243,11 +247,11 @@ final class PendingConnection {
     /// Why this connection will be refused once it has said who it is (nil: it is welcome).
     let refusal: String?
     /// When it was accepted (monotonic ns).
-    let since = EventLoop.now()
+    let since = IOLoop.now()
     private var handshake: Handshake?
     private var input = ByteBuffer()
     private var output = ByteBuffer()
-    private var timer: EventLoop.TimerID?
+    private var timer: IOLoop.TimerID?
     private var done = false
 
     init(core: ServerCore, fd: FileDescriptor, listener: ServerCore.Listener, peer: String, refusal: String?) {

@@ -9,7 +9,7 @@ import SystemPackage
 /// Every fd is registered once for everything (readable, writable, peer closed) edge-triggered; its
 /// owner remembers what the last event said and works until EAGAIN. Handlers run on the loop's thread
 /// only. Other threads talk to the loop with `execute`, which wakes it through an eventfd.
-final class EventLoop {
+final class IOLoop {
     typealias Handler = (Epoll.Events) -> Void
 
     private let epoll: Epoll
