@@ -130,6 +130,15 @@ extension FileDescriptor {
         }
     }
 
+    /// `sendfile(2)` of up to `count` bytes of `file` from `offset` (advanced) to this socket. To TCP the
+    /// page cache's pages are handed over, not copied. Returns 0 at the file's end.
+    public func sendFile(from file: FileDescriptor, offset: inout Int64, count: Int) throws(SystemError) -> Int {
+        var position = Int(offset)
+        let sent = try syscall("sendfile") { CDPUSystem.sendfile(rawValue, file.rawValue, &position, count) }
+        offset = Int64(position)
+        return sent
+    }
+
     /// `lseek(2)`.
     @discardableResult
     public func seek(to offset: Int64, whence: Int32 = SEEK_SET) throws(SystemError) -> Int64 {
@@ -289,6 +298,14 @@ extension FileDescriptor {
     public func extendedAttributeNames(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
         try syscall("listxattr") {
             listxattr(procfsPath, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
+        }
+    }
+
+    /// `llistxattr(2)` size query of `name` in this directory (a symbolic link is not followed): how many
+    /// bytes its attribute names take, 0 when it has none.
+    public func extendedAttributeNamesSize(of name: [UInt8]) throws(SystemError) -> Int {
+        try withCPath(Array(procfsPath.utf8) + [UInt8(ascii: "/")] + name) { (path) throws(SystemError) -> Int in
+            try syscall("llistxattr", describe(name)) { llistxattr(path, nil, 0) }
         }
     }
 

@@ -39,6 +39,9 @@ extension QTFSFilesystem {
                 want |= UInt32(FUSE_CAP_AUTO_INVAL_DATA)
             }
             conn.pointee.want = want & conn.pointee.capable
+            // The kernel caps readahead at what it offered in INIT (128 KiB); the device's own setting can
+            // be raised once the INIT reply is in.
+            filesystem.raiseReadAhead()
         }
         ops.lookup = { req, parent, name in filesystem(req).lookup(req!, parent, bytes(name)) }
         ops.forget = { req, node, count in

@@ -18,6 +18,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <sys/sendfile.h>
 #include <sys/file.h>
 #include <termios.h>
 
