@@ -1,5 +1,6 @@
 import CDPUSystem
 import Glibc
+import Synchronization
 import SystemPackage
 
 // The *at(2) family on directory descriptors, for a file server that must never leave a directory tree:
@@ -304,10 +305,24 @@ extension FileDescriptor {
     /// `llistxattr(2)` size query of `name` in this directory (a symbolic link is not followed): how many
     /// bytes its attribute names take, 0 when it has none.
     public func extendedAttributeNamesSize(of name: [UInt8]) throws(SystemError) -> Int {
-        try withCPath(Array(procfsPath.utf8) + [UInt8(ascii: "/")] + name) { (path) throws(SystemError) -> Int in
+        // listxattrat(2) where the kernel has it (6.13), else llistxattr through /proc/self/fd.
+        if FileDescriptor.hasListxattrat.load(ordering: .relaxed) {
+            do {
+                return try withCPath(name) { (cName) throws(SystemError) -> Int in
+                    try syscall("listxattrat", describe(name)) {
+                        cdpu_listxattrat(rawValue, cName, UInt32(AT_SYMLINK_NOFOLLOW), nil, 0)
+                    }
+                }
+            } catch where error.errno == .noFunction {
+                FileDescriptor.hasListxattrat.store(false, ordering: .relaxed)
+            }
+        }
+        return try withCPath(Array(procfsPath.utf8) + [UInt8(ascii: "/")] + name) { (path) throws(SystemError) -> Int in
             try syscall("llistxattr", describe(name)) { llistxattr(path, nil, 0) }
         }
     }
+
+    private static let hasListxattrat = Atomic<Bool>(true)
 
     /// `setxattr(2)`.
     public func setExtendedAttribute(_ name: [UInt8], value: [UInt8], flags: Int32) throws(SystemError) {

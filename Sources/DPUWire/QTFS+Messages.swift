@@ -583,8 +583,9 @@ public enum QTFSReply: Hashable, Sendable {
     case attributes(QTFSAttributes)
     /// READLINK.
     case linkTarget([UInt8])
-    /// OPENDIR.
-    case handle(UInt64)
+    /// OPENDIR: the handle and the directory's first entries with their attributes (`end` when that is
+    /// all of it), so that a listing starts without another round trip.
+    case directory(handle: UInt64, [QTFSDirectoryEntry], end: Bool)
     /// OPEN, CREATE. `prefetch`: the file's first bytes (the whole of a small file), read at open so that
     /// its first read needs no round trip; empty when the engine did not read ahead.
     case opened(handle: UInt64, QTFSOpenFlags, QTFSAttributes, prefetch: ByteBuffer)
@@ -638,8 +639,9 @@ public enum QTFSReply: Hashable, Sendable {
             buffer.writeQTFSAttributes(attributes)
         case .linkTarget(let target):
             buffer.writeWireBytes(target)
-        case .handle(let handle):
+        case .directory(let handle, let entries, let end):
             buffer.writeInteger(handle, endianness: .big)
+            QTFSReply.entries(entries, end: end).encode(into: &buffer)
         case .opened(let handle, let flags, let attributes, let prefetch):
             buffer.writeInteger(handle, endianness: .big)
             buffer.writeInteger(flags.rawValue)
@@ -719,7 +721,11 @@ public enum QTFSReply: Hashable, Sendable {
             guard !target.contains(0) else { throw WireError(.malformed, "READLINK target contains NUL") }
             return .linkTarget(target)
         case .opendir:
-            return .handle(try payload.readWireInteger("OPENDIR handle"))
+            let handle: UInt64 = try payload.readWireInteger("OPENDIR handle")
+            guard case .entries(let entries, let end) = try decodeBody(&payload, .readdir) else {
+                throw WireError(.malformed, "OPENDIR entries")
+            }
+            return .directory(handle: handle, entries, end: end)
         case .open, .create:
             let handle: UInt64 = try payload.readWireInteger("OPEN handle")
             let flags = QTFSOpenFlags(rawValue: try payload.readWireInteger("OPEN flags"))

@@ -61,6 +61,9 @@ public final class QTFSFileServer: Sendable {
         return (handle, start, Int(max(0, min(Int64(size), Int64(info.st_size) - start))))
     }
 
+    /// Entries an OPENDIR answer carries (the client asks for more with READDIR).
+    static let firstBatch = 512
+
     /// Thrown by an operation that found, on the fast pool, that it must wait (opening a FIFO).
     struct MustBlock: Error {}
 
@@ -104,7 +107,11 @@ public final class QTFSFileServer: Sendable {
             defer { fd.closeQuietly() }
             return .linkTarget(try fd.readLink())
         case .opendir(let path):
-            return .handle(try openDirectory(path, session))
+            let id = try openDirectory(path, session)
+            guard case .entries(let entries, let end) = try readDirectory(
+                session.handle(id), cookie: 0, maximum: QTFSFileServer.firstBatch, withAttributes: true)
+            else { return .directory(handle: id, [], end: false) }
+            return .directory(handle: id, entries, end: end)
         case .readdir(let handle, let cookie, let maximum, let plus):
             return try readDirectory(session.handle(handle), cookie: cookie, maximum: Int(maximum), withAttributes: plus)
         case .open(let path, let flags):

@@ -63,7 +63,7 @@ final class FuseSession: @unchecked Sendable {
         mountpoint = options.mountpoint
         arguments = ["mount.qtfs", "-o", options.fuseOptions].map { (text: String) -> UnsafeMutablePointer<CChar>? in strdup(text) }
         var args = cfuse_args(Int32(arguments.count), &arguments)
-        var operations = QTFSFilesystem.operations()
+        var operations = QTFSFilesystem.operations(extendedAttributes: options.extendedAttributes)
         self.filesystem = Unmanaged.passRetained(filesystem)
         guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, self.filesystem.toOpaque())
         else {

@@ -23,6 +23,9 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// `entry_timeout=`, `attr_timeout=` (seconds) for normal exports; proc mode and pseudo files use 0.
     public var entryTimeout = 1.0
     public var attributeTimeout = 1.0
+    /// `noxattr`: no extended attributes (the kernel then stops asking, which saves `ls -l` two requests
+    /// per file; libvirt's ownership labels need them, so they are on by default).
+    public var extendedAttributes = true
     /// `readahead=KB`: how far the kernel reads ahead of a sequential reader, in large requests sent
     /// several at a time (the kernel's default for FUSE is 128 KiB, which leaves the link idle between
     /// requests).
@@ -69,6 +72,8 @@ public struct QTFSMountOptions: Sendable, Equatable {
             switch name {
             case "proc": proc = true
             case "localfifo": localFIFOs = true
+            case "noxattr": extendedAttributes = false
+            case "xattr": extendedAttributes = true
             case "nosockets": sockets = false
             case "sockets": sockets = true
             case "udsproxy":
@@ -115,7 +120,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -194,9 +194,14 @@ final class Scratch {
         let scratch = try Scratch()
         mkdir(scratch.base + "/export/d", 0o755)
         for index in 0..<3000 { close(open(scratch.base + "/export/d/file\(index)", O_CREAT | O_WRONLY, 0o644)) }
-        guard case .handle(let handle) = try scratch.run(.opendir(scratch.path("d"))) else { return }
+        guard case .directory(let handle, let first, let firstEnd) = try scratch.run(.opendir(scratch.path("d"))) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(first.count == QTFSFileServer.firstBatch && !firstEnd)
         var names = Set<[UInt8]>()
-        var cookie: UInt64 = 0
+        for entry in first { names.insert(entry.name) }
+        var cookie = first.last!.cookie
         while true {
             guard case .entries(let entries, let end) = try scratch.run(.readdir(handle: handle, cookie: cookie, maximumEntries: 100, withAttributes: true)) else { return }
             for entry in entries {
