@@ -317,6 +317,10 @@ long cdpu_getdents64(int fd, void *buffer, size_t size) { return (long)getdents6
 
 pid_t cdpu_gettid(void) { return gettid(); }
 
+long cdpu_listxattrat(int dirfd, const char *path, unsigned int flags, char *list, size_t size) {
+    return syscall(465 /* SYS_listxattrat */, dirfd, path, flags, list, size);
+}
+
 void cdpu_set_thread_name(const char *name) {
     char short_name[16];
     strncpy(short_name, name, sizeof short_name - 1);

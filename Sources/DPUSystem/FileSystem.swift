@@ -1,5 +1,6 @@
 import CDPUSystem
 import Glibc
+import Synchronization
 import SystemPackage
 
 // The *at(2) family on directory descriptors, for a file server that must never leave a directory tree:
@@ -128,6 +129,15 @@ extension FileDescriptor {
                 vectors[first].iov_len -= remaining
             }
         }
+    }
+
+    /// `sendfile(2)` of up to `count` bytes of `file` from `offset` (advanced) to this socket. To TCP the
+    /// page cache's pages are handed over, not copied. Returns 0 at the file's end.
+    public func sendFile(from file: FileDescriptor, offset: inout Int64, count: Int) throws(SystemError) -> Int {
+        var position = Int(offset)
+        let sent = try syscall("sendfile") { CDPUSystem.sendfile(rawValue, file.rawValue, &position, count) }
+        offset = Int64(position)
+        return sent
     }
 
     /// `lseek(2)`.
@@ -291,6 +301,28 @@ extension FileDescriptor {
             listxattr(procfsPath, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
         }
     }
+
+    /// `llistxattr(2)` size query of `name` in this directory (a symbolic link is not followed): how many
+    /// bytes its attribute names take, 0 when it has none.
+    public func extendedAttributeNamesSize(of name: [UInt8]) throws(SystemError) -> Int {
+        // listxattrat(2) where the kernel has it (6.13), else llistxattr through /proc/self/fd.
+        if FileDescriptor.hasListxattrat.load(ordering: .relaxed) {
+            do {
+                return try withCPath(name) { (cName) throws(SystemError) -> Int in
+                    try syscall("listxattrat", describe(name)) {
+                        cdpu_listxattrat(rawValue, cName, UInt32(AT_SYMLINK_NOFOLLOW), nil, 0)
+                    }
+                }
+            } catch where error.errno == .noFunction {
+                FileDescriptor.hasListxattrat.store(false, ordering: .relaxed)
+            }
+        }
+        return try withCPath(Array(procfsPath.utf8) + [UInt8(ascii: "/")] + name) { (path) throws(SystemError) -> Int in
+            try syscall("llistxattr", describe(name)) { llistxattr(path, nil, 0) }
+        }
+    }
+
+    private static let hasListxattrat = Atomic<Bool>(true)
 
     /// `setxattr(2)`.
     public func setExtendedAttribute(_ name: [UInt8], value: [UInt8], flags: Int32) throws(SystemError) {

@@ -21,6 +21,8 @@ public enum QTFSLimits {
     public static let maximumIO = 1 << 20
     /// Largest extended-attribute value (XATTR_SIZE_MAX) and name list (XATTR_LIST_MAX).
     public static let maximumXattr = 64 << 10
+    /// Most bytes an OPEN reply carries of the file's start.
+    public static let maximumPrefetch = 64 << 10
     /// Most directory entries in one READDIR reply.
     public static let maximumEntries = 4096
 }
@@ -144,6 +146,8 @@ public struct QTFSAttributes: Hashable, Sendable {
         /// The file lives on a pseudo file system (proc, sysfs, cgroup, debugfs...): its size and contents
         /// are made when read, so the client must neither cache them nor trust `size`.
         public static let volatile = Flags(rawValue: 1)
+        /// The file has no extended attributes (so that `ls -l`'s getxattr calls need no round trip).
+        public static let noExtendedAttributes = Flags(rawValue: 2)
     }
 
     public init(
@@ -451,7 +455,8 @@ public enum QTFSRequest: Hashable, Sendable {
         }
         var payload = frame.payload
         self = try QTFSRequest.decode(operation, &payload)
-        try payload.expectFullyRead("qtfs \(operation)")
+        // The message is only built for the error: this runs for every request.
+        if payload.readableBytes != 0 { try payload.expectFullyRead("qtfs \(operation)") }
     }
 
     private static func decode(_ operation: QTFSOperation, _ payload: inout ByteBuffer) throws(WireError) -> Self {
@@ -578,10 +583,12 @@ public enum QTFSReply: Hashable, Sendable {
     case attributes(QTFSAttributes)
     /// READLINK.
     case linkTarget([UInt8])
-    /// OPENDIR.
-    case handle(UInt64)
-    /// OPEN, CREATE.
-    case opened(handle: UInt64, QTFSOpenFlags, QTFSAttributes)
+    /// OPENDIR: the handle and the directory's first entries with their attributes (`end` when that is
+    /// all of it), so that a listing starts without another round trip.
+    case directory(handle: UInt64, [QTFSDirectoryEntry], end: Bool)
+    /// OPEN, CREATE. `prefetch`: the file's first bytes (the whole of a small file), read at open so that
+    /// its first read needs no round trip; empty when the engine did not read ahead.
+    case opened(handle: UInt64, QTFSOpenFlags, QTFSAttributes, prefetch: ByteBuffer)
     /// READDIR: `end` is true when the directory has no entries after these.
     case entries([QTFSDirectoryEntry], end: Bool)
     /// READ: the bytes (fewer than asked at end of file; none at or past it).
@@ -632,12 +639,16 @@ public enum QTFSReply: Hashable, Sendable {
             buffer.writeQTFSAttributes(attributes)
         case .linkTarget(let target):
             buffer.writeWireBytes(target)
-        case .handle(let handle):
+        case .directory(let handle, let entries, let end):
             buffer.writeInteger(handle, endianness: .big)
-        case .opened(let handle, let flags, let attributes):
+            QTFSReply.entries(entries, end: end).encode(into: &buffer)
+        case .opened(let handle, let flags, let attributes, let prefetch):
             buffer.writeInteger(handle, endianness: .big)
             buffer.writeInteger(flags.rawValue)
             buffer.writeQTFSAttributes(attributes)
+            buffer.writeInteger(UInt32(prefetch.readableBytes), endianness: .big)
+            var prefetch = prefetch
+            buffer.writeBuffer(&prefetch)
         case .entries(let entries, let end):
             buffer.writeInteger(UInt32(entries.count), endianness: .big)
             for entry in entries {
@@ -688,7 +699,7 @@ public enum QTFSReply: Hashable, Sendable {
             return .failure(QTFSFailure(errno: status))
         }
         let reply = try decodeBody(&payload, operation)
-        try payload.expectFullyRead("qtfs \(operation) reply")
+        if payload.readableBytes != 0 { try payload.expectFullyRead("qtfs \(operation) reply") }
         return .success(reply)
     }
 
@@ -710,11 +721,21 @@ public enum QTFSReply: Hashable, Sendable {
             guard !target.contains(0) else { throw WireError(.malformed, "READLINK target contains NUL") }
             return .linkTarget(target)
         case .opendir:
-            return .handle(try payload.readWireInteger("OPENDIR handle"))
+            let handle: UInt64 = try payload.readWireInteger("OPENDIR handle")
+            guard case .entries(let entries, let end) = try decodeBody(&payload, .readdir) else {
+                throw WireError(.malformed, "OPENDIR entries")
+            }
+            return .directory(handle: handle, entries, end: end)
         case .open, .create:
             let handle: UInt64 = try payload.readWireInteger("OPEN handle")
             let flags = QTFSOpenFlags(rawValue: try payload.readWireInteger("OPEN flags"))
-            return .opened(handle: handle, flags, try payload.readQTFSAttributes())
+            let attributes = try payload.readQTFSAttributes()
+            let length = Int(try payload.readWireInteger(as: UInt32.self, "OPEN prefetch length"))
+            guard length <= QTFSLimits.maximumPrefetch else {
+                throw WireError(.oversized, "OPEN prefetch of \(length) bytes is over \(QTFSLimits.maximumPrefetch)")
+            }
+            guard let prefetch = payload.readSlice(length: length) else { throw WireError(.truncated, "truncated OPEN prefetch") }
+            return .opened(handle: handle, flags, attributes, prefetch: prefetch)
         case .readdir:
             let count = Int(try payload.readWireInteger(as: UInt32.self, "READDIR count"))
             guard count <= QTFSLimits.maximumEntries else {
@@ -878,7 +899,7 @@ extension ByteBuffer {
         a.modificationTime = try readQTFSTime()
         a.changeTime = try readQTFSTime()
         let flags: UInt8 = try readWireInteger("attribute flags")
-        guard flags & ~QTFSAttributes.Flags.volatile.rawValue == 0 else {
+        guard flags & ~(QTFSAttributes.Flags.volatile.rawValue | QTFSAttributes.Flags.noExtendedAttributes.rawValue) == 0 else {
             throw WireError(.malformed, "unknown attribute flags \(flags)")
         }
         a.flags = QTFSAttributes.Flags(rawValue: flags)

@@ -29,17 +29,40 @@ public final class QTFSFileServer: Sendable {
 
     public var whitelist: QTFSWhitelist { policy.withLock { $0 } }
 
-    /// Where a request should run.
-    enum Pool { case fast, blocking }
+    /// Where a request should run: on the connection's reader itself (short calls on regular files and
+    /// metadata: one thread hand-off less per request, which is most of a small request's latency), on
+    /// the fast pool, or on the blocking pool (what may wait indefinitely).
+    enum Pool { case inline, fast, blocking }
 
     func pool(for request: QTFSRequest, in session: EngineSession) -> Pool {
         switch request {
-        case .read(let handle, _, _, _), .write(let handle, _, _, _), .poll(let handle, _, _):
+        case .read(let handle, _, _, _), .write(let handle, _, _, _):
+            guard let open = try? session.handle(handle) else { return .inline }
+            if open.mayBlock { return .blocking }
+            return open.kind == .file ? .inline : .fast
+        case .poll(let handle, _, _):
             return ((try? session.handle(handle))?.mayBlock ?? false) ? .blocking : .fast
+        case .lookup, .getattr, .readlink, .release, .getxattr, .listxattr:
+            return .inline
         default:
             return .fast
         }
     }
+
+    /// How many bytes a READ of a regular file with a trustworthy size gets: what the file has at
+    /// `offset`, at most `size`; nil when the reply cannot be sent straight from the file (pseudo files,
+    /// streams), which then go through `perform`.
+    func directReadLength(_ request: QTFSRequest, in session: EngineSession) -> (OpenHandle, Int64, Int)? {
+        // Small reads are cheaper as one pread and one writev than as a write and a sendfile.
+        guard case .read(let id, let offset, let size, _) = request, size >= 64 << 10, let handle = try? session.handle(id),
+            handle.kind == .file, !handle.volatile, let info = try? handle.fd.status(), info.st_mode & S_IFMT == S_IFREG
+        else { return nil }
+        let start = Int64(clamping: offset)
+        return (handle, start, Int(max(0, min(Int64(size), Int64(info.st_size) - start))))
+    }
+
+    /// Entries an OPENDIR answer carries (the client asks for more with READDIR).
+    static let firstBatch = 512
 
     /// Thrown by an operation that found, on the fast pool, that it must wait (opening a FIFO).
     struct MustBlock: Error {}
@@ -74,9 +97,9 @@ public final class QTFSFileServer: Sendable {
             let export = try session.export(path.export)
             let fd = try export.node(path.path)
             defer { fd.closeQuietly() }
-            return .attributes(try attributes(fd.status()))
+            return .attributes(try attributes(fd))
         case .getattr(let target):
-            return .attributes(try withNode(target, session) { fd in try attributes(fd.status()) })
+            return .attributes(try withNode(target, session) { fd in try attributes(fd) })
         case .setattr(let target, let changes):
             return .attributes(try setAttributes(target, changes, session))
         case .readlink(let path):
@@ -84,7 +107,11 @@ public final class QTFSFileServer: Sendable {
             defer { fd.closeQuietly() }
             return .linkTarget(try fd.readLink())
         case .opendir(let path):
-            return .handle(try openDirectory(path, session))
+            let id = try openDirectory(path, session)
+            guard case .entries(let entries, let end) = try readDirectory(
+                session.handle(id), cookie: 0, maximum: QTFSFileServer.firstBatch, withAttributes: true)
+            else { return .directory(handle: id, [], end: false) }
+            return .directory(handle: id, entries, end: end)
         case .readdir(let handle, let cookie, let maximum, let plus):
             return try readDirectory(session.handle(handle), cookie: cookie, maximum: Int(maximum), withAttributes: plus)
         case .open(let path, let flags):
@@ -107,7 +134,7 @@ public final class QTFSFileServer: Sendable {
             try directory.makeDirectory(name, mode: mode_t(mode & 0o7777))
             try own(directory, name, owner)
             _ = export
-            return .attributes(try attributes(directory.status(of: name)))
+            return .attributes(try attributes(of: name, in: directory))
         case .mknod(let path, let mode, let owner):
             // FIFOs, regular files and sockets (a DPU process binding a unix socket): never a device node,
             // which would give the DPU the host's devices.
@@ -119,13 +146,13 @@ public final class QTFSFileServer: Sendable {
             defer { directory.closeQuietly() }
             try directory.makeNode(name, mode: type | mode_t(mode & 0o7777))
             try own(directory, name, owner)
-            return .attributes(try attributes(directory.status(of: name)))
+            return .attributes(try attributes(of: name, in: directory))
         case .symlink(let path, let target, let owner):
             let (_, directory, name) = try prepareChange(.create, path, session)
             defer { directory.closeQuietly() }
             try directory.makeSymbolicLink(name, target: target)
             try own(directory, name, owner)
-            return .attributes(try attributes(directory.status(of: name)))
+            return .attributes(try attributes(of: name, in: directory))
         case .link(let path, let newPath):
             return .attributes(try link(path, to: newPath, session))
         case .unlink(let path), .rmdir(let path):
@@ -236,14 +263,45 @@ public final class QTFSFileServer: Sendable {
         let id = try session.attach(export)
         return .attached(QTFSExportInfo(
             export: id, readOnly: export.readOnly, maximumIO: UInt32(QTFSLimits.maximumIO),
-            root: try attributes(root.status())))
+            root: try attributes(root)))
     }
 
     // MARK: - Attributes
 
-    /// The client's view of `info`, with the volatile flag of its file system.
-    func attributes(_ info: stat) throws(SystemError) -> QTFSAttributes {
-        QTFSAttributes(info, volatile: deviceKind(UInt64(info.st_dev), nil).volatile)
+    /// The client's view of the file `fd` refers to (O_PATH or open): its attributes, whether its file
+    /// system is a pseudo one, whether it has extended attributes.
+    func attributes(_ fd: FileDescriptor) throws(SystemError) -> QTFSAttributes {
+        let info = try fd.status()
+        var attributes = QTFSAttributes(info, volatile: deviceKind(UInt64(info.st_dev), fd).volatile)
+        // listxattr through /proc/self/fd follows to the inode; a symbolic link's own would need lxattr.
+        if !attributes.flags.contains(.volatile), info.st_mode & S_IFMT != S_IFLNK,
+            (try? fd.extendedAttributeNames(into: UnsafeMutableRawBufferPointer(start: nil, count: 0))) == 0
+        {
+            attributes.flags.insert(.noExtendedAttributes)
+        }
+        return attributes
+    }
+
+    /// The client's view of `name` in `directory` (not followed if a symbolic link).
+    func attributes(of name: [UInt8], in directory: FileDescriptor) throws(SystemError) -> QTFSAttributes {
+        let info = try directory.status(of: name)
+        var kind = knownDeviceKind(UInt64(info.st_dev))
+        if kind == nil {
+            // Another file system (a mount point here): learn what it is from the entry itself.
+            if let entry = try? directory.open(at: name, flags: O_PATH | O_NOFOLLOW) {
+                kind = deviceKind(UInt64(info.st_dev), entry)
+                entry.closeQuietly()
+            }
+        }
+        var attributes = QTFSAttributes(info, volatile: kind?.volatile ?? false)
+        if !attributes.flags.contains(.volatile), (try? directory.extendedAttributeNamesSize(of: name)) == 0 {
+            attributes.flags.insert(.noExtendedAttributes)
+        }
+        return attributes
+    }
+
+    private func knownDeviceKind(_ device: UInt64) -> (volatile: Bool, mayBlock: Bool)? {
+        devices.withLock { $0[device] }
     }
 
     /// Whether files of device `device` are on a pseudo file system; `fd` (any file on it) is used to
@@ -332,7 +390,7 @@ public final class QTFSFileServer: Sendable {
                 try fd.setFileTimes(access: access, modification: modification)
             }
         }
-        return try attributes(fd.status())
+        return try attributes(fd)
     }
 
     /// Makes a new entry belong to the DPU caller that created it. In a set-group-ID directory the group
@@ -376,9 +434,7 @@ public final class QTFSFileServer: Sendable {
             let entries = taken.map { entry -> QTFSDirectoryEntry in
                 var attributes: QTFSAttributes?
                 let dot = entry.name == [46] || entry.name == [46, 46]
-                if withAttributes && !dot, let info = try? handle.fd.status(of: entry.name) {
-                    attributes = QTFSAttributes(info, volatile: deviceKind(UInt64(info.st_dev), handle.fd).volatile)
-                }
+                if withAttributes && !dot { attributes = try? self.attributes(of: entry.name, in: handle.fd) }
                 return QTFSDirectoryEntry(
                     name: entry.name, type: entry.type, inode: entry.inode,
                     cookie: UInt64(bitPattern: entry.nextOffset), attributes: attributes)
@@ -479,14 +535,24 @@ public final class QTFSFileServer: Sendable {
         } else if (try? fd.seek(to: 0, whence: SEEK_CUR)) == nil {
             kind = .stream
         }
-        let handle = OpenHandle(fd: fd, kind: kind, mayBlock: mayBlock)
+        let handle = OpenHandle(fd: fd, kind: kind, mayBlock: mayBlock, volatile: device.volatile)
         // Waiting on a FIFO is emulated with poll, which the cancel signal interrupts; see `read`.
         if type == S_IFIFO { try fd.setNonBlocking() }
         if kind == .stream { openFlags.insert([.stream, .directIO]) }
         if device.volatile || (type == S_IFREG && info.st_size == 0 && flags & O_ACCMODE == O_RDONLY) {
             openFlags.insert(.directIO)
         }
-        return .opened(handle: try session.add(handle), openFlags, QTFSAttributes(info, volatile: device.volatile))
+        // A small file opened for reading comes with its contents: its first read needs no round trip.
+        var prefetch = ByteBuffer()
+        if kind == .file, !device.volatile, type == S_IFREG, flags & O_ACCMODE != O_WRONLY, flags & O_TRUNC == 0,
+            info.st_size > 0, info.st_size <= QTFSLimits.maximumPrefetch
+        {
+            let size = Int(info.st_size)
+            _ = try? prefetch.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
+                try fd.read(at: 0, into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(size)))
+            }
+        }
+        return .opened(handle: try session.add(handle), openFlags, QTFSAttributes(info, volatile: device.volatile), prefetch: prefetch)
     }
 
     private func read(_ handle: OpenHandle, offset: UInt64, size: Int, flags: Int32, _ cancellation: Cancellation) throws -> ByteBuffer {
@@ -567,7 +633,7 @@ public final class QTFSFileServer: Sendable {
         let source = try export.node(path.path)
         defer { source.closeQuietly() }
         try source.link(into: directory, as: name)
-        return try attributes(directory.status(of: name))
+        return try attributes(of: name, in: directory)
     }
 
     private func rename(_ path: QTFSPath, to newPath: [UInt8], flags: UInt32, _ session: EngineSession) throws {

@@ -155,6 +155,27 @@ public final class FramedSocket: @unchecked Sendable {
         }
     }
 
+    /// Sends `header` and then `count` bytes of `file` from `offset` with sendfile(2), as one unit. If the
+    /// file turns out shorter (truncated meanwhile), zeros make up the rest: the header promised `count`.
+    public func send(_ header: ByteBuffer, file: SystemPackage.FileDescriptor, offset: Int64, count: Int) throws(SystemError) {
+        try writeLock.withLock { _ throws(SystemError) in
+            try header.withUnsafeReadableBytes { (raw) throws(SystemError) in try fd.writeAll([raw]) }
+            var position = offset
+            var remaining = count
+            while remaining > 0 {
+                let sent = try fd.sendFile(from: file, offset: &position, count: remaining)
+                if sent == 0 { break }
+                remaining -= sent
+            }
+            if remaining > 0 {
+                let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: remaining, alignment: 1)
+                defer { zeros.deallocate() }
+                zeros.initializeMemory(as: UInt8.self, repeating: 0)
+                try fd.writeAll([UnsafeRawBufferPointer(zeros)])
+            }
+        }
+    }
+
     /// Sends `frame`.
     public func send(_ frame: Frame) throws(SystemError) {
         var buffer = ByteBuffer()

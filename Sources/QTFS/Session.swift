@@ -14,13 +14,16 @@ final class OpenHandle: Sendable {
     let kind: Kind
     /// Reads, writes and polls may wait indefinitely (FIFOs, /proc/kmsg): they run on the blocking pool.
     let mayBlock: Bool
+    /// On a pseudo file system: its size means nothing.
+    let volatile: Bool
     /// Directories only: where the next READDIR continues, and entries read ahead of it.
     let cursor = Mutex(DirectoryCursor())
 
-    init(fd: FileDescriptor, kind: Kind, mayBlock: Bool) {
+    init(fd: FileDescriptor, kind: Kind, mayBlock: Bool, volatile: Bool = false) {
         self.fd = fd
         self.kind = kind
         self.mayBlock = mayBlock
+        self.volatile = volatile
     }
 
     deinit { fd.closeQuietly() }

@@ -22,6 +22,10 @@ final class OpenFile: @unchecked Sendable {
     let listing = Mutex(Listing())
     /// The kernel's poll handle to notify (fuse_pollhandle *), if it asked to be told.
     let pollHandle = Mutex<UInt?>(nil)
+    /// The file's first bytes as the engine read them at open (the whole file when `complete`), for the
+    /// first read; kept a moment only (what a read right after the open would have seen), dropped by a
+    /// write through this file.
+    let prefetch = Mutex<(data: ByteBuffer, complete: Bool, until: UInt64)?>(nil)
 
     init(node: UInt64, flags: Int32, isDirectory: Bool, link: Link, handle: UInt64, pollID: UInt64) {
         self.node = node
@@ -70,6 +74,11 @@ struct Listing: Sendable {
     var entries: [QTFSDirectoryEntry] = []
     var end = false
     var loaded = false
+    /// Where the last answer stopped: the index of the next entry, and the cookie the kernel will ask
+    /// for it with.
+    var resume: (index: Int, cookie: UInt64)?
+    /// The change count when the batch was asked for (see `QTFSFilesystem.changes`).
+    var version: UInt64 = 0
 }
 
 /// The FUSE file system: every kernel request becomes an engine request, answered from the connection's
@@ -106,6 +115,106 @@ final class QTFSFilesystem: @unchecked Sendable {
             : nil
         client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
         sockets?.pathOf = { [nodes] node in nodes.path(node) }
+    }
+
+    /// Attributes of entries a directory listing brought, for the lookups that follow (`ls -l`, `tar`):
+    /// answered here for the entry timeout, as the kernel would have from a READDIRPLUS it keeps. The
+    /// kernel asks READDIRPLUS only for a directory's first batch, so without this every other entry
+    /// would cost a round trip. Anything this client changes is dropped from it.
+    private let recent = Mutex([NodeTable.Dentry: (attributes: QTFSAttributes, until: UInt64)]())
+    private var cachesListings: Bool { !options.proc && options.entryTimeout > 0 }
+    /// The latest attributes of nodes, for GETATTRs within the attribute timeout that the kernel sends
+    /// anyway (after every read it forgets the access time): they need no round trip.
+    private let recentAttributes = Mutex([UInt64: (attributes: QTFSAttributes, until: UInt64)]())
+
+    /// Bumped by every change made here. An answer is cached only if no change happened since its request
+    /// went out: a reply that raced with a change (a GETATTR answered just before a MKDIR in the same
+    /// directory) must not be remembered as current.
+    private let changes = Atomic<UInt64>(0)
+    private var version: UInt64 { changes.load(ordering: .acquiring) }
+
+    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64) {
+        guard !options.proc, !a.flags.contains(.volatile), options.attributeTimeout > 0 else { return }
+        let until = monotonicNanoseconds() + UInt64(options.attributeTimeout * 1_000_000_000)
+        recentAttributes.withLock { cache in
+            guard version == since else { return }
+            if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
+            cache[node] = (a, until)
+        }
+    }
+
+    private func recentAttributes(of node: UInt64) -> QTFSAttributes? {
+        let now = monotonicNanoseconds()
+        return recentAttributes.withLock { cache -> QTFSAttributes? in
+            guard let (a, until) = cache[node] else { return nil }
+            guard now < until else {
+                cache[node] = nil
+                return nil
+            }
+            return a
+        }
+    }
+
+    private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64) {
+        guard cachesListings else { return }
+        let until = monotonicNanoseconds() + UInt64(options.entryTimeout * 1_000_000_000)
+        recent.withLock { cache in
+            guard version == since else { return }
+            if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
+            for entry in entries where entry.name != [46] && entry.name != [46, 46] {
+                guard let a = entry.attributes, !a.flags.contains(.volatile) else { continue }
+                cache[NodeTable.Dentry(parent: directory, name: entry.name)] = (a, until)
+            }
+        }
+    }
+
+    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> QTFSAttributes? {
+        guard cachesListings else { return nil }
+        let now = monotonicNanoseconds()
+        return recent.withLock { cache -> QTFSAttributes? in
+            let key = NodeTable.Dentry(parent: parent, name: name)
+            guard let (a, until) = cache[key] else { return nil }
+            guard now < until else {
+                cache[key] = nil
+                return nil
+            }
+            return a
+        }
+    }
+
+    /// `name` in `parent` changed here: a listing's word about it no longer holds.
+    private func forgetRecent(_ parent: UInt64, _ name: [UInt8]) {
+        changes.add(1, ordering: .releasing)
+        guard cachesListings else { return }
+        recent.withLock { _ = $0.removeValue(forKey: NodeTable.Dentry(parent: parent, name: name)) }
+    }
+
+    /// The file `node` changed here (attributes, size, extended attributes): forget what was said of it.
+    private func forgetRecent(node: UInt64) {
+        changes.add(1, ordering: .releasing)
+        recentAttributes.withLock { _ = $0.removeValue(forKey: node) }
+        guard cachesListings, let names = nodes.node(node)?.names else { return }
+        recent.withLock { cache in for name in names { cache[name] = nil } }
+    }
+
+    /// Set by the session once mounted: the connection's number (its device's minor).
+    let connection = Mutex<String?>(nil)
+
+    /// Sets the mount's readahead (`readahead=KB`) in sysfs, a moment after INIT was answered.
+    func raiseReadAhead() {
+        guard let connection = connection.withLock({ $0 }), !options.proc else { return }
+        let kilobytes = options.readAheadKB
+        try? OSThread.start(name: "qtfs-readahead") { [logger] in
+            usleep(100_000)
+            let path = "/sys/class/bdi/0:\(connection)/read_ahead_kb"
+            do {
+                let fd = try FileDescriptor.openPath(path, flags: O_WRONLY)
+                defer { fd.closeQuietly() }
+                _ = try Array("\(kilobytes)\n".utf8).withUnsafeBytes { try fd.writeOnce($0) }
+            } catch {
+                logger.debug("cannot set the readahead: \(error)")
+            }
+        }
     }
 
     // MARK: Plumbing
@@ -170,7 +279,7 @@ final class QTFSFilesystem: @unchecked Sendable {
             return isDirectory ? .opendir(target) : .open(target, flags: flags)
         }) { result, link in
             switch (result, link) {
-            case (.success(.opened(let handle, _, _)), let link?), (.success(.handle(let handle)), let link?):
+            case (.success(.opened(let handle, _, _, _)), let link?), (.success(.directory(let handle, _, _)), let link?):
                 file.reopened(.success((link, handle)))
             case (.failure(let error), _):
                 file.reopened(.failure(error))
@@ -219,8 +328,9 @@ final class QTFSFilesystem: @unchecked Sendable {
         return e
     }
 
-    private func replyEntry(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes) {
+    private func replyEntry(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64) {
         let id = nodes.remember(parent, name, a)
+        remember(attributes: a, of: id, since: since)
         let reply = { [self] in
             var e = entry(id, a)
             // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
@@ -232,7 +342,8 @@ final class QTFSFilesystem: @unchecked Sendable {
         sockets.ensureListener(id, path: path, reply)
     }
 
-    private func replyAttributes(_ req: fuse_req_t, _ node: UInt64, _ a: QTFSAttributes) {
+    private func replyAttributes(_ req: fuse_req_t, _ node: UInt64, _ a: QTFSAttributes, since: UInt64) {
+        remember(attributes: a, of: node, since: since)
         var s = stat(a, node: node)
         fuse_reply_attr(req, &s, timeouts(a).attributes)
     }
@@ -277,6 +388,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     // MARK: Names
 
     func lookup(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8]) {
+        let since = version
         if let local, parent == NodeTable.rootID {
             if let fixed = LocalProcesses.fixedName(name) { return replySynthetic(req, parent, name, fixed) }
             if let pid = LocalProcesses.pid(name), let caller = fuse_req_ctx(req)?.pointee.pid {
@@ -287,7 +399,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                     guard let path = path(req, parent, name) else { return }
                     return call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
                         switch result {
-                        case .success(.attributes(let a)): replyEntry(req, parent, name, a)
+                        case .success(.attributes(let a)): replyEntry(req, parent, name, a, since: since)
                         case .failure(.noSuchFileOrDirectory): replySynthetic(req, parent, name, .localProcess(pid))
                         default: fail(req, result)
                         }
@@ -302,13 +414,14 @@ final class QTFSFilesystem: @unchecked Sendable {
             // Nothing is ever found in the hidden directory: binding there must not find an entry.
             if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
         }
+        if let a = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since) }
         guard let path = path(req, parent, name) else { return }
         call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
             if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
                 sockets.close(gone)
             }
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyEntry(req, parent, name, a)
+            replyEntry(req, parent, name, a, since: since)
         }
     }
 
@@ -323,6 +436,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     func forget(_ node: UInt64, _ count: UInt64) { nodes.forget(node, count) }
 
     func getattr(_ req: fuse_req_t, _ node: UInt64, _ file: OpenFile?) {
+        let since = version
         if case .synthetic(let kind) = nodes.node(node)?.kind {
             var s = stat(synthetic(node, kind), node: node)
             return _ = fuse_reply_attr(req, &s, 0)
@@ -330,17 +444,24 @@ final class QTFSFilesystem: @unchecked Sendable {
         if let file = file ?? (nodes.path(node) == nil ? openFiles.withLock({ $0[node]?.values.first }) : nil) {
             return withHandle(req, file, .getattr, { .getattr(.handle($0)) }) { [self] result in
                 guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-                replyAttributes(req, node, a)
+                replyAttributes(req, node, a, since: since)
             }
+        }
+        if let a = recentAttributes(of: node) {
+            var s = stat(a, node: node)
+            return _ = fuse_reply_attr(req, &s, timeouts(a).attributes)
         }
         guard let path = path(req, node) else { return }
         call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyAttributes(req, node, a)
+            replyAttributes(req, node, a, since: since)
         }
     }
 
     func setattr(_ req: fuse_req_t, _ node: UInt64, _ attr: Glibc.stat, _ set: Int32, _ file: OpenFile?) {
+        forgetRecent(node: node)
+        file?.prefetch.withLock { $0 = nil }
+        let since = version
         var fields: QTFSSetAttributes.Fields = []
         var changes = QTFSSetAttributes(fields: [])
         if set & FUSE_SET_ATTR_MODE != 0 { fields.insert(.mode); changes.mode = attr.st_mode }
@@ -362,7 +483,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         changes.fields = fields
         let reply: (Result<QTFSReply, Errno>) -> Void = { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyAttributes(req, node, a)
+            replyAttributes(req, node, a, since: since)
         }
         if let file, !file.isDirectory {
             return withHandle(req, file, .setattr, retry: .fail, { .setattr(.handle($0), changes) }, reply)
@@ -387,6 +508,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func mknod(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t, _ device: dev_t) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
+        let since = version
         if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind {
             // Only our binder may bind here, and only the node it is binding: answer with that node.
             guard mode & S_IFMT == S_IFSOCK, let sockets, let caller = fuse_req_ctx(req)?.pointee.pid,
@@ -409,7 +533,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                 if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
                 return
             }
-            guard a.mode & 0o170000 == 0o010000, !options.localFIFOs else { return replyEntry(req, parent, name, a) }
+            guard a.mode & 0o170000 == 0o010000, !options.localFIFOs else { return replyEntry(req, parent, name, a, since: since) }
             // The kernel insists that mkfifo makes a FIFO: answer with one, valid for no time, so that the
             // next lookup finds the carried (regular-looking) file.
             let id = nodes.remember(parent, name, a)
@@ -422,32 +546,45 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func mkdir(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
+        let since = version
         guard let path = path(req, parent, name) else { return }
         let owner = owner(req)
         call(req, .mkdir, { .mkdir(QTFSPath(export: $0.export, path: path), mode: UInt32(mode), owner: owner) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyEntry(req, parent, name, a)
+            replyEntry(req, parent, name, a, since: since)
         }
     }
 
     func symlink(_ req: fuse_req_t, _ target: [UInt8], _ parent: UInt64, _ name: [UInt8]) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
+        let since = version
         guard let path = path(req, parent, name) else { return }
         let owner = owner(req)
         call(req, .symlink, { .symlink(QTFSPath(export: $0.export, path: path), target: target, owner: owner) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyEntry(req, parent, name, a)
+            replyEntry(req, parent, name, a, since: since)
         }
     }
 
     func link(_ req: fuse_req_t, _ node: UInt64, _ parent: UInt64, _ name: [UInt8]) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
+        forgetRecent(node: node)
+        let since = version
         guard let source = path(req, node), let path = path(req, parent, name) else { return }
         call(req, .link, { .link(QTFSPath(export: $0.export, path: source), newPath: path) }) { [self] result in
             guard case .success(.attributes(let a)) = result else { return fail(req, result) }
-            replyEntry(req, parent, name, a)
+            replyEntry(req, parent, name, a, since: since)
         }
     }
 
     func remove(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], directory: Bool) {
+        if let node = nodes.child(parent, name) { forgetRecent(node: node) }
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
         guard let path = path(req, parent, name) else { return }
         call(req, directory ? .rmdir : .unlink, { link in
             let target = QTFSPath(export: link.export, path: path)
@@ -460,6 +597,10 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func rename(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ newParent: UInt64, _ newName: [UInt8], _ flags: UInt32) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
+        forgetRecent(newParent, newName)
+        forgetRecent(node: newParent)
         guard let from = path(req, parent, name), let to = path(req, newParent, newName) else { return }
         call(req, .rename, { .rename(QTFSPath(export: $0.export, path: from), newPath: to, flags: flags) }) { [self] result in
             guard case .success = result else { return fail(req, result) }
@@ -477,6 +618,25 @@ final class QTFSFilesystem: @unchecked Sendable {
         fi.pointee.direct_io = direct ? 1 : 0
         fi.pointee.keep_cache = direct ? 0 : 1
         fi.pointee.nonseekable = flags.contains(.stream) ? 1 : 0
+        // Every write reached the host when it returned: close need not send FLUSH.
+        fi.pointee.noflush = 1
+    }
+
+    /// The libfuse session, for notifications (set once mounted).
+    nonisolated(unsafe) var session: OpaquePointer?
+
+    /// Puts a small file's contents, read by the engine at open, into the kernel's page cache: its reads
+    /// then cost nothing at all.
+    private func store(_ data: ByteBuffer, in node: UInt64) {
+        guard let session, data.readableBytes > 0 else { return }
+        data.withUnsafeReadableBytes { raw in
+            var vector = fuse_bufvec()
+            vector.count = 1
+            vector.buf.size = raw.count
+            vector.buf.mem = UnsafeMutableRawPointer(mutating: raw.baseAddress)
+            vector.buf.fd = -1
+            _ = fuse_lowlevel_notify_store(session, node, 0, &vector, fuse_buf_copy_flags(rawValue: 0))
+        }
     }
 
     static func file(_ fi: UnsafeMutablePointer<fuse_file_info>?) -> OpenFile? {
@@ -490,16 +650,26 @@ final class QTFSFilesystem: @unchecked Sendable {
         let info = fi
         send(req, .open, { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags)) }) {
             [self] result, link in
-            guard case .success(.opened(let handle, let openFlags, let a)) = result, let link else { return fail(req, result) }
+            guard case .success(.opened(let handle, let openFlags, let a, let prefetch)) = result, let link else {
+                return fail(req, result)
+            }
             let file = OpenFile(
                 node: node, flags: flags, isDirectory: false, link: link, handle: handle,
                 pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
             install(info, file, openFlags, a)
+            if prefetch.readableBytes > 0 {
+                file.prefetch.withLock {
+                    $0 = (prefetch, UInt64(prefetch.readableBytes) == a.size, monotonicNanoseconds() + 1_000_000_000)
+                }
+                if info.pointee.keep_cache == 1 { store(prefetch, in: node) }
+            }
             if fuse_reply_open(req, info) != 0 { release(file) }
         }
     }
 
     func create(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ mode: mode_t, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        forgetRecent(parent, name)
+        forgetRecent(node: parent)
         guard let path = path(req, parent, name) else { return }
         let flags = fi.pointee.flags
         let owner = owner(req)
@@ -507,7 +677,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         send(req, .create, {
             .create(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags), mode: UInt32(mode), owner: owner)
         }) { [self] result, link in
-            guard case .success(.opened(let handle, let openFlags, let a)) = result, let link else { return fail(req, result) }
+            guard case .success(.opened(let handle, let openFlags, let a, _)) = result, let link else { return fail(req, result) }
             let id = nodes.remember(parent, name, a)
             let file = OpenFile(
                 node: id, flags: flags, isDirectory: false, link: link, handle: handle,
@@ -522,6 +692,14 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func read(_ req: fuse_req_t, _ file: OpenFile, _ size: Int, _ offset: Int, _ flags: Int32) {
+        if let (data, complete, until) = file.prefetch.withLock({ $0 }), monotonicNanoseconds() < until,
+            offset >= 0, offset <= data.readableBytes, offset + size <= data.readableBytes || complete
+        {
+            let count = min(size, data.readableBytes - offset)
+            return data.withUnsafeReadableBytes { raw in
+                _ = fuse_reply_buf(req, raw.baseAddress.map { ($0 + offset).assumingMemoryBound(to: CChar.self) }, count)
+            }
+        }
         let size = UInt32(min(size, QTFSLimits.maximumIO))
         withHandle(req, file, .read, { .read(handle: $0, offset: UInt64(max(offset, 0)), size: size, flags: UInt32(bitPattern: flags)) }) {
             [self] result in
@@ -533,6 +711,8 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
+        file.prefetch.withLock { $0 = nil }
+        forgetRecent(node: file.node)
         withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
             [self] result in
             guard case .success(.written(let count)) = result else { return fail(req, result) }
@@ -564,11 +744,16 @@ final class QTFSFilesystem: @unchecked Sendable {
     // MARK: Directories
 
     func opendir(_ req: fuse_req_t, _ node: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
+        let since = version
         guard let path = path(req, node) else { return }
         let info = fi
         send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
-            guard case .success(.handle(let handle)) = result, let link else { return fail(req, result) }
+            guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
+                return fail(req, result)
+            }
             let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
+            file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since) }
+            remember(listing: entries, in: node, since: since)
             info.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
             // The kernel may keep what it listed while the directory's mtime says nothing changed.
             let cache = !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
@@ -582,28 +767,38 @@ final class QTFSFilesystem: @unchecked Sendable {
     static let batch: UInt32 = 512
 
     func readdir(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ offset: Int, plus: Bool) {
+        let since = version
         let cookie = UInt64(bitPattern: Int64(offset))
         // Serve from the batch in hand when the kernel continues where it left off.
         let start: Int? = file.listing.withLock { listing in
             guard listing.loaded else { return nil }
             if cookie == listing.start { return 0 }
+            if let resume = listing.resume, resume.cookie == cookie {
+                return resume.index < listing.entries.count || listing.end ? resume.index : nil
+            }
             guard let index = listing.entries.firstIndex(where: { $0.cookie == cookie }) else { return nil }
             if index + 1 == listing.entries.count && !listing.end { return nil }
             return index + 1
         }
         if let start { return emit(req, directory, file, size, start, plus) }
-        withHandle(req, file, .readdir, { .readdir(handle: $0, cookie: cookie, maximumEntries: QTFSFilesystem.batch, withAttributes: plus) }) {
-            [self] result in
+        let attributes = plus || cachesListings
+        withHandle(req, file, .readdir, {
+            .readdir(handle: $0, cookie: cookie, maximumEntries: QTFSFilesystem.batch, withAttributes: attributes)
+        }) { [self] result in
             guard case .success(.entries(let entries, let end)) = result else { return fail(req, result) }
-            file.listing.withLock { $0 = Listing(start: cookie, entries: entries, end: end, loaded: true) }
+            file.listing.withLock { $0 = Listing(start: cookie, entries: entries, end: end, loaded: true, version: since) }
+            remember(listing: entries, in: directory, since: since)
             emit(req, directory, file, size, 0, plus)
         }
     }
 
     private func emit(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ start: Int, _ plus: Bool) {
-        let entries = file.listing.withLock { Array($0.entries.dropFirst(start)) }
+        // The array is shared with the listing, not copied (it is replaced, never mutated in place).
+        let (all, since) = file.listing.withLock { ($0.entries, $0.version) }
+        let entries = all[start...]
         var buffer = [CChar](repeating: 0, count: size)
         var used = 0
+        var emitted = 0
         buffer.withUnsafeMutableBufferPointer { raw in
             for entry in entries {
                 var name = entry.name.map { CChar(bitPattern: $0) }
@@ -616,6 +811,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                     var e = fuse_entry_param()
                     if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
                         let id = nodes.remember(directory, entry.name, a)
+                        remember(attributes: a, of: id, since: since)
                         e = self.entry(id, a)
                         if a.mode & 0o170000 == 0o140000, let sockets, !sockets.hasListener(id), let path = nodes.path(id) {
                             socketAttributes.withLock { $0[id] = a }
@@ -626,6 +822,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                         e.attr.st_mode = mode_t(entry.type) << 12
                     }
                     used += fuse_add_direntry_plus(req, raw.baseAddress! + used, remaining, name, &e, offset)
+                    emitted += 1
                 } else {
                     var s = Glibc.stat()
                     s.st_ino = UInt(entry.inode)
@@ -633,8 +830,14 @@ final class QTFSFilesystem: @unchecked Sendable {
                     let needed = fuse_add_direntry(req, raw.baseAddress! + used, remaining, name, &s, offset)
                     guard needed <= remaining else { break }
                     used += needed
+                    emitted += 1
                 }
             }
+        }
+        // Before the answer: the kernel may ask for the rest from another thread at once.
+        if emitted > 0 {
+            let last = entries[entries.startIndex + emitted - 1].cookie
+            file.listing.withLock { $0.resume = (entries.startIndex + emitted, last) }
         }
         fuse_reply_buf(req, buffer, used)
     }
@@ -665,6 +868,17 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
+        // A file known to have none (`ls -l` asks every file for its SELinux label and ACL).
+        if let a = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
+            if list && size == 0 {
+                fuse_reply_xattr(req, 0)
+            } else if list {
+                fuse_reply_buf(req, nil, 0)
+            } else {
+                fuse_reply_err(req, ENODATA)
+            }
+            return
+        }
         guard let target = target(req, node) else { return }
         let size = UInt32(min(size, QTFSLimits.maximumXattr))
         call(req, list ? .listxattr : .getxattr, { link in
@@ -680,6 +894,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func setxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ value: [UInt8]?, _ flags: Int32) {
+        forgetRecent(node: node)
         guard let target = target(req, node) else { return }
         call(req, value == nil ? .removexattr : .setxattr, { link in
             if let value { return .setxattr(target(link), name: name, value: value, flags: UInt32(bitPattern: flags)) }

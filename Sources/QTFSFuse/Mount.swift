@@ -63,7 +63,7 @@ final class FuseSession: @unchecked Sendable {
         mountpoint = options.mountpoint
         arguments = ["mount.qtfs", "-o", options.fuseOptions].map { (text: String) -> UnsafeMutablePointer<CChar>? in strdup(text) }
         var args = cfuse_args(Int32(arguments.count), &arguments)
-        var operations = QTFSFilesystem.operations()
+        var operations = QTFSFilesystem.operations(extendedAttributes: options.extendedAttributes)
         self.filesystem = Unmanaged.passRetained(filesystem)
         guard let session = fuse_session_new(&args, &operations, MemoryLayout<fuse_lowlevel_ops>.size, self.filesystem.toOpaque())
         else {
@@ -74,6 +74,7 @@ final class FuseSession: @unchecked Sendable {
         }
         fuse_opt_free_args(&args)
         self.session = session
+        filesystem.session = session
         guard fuse_session_mount(session, options.mountpoint) == 0 else {
             fuse_session_destroy(session)
             self.filesystem.release()
@@ -83,6 +84,7 @@ final class FuseSession: @unchecked Sendable {
         // nothing to the file system, which is not served yet.)
         connection = (try? MountInfo.read())?.last { $0.mountPoint == options.mountpoint && $0.fileSystemType == "fuse.qtfs" }
             .flatMap { $0.device.split(separator: ":").last.map(String.init) }
+        filesystem.connection.withLock { [connection] in $0 = connection }
     }
 
     /// Runs the multithreaded loop until the kernel ends the connection (the file system was unmounted

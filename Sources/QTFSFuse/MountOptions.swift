@@ -23,6 +23,13 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// `entry_timeout=`, `attr_timeout=` (seconds) for normal exports; proc mode and pseudo files use 0.
     public var entryTimeout = 1.0
     public var attributeTimeout = 1.0
+    /// `noxattr`: no extended attributes (the kernel then stops asking, which saves `ls -l` two requests
+    /// per file; libvirt's ownership labels need them, so they are on by default).
+    public var extendedAttributes = true
+    /// `readahead=KB`: how far the kernel reads ahead of a sequential reader, in large requests sent
+    /// several at a time (the kernel's default for FUSE is 128 KiB, which leaves the link idle between
+    /// requests).
+    public var readAheadKB = 4096
     /// `timeout=SECONDS`: how long a request waits for the engine to come back before it fails (EIO).
     public var patience = 60
     /// `localfifo`: show host FIFOs as FIFOs; they then work as pipes of the DPU only (same-machine use).
@@ -65,6 +72,8 @@ public struct QTFSMountOptions: Sendable, Equatable {
             switch name {
             case "proc": proc = true
             case "localfifo": localFIFOs = true
+            case "noxattr": extendedAttributes = false
+            case "xattr": extendedAttributes = true
             case "nosockets": sockets = false
             case "sockets": sockets = true
             case "udsproxy":
@@ -92,6 +101,11 @@ public struct QTFSMountOptions: Sendable, Equatable {
                     throw MountOptionError("\(name)=\(value ?? "") must be a number of seconds from 0 to 3600")
                 }
                 if name == "entry_timeout" { entryTimeout = seconds } else { attributeTimeout = seconds }
+            case "readahead":
+                guard let kilobytes = Int(try need()), (0...65536).contains(kilobytes) else {
+                    throw MountOptionError("readahead=\(value ?? "") must be a number of KiB from 0 to 65536")
+                }
+                readAheadKB = kilobytes
             case "timeout":
                 guard let seconds = Int(try need()), (1...86400).contains(seconds) else {
                     throw MountOptionError("timeout=\(value ?? "") must be a number of seconds from 1 to 86400")
@@ -106,7 +120,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -29,9 +29,27 @@ final class NodeTable: Sendable {
         case socketDirectory
     }
 
+    /// A name in a directory. Hashed with a 64-bit FNV-1a of the name computed once: these keys are
+    /// hashed for every directory entry listed and every lookup.
     struct Dentry: Hashable, Sendable {
-        var parent: UInt64
-        var name: [UInt8]
+        let parent: UInt64
+        let name: [UInt8]
+        private let nameHash: UInt64
+
+        init(parent: UInt64, name: [UInt8]) {
+            self.parent = parent
+            self.name = name
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+            for byte in name { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
+            nameHash = hash
+        }
+
+        static func == (a: Dentry, b: Dentry) -> Bool { a.parent == b.parent && a.nameHash == b.nameHash && a.name == b.name }
+
+        func hash(into hasher: inout Hasher) {
+            hasher.combine(parent)
+            hasher.combine(nameHash)
+        }
     }
 
     struct Key: Hashable, Sendable {

@@ -19,7 +19,7 @@ private func bytes(_ name: UnsafePointer<CChar>?) -> [UInt8] {
 
 extension QTFSFilesystem {
     /// The operations, and the capabilities asked for at INIT.
-    static func operations() -> fuse_lowlevel_ops {
+    static func operations(extendedAttributes: Bool) -> fuse_lowlevel_ops {
         var ops = fuse_lowlevel_ops()
         ops.`init` = { userdata, conn in
             guard let userdata, let conn else { return }
@@ -39,6 +39,9 @@ extension QTFSFilesystem {
                 want |= UInt32(FUSE_CAP_AUTO_INVAL_DATA)
             }
             conn.pointee.want = want & conn.pointee.capable
+            // The kernel caps readahead at what it offered in INIT (128 KiB); the device's own setting can
+            // be raised once the INIT reply is in.
+            filesystem.raiseReadAhead()
         }
         ops.lookup = { req, parent, name in filesystem(req).lookup(req!, parent, bytes(name)) }
         ops.forget = { req, node, count in
@@ -104,6 +107,12 @@ extension QTFSFilesystem {
         ops.releasedir = ops.release
         ops.fsyncdir = { req, _, _, _ in _ = fuse_reply_err(req, 0) }
         ops.statfs = { req, node in filesystem(req).statfs(req!, node) }
+        ops.poll = { req, _, fi, handle in
+            guard let file = QTFSFilesystem.file(fi) else { return _ = fuse_reply_err(req, EBADF) }
+            filesystem(req).poll(req!, file, handle, fi!.pointee.poll_events)
+        }
+        // Without these libfuse answers ENOSYS, and the kernel stops asking (`-o noxattr`).
+        guard extendedAttributes else { return ops }
         ops.setxattr = { req, node, name, value, size, flags in
             let bytesValue = Array(UnsafeRawBufferPointer(start: value, count: size))
             filesystem(req).setxattr(req!, node, bytes(name), bytesValue, flags)
@@ -111,10 +120,6 @@ extension QTFSFilesystem {
         ops.getxattr = { req, node, name, size in filesystem(req).getxattr(req!, node, bytes(name), size, list: false) }
         ops.listxattr = { req, node, size in filesystem(req).getxattr(req!, node, [], size, list: true) }
         ops.removexattr = { req, node, name in filesystem(req).setxattr(req!, node, bytes(name), nil, 0) }
-        ops.poll = { req, _, fi, handle in
-            guard let file = QTFSFilesystem.file(fi) else { return _ = fuse_reply_err(req, EBADF) }
-            filesystem(req).poll(req!, file, handle, fi!.pointee.poll_events)
-        }
         return ops
     }
 }

@@ -45,8 +45,9 @@ private let requests: [QTFSRequest] = {
 
 private let replies: [(QTFSOperation, QTFSReply)] = [
     (.attach, .attached(QTFSExportInfo(export: 3, readOnly: true, maximumIO: 1 << 20, root: attributes))),
-    (.lookup, .attributes(attributes)), (.readlink, .linkTarget(bytes("/proc/1"))), (.opendir, .handle(12)),
-    (.open, .opened(handle: 13, [.directIO, .stream], attributes)),
+    (.lookup, .attributes(attributes)), (.readlink, .linkTarget(bytes("/proc/1"))), (.opendir, .directory(handle: 12, [QTFSDirectoryEntry(name: bytes("x"), type: 8, inode: 9, cookie: 3, attributes: attributes)], end: true)),
+    (.open, .opened(handle: 13, [.directIO, .stream], attributes, prefetch: ByteBuffer())),
+    (.create, .opened(handle: 14, [], attributes, prefetch: ByteBuffer(bytes: Array(repeating: 7, count: 1000)))),
     (
         .readdir,
         .entries(

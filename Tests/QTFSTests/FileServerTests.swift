@@ -148,7 +148,7 @@ final class Scratch {
 @Suite(.serialized) struct FileOperations {
     @Test func createWriteReadAndReleaseAFile() throws {
         let scratch = try Scratch()
-        guard case .opened(let handle, _, _) = try scratch.run(.create(scratch.path("f"), flags: UInt32(O_RDWR), mode: 0o640, owner: QTFSOwner(uid: 1234, gid: 5678))) else {
+        guard case .opened(let handle, _, _, _) = try scratch.run(.create(scratch.path("f"), flags: UInt32(O_RDWR), mode: 0o640, owner: QTFSOwner(uid: 1234, gid: 5678))) else {
             Issue.record("no handle")
             return
         }
@@ -164,7 +164,7 @@ final class Scratch {
     @Test func handlesBelongToTheirConnectionAndAreBounded() throws {
         let scratch = try Scratch()
         close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
-        guard case .opened(let handle, _, _) = try scratch.run(.open(scratch.path("f"), flags: 0)) else { return }
+        guard case .opened(let handle, _, _, _) = try scratch.run(.open(scratch.path("f"), flags: 0)) else { return }
         let other = EngineSession(handleLimit: 8)
         #expect(throws: SystemError.self) { try scratch.run(.read(handle: handle, offset: 0, size: 1, flags: 0), session: other) }
         for _ in 1..<8 { try scratch.run(.open(scratch.path("f"), flags: 0)) }
@@ -194,9 +194,14 @@ final class Scratch {
         let scratch = try Scratch()
         mkdir(scratch.base + "/export/d", 0o755)
         for index in 0..<3000 { close(open(scratch.base + "/export/d/file\(index)", O_CREAT | O_WRONLY, 0o644)) }
-        guard case .handle(let handle) = try scratch.run(.opendir(scratch.path("d"))) else { return }
+        guard case .directory(let handle, let first, let firstEnd) = try scratch.run(.opendir(scratch.path("d"))) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(first.count == QTFSFileServer.firstBatch && !firstEnd)
         var names = Set<[UInt8]>()
-        var cookie: UInt64 = 0
+        for entry in first { names.insert(entry.name) }
+        var cookie = first.last!.cookie
         while true {
             guard case .entries(let entries, let end) = try scratch.run(.readdir(handle: handle, cookie: cookie, maximumEntries: 100, withAttributes: true)) else { return }
             for entry in entries {

@@ -18,6 +18,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/uio.h>
+#include <sys/sendfile.h>
 #include <sys/file.h>
 #include <termios.h>
 #include <sys/random.h>
@@ -102,6 +103,8 @@ int cdpu_fchmodat2(int dirfd, const char *path, unsigned int mode, int flags);
 int cdpu_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 long cdpu_getdents64(int fd, void *buffer, size_t size);
 pid_t cdpu_gettid(void);
+/* listxattrat(2) (Linux 6.13): listxattr relative to a directory descriptor. */
+long cdpu_listxattrat(int dirfd, const char *path, unsigned int flags, char *list, size_t size);
 /* Names the calling thread (prctl(PR_SET_NAME) is variadic); longer names are cut to 15 bytes. */
 void cdpu_set_thread_name(const char *name);
 /* TIOCGPTPEER is a function-like macro Swift cannot import. */

@@ -16,21 +16,22 @@ step() {  # step DESCRIPTION COMMAND...: one line of transcript per step, output
     printf '%s | status %d | %s\n' "$description" "$status" "$(printf '%s' "$output" | tr '\n' '~')"
 }
 attrs() { stat -c '%F %a %s %h %U:%G' "$@"; }
+export -f attrs  # for the steps that run bash -c
 
 # Create, read, write, append, truncate.
 step "create with content" sh -c 'echo one > f && cat f'
 step "append" sh -c 'echo two >> f && cat f'
 step "overwrite in the middle" sh -c 'printf XY | dd of=f bs=1 seek=1 conv=notrunc status=none && cat f'
 step "attributes of a file" attrs f
-step "truncate shorter" sh -c 'truncate -s 3 f && cat f && echo && attrs f'
+step "truncate shorter" bash -c 'truncate -s 3 f && cat f && echo && attrs f'
 step "truncate longer reads zeros" sh -c 'truncate -s 10 f && od -An -c f | tr -s " "'
-step "O_TRUNC by redirection" sh -c 'echo new > f && cat f && attrs f'
+step "O_TRUNC by redirection" bash -c 'echo new > f && cat f && attrs f'
 step "O_EXCL refuses an existing file" sh -c 'set -C; echo x > f'
 step "O_EXCL creates a new one" sh -c 'set -C; echo x > g && cat g'
-step "5 MiB of random data round-trips" sh -c 'head -c 5242880 /dev/urandom > big.src; cp big.src big && cmp big.src big && attrs big'
+step "5 MiB of random data round-trips" bash -c 'head -c 5242880 /dev/urandom > big.src; cp big.src big && cmp big.src big && attrs big'
 step "read at offsets" sh -c 'dd if=big bs=4096 skip=300 count=3 status=none | cmp - <(dd if=big.src bs=4096 skip=300 count=3 status=none) && echo same'
-step "sparse file" sh -c 'dd if=/dev/zero of=sparse bs=1 count=1 seek=1048575 status=none && attrs sparse && md5sum < sparse'
-step "empty file" sh -c ': > empty && attrs empty && wc -c < empty'
+step "sparse file" bash -c 'dd if=/dev/zero of=sparse bs=1 count=1 seek=1048575 status=none && attrs sparse && md5sum < sparse'
+step "empty file" bash -c ': > empty && attrs empty && wc -c < empty'
 
 # Rename.
 step "rename over an existing file" sh -c 'echo a > x && echo b > y && mv y x && cat x && ls x y'
@@ -64,11 +65,11 @@ step "mkdir -p and rmdir" sh -c 'mkdir -p p/q/r && rmdir p/q/r p/q p && ls p'
 step "rmdir of a non-empty directory" rmdir d3
 step "mkdir over an existing name" mkdir f
 step "rm -r of a tree" sh -c 'mkdir -p t/a/b t/c && touch t/a/b/1 t/c/2 && rm -r t && ls t'
-step "directory attributes" sh -c 'mkdir dd && chmod 750 dd && attrs dd'
+step "directory attributes" bash -c 'mkdir dd && chmod 750 dd && attrs dd'
 step "link count of a directory with subdirectories" sh -c 'mkdir -p n/x n/y && stat -c %h n'
 
 # Permissions, ownership, xattrs.
-step "chmod" sh -c 'chmod 640 f && attrs f'
+step "chmod" bash -c 'chmod 640 f && attrs f'
 step "chown" sh -c 'chown 1234:5678 f && stat -c "%u %g" f'
 step "setuid bit" sh -c 'echo > suid && chmod 4755 suid && stat -c %a suid'
 step "root-only file is not readable by nobody" sh -c 'echo secret > private && chmod 600 private && setpriv --reuid=65534 --regid=65534 --clear-groups cat private'
