@@ -45,6 +45,8 @@ final class NativeSession: ServerSession {
         mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
         mux.sendRaw(greeting)
         mux.discardSourcesAfterClose = true
+        // The carried fds, plus connections on carried listeners at once: each may hold a window of data.
+        mux.maximumStreams = RexecLimits.maximumDescriptors + 256
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
         mux.onClosed = { [unowned self] error in connectionClosed(error) }
         mux.onProgress = { [unowned self] in progressed() }
