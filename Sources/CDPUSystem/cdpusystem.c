@@ -324,6 +324,10 @@ void cdpu_set_thread_name(const char *name) {
     prctl(PR_SET_NAME, short_name, 0, 0, 0);
 }
 
+ssize_t cdpu_splice(int fd_in, int fd_out, size_t count) {
+    return splice(fd_in, NULL, fd_out, NULL, count, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
 int cdpu_posix_openpt(int flags) { return posix_openpt(flags); }
 int cdpu_unlockpt(int fd) { return unlockpt(fd); }
 
