@@ -84,10 +84,12 @@ final class LocalEnd {
         }
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer) -> IOResult {
+    /// Writes `buffer`. `more`: on a socket, more follows at once (MSG_MORE: a frame header is not sent
+    /// as a packet of its own ahead of its spliced payload).
+    func write(_ buffer: UnsafeRawBufferPointer, more: Bool = false) -> IOResult {
         while true {
-            let count = isSharedSocket
-                ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            let count = isSharedSocket || more
+                ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
                 : Glibc.write(fd.rawValue, buffer.baseAddress, buffer.count)
             if count >= 0 { return .bytes(count) }
             let error = Errno(rawValue: errno)
@@ -163,6 +165,8 @@ final class Multiplexer {
     /// Stop reading local sources while this much is queued for the connection.
     static let outboundHighWater = 2 << 20
     static let chunk = 1 << 20
+    /// Below this, a pipe's data is read and sent rather than spliced.
+    static let spliceThreshold = 64 << 10
 
     /// A control frame (anything but DATA and the connection's flow-control and liveness frames).
     var onControl: ((Frame) throws(WireError) -> Void)?
@@ -405,7 +409,7 @@ final class Multiplexer {
             }
             // With a splice pending, only the bytes queued before its payload may go now.
             let limit = splicing.map { min($0.before, outbound.readableBytes) } ?? outbound.readableBytes
-            let result = outbound.readableBytesView.prefix(limit).withUnsafeBytes { link.write($0) }
+            let result = outbound.readableBytesView.prefix(limit).withUnsafeBytes { link.write($0, more: splicing != nil) }
             switch result {
             case .bytes(let count):
                 outbound.moveReaderIndex(forwardBy: count)
@@ -484,8 +488,9 @@ final class Multiplexer {
             if spliceToLink && source.canSplice && splicing == nil {
                 // What is in the pipe goes to the connection through the kernel: no copy in and out of
                 // our memory. (An empty pipe falls through to read(), which tells EAGAIN from the end.)
+                // Small amounts are cheaper copied (one read, one send) than spliced (three calls).
                 let available = min(source.fd.bytesAvailable(), allowance)
-                if available > 0 {
+                if available >= Multiplexer.spliceThreshold {
                     Frame.encodeHeader(type: RexecFrame.data, stream: stream.id, payloadLength: available, into: &outbound)
                     stream.sendWindow.consume(available)
                     splicing = (stream, source, available, outbound.readableBytes, false)
