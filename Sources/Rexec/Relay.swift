@@ -22,6 +22,8 @@ final class LocalEnd {
     private var registration: IOLoop.Registration?
     /// Whether closing `fd` is ours to do (false for the client's own fds 0-2 and inherited fds).
     let owned: Bool
+    /// A pipe: its data can be spliced to the connection without passing through our memory.
+    var canSplice = false
     /// Called when readiness changed.
     var onReady: (() -> Void)?
     private(set) var closed = false
@@ -82,10 +84,12 @@ final class LocalEnd {
         }
     }
 
-    func write(_ buffer: UnsafeRawBufferPointer) -> IOResult {
+    /// Writes `buffer`. `more`: on a socket, more follows at once (MSG_MORE: a frame header is not sent
+    /// as a packet of its own ahead of its spliced payload).
+    func write(_ buffer: UnsafeRawBufferPointer, more: Bool = false) -> IOResult {
         while true {
-            let count = isSharedSocket
-                ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            let count = isSharedSocket || more
+                ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
                 : Glibc.write(fd.rawValue, buffer.baseAddress, buffer.count)
             if count >= 0 { return .bytes(count) }
             let error = Errno(rawValue: errno)
@@ -161,6 +165,8 @@ final class Multiplexer {
     /// Stop reading local sources while this much is queued for the connection.
     static let outboundHighWater = 2 << 20
     static let chunk = 1 << 20
+    /// Below this, a pipe's data is read and sent rather than spliced.
+    static let spliceThreshold = 64 << 10
 
     /// A control frame (anything but DATA and the connection's flow-control and liveness frames).
     var onControl: ((Frame) throws(WireError) -> Void)?
@@ -169,6 +175,12 @@ final class Multiplexer {
     /// Called after each pump, when some stream may have finished or the outbound queue drained.
     var onProgress: (() -> Void)?
     private(set) var closed = false
+    /// A DATA frame whose header is queued and whose payload the kernel moves from a pipe to the
+    /// connection (splice): `before` queued bytes go first, then `remaining` bytes from the pipe.
+    private var splicing: (stream: CarriedStream, source: LocalEnd, remaining: Int, before: Int, closeAfter: Bool)?
+    /// Splice pipes into the connection (TCP: the pages travel by reference, measured ~30% faster for
+    /// 1 GiB on loopback). Not for unix sockets: there the reader's copies got slower than ours saved.
+    var spliceToLink = false
     private var readingPaused = false
     private var pumping = false
     private var pumpAgain = false
@@ -351,15 +363,9 @@ final class Multiplexer {
                     break
                 }
             }
-            if payload.readableBytes > 0 {
-                // Keep the rest as a slice of the connection's buffer rather than copying it: with a
-                // 64 KiB pipe to the reader, nearly all of a large frame waits here.
-                if stream.pending.readableBytes == 0 {
-                    stream.pending = payload
-                } else {
-                    stream.pending.writeBuffer(&payload)
-                }
-            }
+            // The rest waits in the stream's own buffer (its storage is kept and reused): a slice of the
+            // connection's buffer would make every next read of the connection allocate a new one.
+            if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
         }
         if frame.flags.contains(.endStream) {
             stream.receiveState = .ended
@@ -375,10 +381,39 @@ final class Multiplexer {
 
     /// Writes what the connection can take now.
     func flush() {
-        while outbound.readableBytes > 0 && link.writable && !closed {
-            let result = outbound.readableBytesView.withUnsafeBytes { link.write($0) }
+        while (outbound.readableBytes > 0 || splicing != nil) && link.writable && !closed {
+            if let current = splicing, current.before == 0 {
+                // The payload of the frame whose header just went out.
+                do {
+                    guard let moved = try current.source.fd.splice(to: link.fd, count: current.remaining) else {
+                        link.writable = false
+                        return
+                    }
+                    guard moved > 0 else { return close(WireError(.protocolViolation, "a pipe lost data it held")) }
+                    splicing!.remaining -= moved
+                    if splicing!.remaining == 0 {
+                        splicing = nil
+                        if current.closeAfter { current.source.close(loop) }
+                        pumpAgain = true
+                    }
+                } catch {
+                    if error.errno == .brokenPipe || error.errno == .connectionReset {
+                        splicing = nil
+                        link.readable = true
+                        link.hungUp = true
+                        return
+                    }
+                    return close(error)
+                }
+                continue
+            }
+            // With a splice pending, only the bytes queued before its payload may go now.
+            let limit = splicing.map { min($0.before, outbound.readableBytes) } ?? outbound.readableBytes
+            let result = outbound.readableBytesView.prefix(limit).withUnsafeBytes { link.write($0, more: splicing != nil) }
             switch result {
-            case .bytes(let count): outbound.moveReaderIndex(forwardBy: count)
+            case .bytes(let count):
+                outbound.moveReaderIndex(forwardBy: count)
+                if splicing != nil { splicing!.before -= count }
             case .wouldBlock, .endOfFile: break
             case .failed(let error):
                 if error.errno == .brokenPipe || error.errno == .connectionReset {
@@ -401,6 +436,8 @@ final class Multiplexer {
         guard !closed else { return }
         closed = true
         outbound.clear()
+        if let current = splicing, current.closeAfter { current.source.close(loop) }
+        splicing = nil
         for stream in streams {
             if !discardSourcesAfterClose || stream.source === stream.sink { releaseSource(stream) }
             if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
@@ -445,9 +482,22 @@ final class Multiplexer {
 
     private func readSource(_ stream: CarriedStream) {
         guard stream.sendState == .open, let source = stream.source else { return }
-        while source.readable && !closed && stream.sendState == .open {
+        while source.readable && !closed && stream.sendState == .open && splicing?.stream !== stream {
             let allowance = stream.sendWindow.allowance(Multiplexer.chunk)
             guard allowance > 0, outbound.readableBytes < Multiplexer.outboundHighWater else { return }
+            if spliceToLink && source.canSplice && splicing == nil {
+                // What is in the pipe goes to the connection through the kernel: no copy in and out of
+                // our memory. (An empty pipe falls through to read(), which tells EAGAIN from the end.)
+                // Small amounts are cheaper copied (one read, one send) than spliced (three calls).
+                let available = min(source.fd.bytesAvailable(), allowance)
+                if available >= Multiplexer.spliceThreshold {
+                    Frame.encodeHeader(type: RexecFrame.data, stream: stream.id, payloadLength: available, into: &outbound)
+                    stream.sendWindow.consume(available)
+                    splicing = (stream, source, available, outbound.readableBytes, false)
+                    flush()
+                    continue
+                }
+            }
             let headerIndex = outbound.writerIndex
             Frame.encodeHeader(type: RexecFrame.data, stream: stream.id, payloadLength: 0, into: &outbound)
             var outcome = LocalEnd.IOResult.wouldBlock
@@ -521,9 +571,7 @@ final class Multiplexer {
             }
         }
         if stream.pending.readableBytes == 0 {
-            // Not clear(): the buffer may be a slice of the connection's, and clearing a shared buffer
-            // allocates a new one of the same size.
-            stream.pending = ByteBuffer()
+            stream.pending.clear()
             if stream.receiveState == .ended { finishSink(stream) }
         }
     }
@@ -569,7 +617,12 @@ final class Multiplexer {
     private func releaseSource(_ stream: CarriedStream) {
         guard let source = stream.source else { return }
         stream.source = nil
-        if source !== stream.sink { source.close(loop) }
+        if splicing?.source === source && !closed {
+            // Its frame's header is out: the payload must follow before the pipe may go.
+            splicing!.closeAfter = true
+        } else if source !== stream.sink {
+            source.close(loop)
+        }
         let done = stream.onSourceDone
         stream.onSourceDone = nil
         done?()

@@ -19,14 +19,17 @@ import Testing
         var senderStream: CarriedStream
         var receiverStream: CarriedStream
 
-        init() throws {
+        init(splice: Bool = false) throws {
             loop = try IOLoop()
             let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
             sender = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
             receiver = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
             input = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
             output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
-            senderStream = CarriedStream(id: 1, source: LocalEnd(fd: input.read, owned: true), sink: nil)
+            let source = LocalEnd(fd: input.read, owned: true)
+            source.canSplice = splice
+            sender.spliceToLink = splice
+            senderStream = CarriedStream(id: 1, source: source, sink: nil)
             receiverStream = CarriedStream(id: 1, source: nil, sink: LocalEnd(fd: output.write, owned: true))
             for (mux, stream) in [(sender, senderStream), (receiver, receiverStream)] {
                 mux.onControl = { _ throws(WireError) in }
@@ -52,8 +55,9 @@ import Testing
         return count > 0
     }
 
-    @Test func dataArrivesIntactWithItsEnd() throws {
-        let pair = try Pair()
+    @Test(arguments: [false, true])
+    func dataArrivesIntactWithItsEnd(splice: Bool) throws {
+        let pair = try Pair(splice: splice)
         var generator = SystemRandomNumberGenerator()
         let data = (0..<(6 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
         var written = 0
@@ -72,8 +76,9 @@ import Testing
         pair.output.read.closeQuietly()
     }
 
-    @Test func aReaderThatStopsBoundsWhatIsBuffered() throws {
-        let pair = try Pair()
+    @Test(arguments: [false, true])
+    func aReaderThatStopsBoundsWhatIsBuffered(splice: Bool) throws {
+        let pair = try Pair(splice: splice)
         let chunk = [UInt8](repeating: 0x5a, count: 1 << 16)
         var written = 0
         var stalled = 0
@@ -100,10 +105,11 @@ import Testing
         pair.output.read.closeQuietly()
     }
 
-    @Test func aReaderThatGoesAwayStopsTheSender() throws {
+    @Test(arguments: [false, true])
+    func aReaderThatGoesAwayStopsTheSender(splice: Bool) throws {
         // As in the client and the server: a write to a pipe nobody reads is EPIPE, not death.
         Signals.ignore(SIGPIPE)
-        let pair = try Pair()
+        let pair = try Pair(splice: splice)
         var sourceDone = false
         pair.senderStream.onSourceDone = { sourceDone = true }
         pair.output.read.closeQuietly()  // EPIPE on the receiving side's next write

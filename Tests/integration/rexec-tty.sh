@@ -35,4 +35,16 @@ expect_status "^C is delivered as the remote terminal's interrupt" 0 wait_for "g
 wait_for "grep -q status '$W/typed.log'" 10
 expect_match "and the program's exit status comes back" "status 5" "$(tr -d '\r' <"$W/typed.log")"
 exec 4>&-
+
+# Resizing our terminal resizes the remote one (SIGWINCH here, TIOCSWINSZ there, SIGWINCH to its program).
+mkfifo "$W/keys2"
+exec 4<>"$W/keys2"
+lab_dpu script -qec "stty rows 10 cols 20; $REXEC /bin/sh -c 'trap \"stty size; exit 0\" WINCH; echo ready; while :; do sleep 0.05; done'" /dev/null \
+    <"$W/keys2" >"$W/resized.log" 2>&1 4>&- &
+wait_for "grep -q ready '$W/resized.log'" 10
+client=$(pgrep -f "rexec --key $W/key /bin/sh -c trap \"stty size" | head -1)
+terminal=$(readlink "/proc/$client/fd/0")
+stty -F "$terminal" rows 30 cols 90
+expect_status "a new window size reaches the remote program" 0 wait_for "grep -q '30 90' '$W/resized.log'" 10
+exec 4>&-
 finish

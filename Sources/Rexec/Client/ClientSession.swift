@@ -49,6 +49,7 @@ final class ClientSession {
         self.warn = warn
         nextStream = UInt32(plan.streams.count + 1)
         mux.keepSinksAfterClose = true
+        if case .tcp = endpoint { mux.spliceToLink = true }
     }
 
     func run() throws(RexecError) -> RexecOutcome {

@@ -211,7 +211,11 @@ enum InheritedDescriptors {
     /// The fd to do I/O on for a streamed pipe, FIFO, terminal or file.
     private static func localEnd(_ number: Int32, _ status: DescriptorStatus, reading: Bool, _ plan: inout DescriptorPlan) -> LocalEnd {
         switch status.kind {
-        case .fifo, .characterDevice:
+        case .fifo:
+            let end = reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)
+            end.canSplice = reading
+            return end
+        case .characterDevice:
             return reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)
         default:
             // Regular files and devices never block for long; the shared offset must advance.

@@ -45,6 +45,9 @@ final class NativeSession: ServerSession {
         mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
         mux.sendRaw(greeting)
         mux.discardSourcesAfterClose = true
+        if case .tcp = via { mux.spliceToLink = true }
+        // The carried fds, plus connections on carried listeners at once: each may hold a window of data.
+        mux.maximumStreams = RexecLimits.maximumDescriptors + 256
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
         mux.onClosed = { [unowned self] error in connectionClosed(error) }
         mux.onProgress = { [unowned self] in progressed() }
@@ -130,7 +133,9 @@ final class NativeSession: ServerSession {
                     read.setPipeCapacity(1 << 20)
                     try read.setNonBlocking()
                     for target in descriptor.targets { descriptors[target] = write }
-                    streams.append(CarriedStream(id: stream, source: LocalEnd(fd: read, owned: true), sink: nil))
+                    let source = LocalEnd(fd: read, owned: true)
+                    source.canSplice = true
+                    streams.append(CarriedStream(id: stream, source: source, sink: nil))
                 case .socket(let stream):
                     let (ours, theirs) = try FileDescriptor.socketPair()
                     programEnds.append(theirs)
