@@ -136,8 +136,28 @@ for test in seqread seqwrite randread; do
 done
 echo
 
-# Metadata: hyperfine, caches dropped before every run (sshfs keeps its own cache of what it saw).
+# Metadata: hyperfine, caches dropped before every run (sshfs keeps its own cache of what it saw). Each
+# walk must give the same output everywhere first: a fast wrong answer is not a result.
+check() {  # check WALK: qtfs's output equals the local directory's (sshfs shows other directory sizes)
+    local walk=$1 target want got
+    for target in local qtfs qtfs-noxattr; do
+        local dir
+        dir=$(dir_of "$target")/tree
+        case $walk in
+        find) got=$(cd "$dir" && find . | sort | md5sum) ;;
+        "ls -lR") got=$(cd "$dir" && ls -lR . | md5sum) ;;
+        tar) got=$(tar cf - -C "$dir" . | wc -c) ;;
+        esac
+        [ "$target" = local ] && want=$got
+        if [ "$got" != "$want" ]; then
+            echo "$walk on $target differs from the local directory's; logs:" >&2
+            cat "$B/engine.log" "$B/mount.log" >&2
+            exit 1
+        fi
+    done
+}
 for walk in find "ls -lR" tar; do
+    check "$walk"
     commands=()
     for target in "${targets[@]}" qtfs-noxattr; do
         dir=$(dir_of "$target")/tree
@@ -149,6 +169,7 @@ for walk in find "ls -lR" tar; do
     done
     hyperfine --runs "$HYPERFINE_RUNS" --warmup 1 --prepare 'sync; echo 3 > /proc/sys/vm/drop_caches' \
         --export-json "$B/out/${walk// /}.json" "${commands[@]}" >/dev/null
+    check "$walk"
     median_table "$B/out/${walk// /}.json" "$walk sshfs"
     echo
 done

@@ -50,7 +50,8 @@ public struct QTFSWhitelist: Sendable, Equatable {
                 for item in entry.value.split(separator: ";") {
                     let text = String(item).filter { $0 != " " && $0 != "\t" }
                     if text.isEmpty { continue }
-                    let normalized = try QTFSWhitelist.normalize(text, path, entry.line)
+                    // [Kill] names programs (the target's comm, matched exactly); every other type paths.
+                    let normalized = kind == .kill ? Array(text.utf8) : try QTFSWhitelist.normalize(text, path, entry.line)
                     // The original refused duplicates one by one; its own sample file has some. Keep one.
                     if !(entries[kind] ?? []).contains(normalized) { entries[kind, default: []].append(normalized) }
                 }

@@ -33,7 +33,44 @@ expect_match "the engine said READY=1" "READY=1" "$(cat "$W/notify.log")"
 lab_host sh -c "echo through-activation > '$MNT/file'"
 expect_eq "the mount works" "through-activation" "$(lab_host cat "$EXPORT/file")"
 expect_eq "the engine listens on the passed socket only (no TCP listener of its own)" "" "$(lab_host ss -Hltn)"
+
+# Stray signals during a transfer change nothing; SIGHUP reloads the whitelist, and a broken one is
+# refused while the old one stays.
+lab_host sh -c "head -c 50M /dev/urandom > '$EXPORT/big'"
+engine=$(lab_pid engine)
+lab_host sh -c "cat '$MNT/big' > '$HOSTDIR/copy'" &
+reader=$!
+for signal in URG PIPE WINCH CHLD URG PIPE WINCH; do kill -s "$signal" "$engine" 2>/dev/null; sleep 0.05; done
+wait "$reader"
+expect_eq "stray signals during a transfer change nothing" "$(lab_host cat "$EXPORT/big" | md5sum)" \
+    "$(lab_host cat "$HOSTDIR/copy" | md5sum)"
+expect_status "the engine is still there" 0 kill -0 "$engine"
+lab_host mkdir -p "$HOSTDIR/second"
+qtfs_whitelist "$EXPORT" "$HOSTDIR/second"
+kill -HUP "$engine"
+wait_for "grep -q 'whitelist reloaded' '$W/engine.log'" 10
+mkdir -p "$W/second"
+expect_status "after SIGHUP a newly whitelisted export can be mounted" 0 \
+    lab_host "$DPUCTL" qtfs mount -o "server=unix://$W/engine.sock" "$HOSTDIR/second" "$W/second"
+lab_host umount "$W/second"
+echo "[Mount" >"$W/whitelist"
+kill -HUP "$engine"
+wait_for "grep -q 'keeping the previous configuration' '$W/engine.log'" 10
+expect_match "a broken whitelist is refused with its file and line" "whitelist:1:" "$(grep 'reload failed' "$W/engine.log")"
+expect_eq "and the old one still serves" "through-activation" "$(lab_host cat "$MNT/file")"
+
 lab_host umount "$MNT"
 lab_stop engine TERM
 expect_match "and STOPPING=1 on SIGTERM" "STOPPING=1" "$(cat "$W/notify.log")"
+
+# The original's command line: `engine BUFFER_SIZE WORKERS`.
+out=$("$DPUCTL" qtfs-engine 4096 99999 2>&1); status=$?
+expect_eq "engine 4096 99999 is a usage error" 64 "$status"
+expect_match "naming the bad number" "WORKERS" "$out"
+qtfs_whitelist "$EXPORT"
+lab_bg legacy host "$W/bin/engine" 4096 16 --listen "unix://$W/legacy.sock" --whitelist "$W/whitelist"
+wait_for "lab_host test -S '$W/legacy.sock'" 10
+expect_status "engine 4096 16 serves" 0 lab_host "$DPUCTL" qtfs mount -o "server=unix://$W/legacy.sock" "$EXPORT" "$MNT"
+expect_eq "and its mount works" "through-activation" "$(lab_host cat "$MNT/file")"
+lab_host umount "$MNT"
 finish
