@@ -21,20 +21,32 @@ RELEASE_BIN = .build/release/dpuctl
 MAN_DATE = 2026-11-26
 
 # Debian packages: to build; to run the tests (namespaces, FUSE, systemd tools, shells for the
-# completions, man to render the pages, socat as a real peer; for the rootfs tests: setcap/getcap,
-# getfattr/setfattr, sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images).
-DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config
+# completions, man to render the pages, socat as a real peer, python3 for the udsproxy tests' real
+# server and client, binutils to check what libudsproxy.so exports; for the rootfs tests: setcap/getcap,
+# getfattr/setfattr, sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images). gcc links
+# libudsproxy.so.
+DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config gcc libc6-dev
 DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat \
-	libcap2-bin attr fdisk e2fsprogs qemu-utils
+	libcap2-bin attr fdisk e2fsprogs qemu-utils python3 binutils
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
-.PHONY: all build deps test unit integration demo man completions install uninstall dist clean check-generated
+.PHONY: all build preload deps test unit integration e2e demo man completions install uninstall dist clean check-generated
 
 all: build
 
 build:
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
-	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product udsproxy
+	$(MAKE) --no-print-directory preload
+
+# libudsproxy.so is linked with the C compiler, not as SwiftPM's `udsproxy` product: the Swift driver links
+# every product against the Swift runtime (with the toolchain's rpath), which a library preloaded into
+# arbitrary programs must not drag in. It exports connect() and needs libc only.
+CC ?= cc
+PRELOAD_LIB = .build/release/libudsproxy.so
+preload:
+	mkdir -p $$(dirname $(PRELOAD_LIB))
+	$(CC) -shared -fPIC -O2 -fvisibility=hidden -Wall -Wextra -Werror -ISources/CUDSPreload/include \
+		-Wl,-z,defs -Wl,--as-needed -o $(PRELOAD_LIB) Sources/CUDSPreload/udsproxy.c
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -55,6 +67,10 @@ unit:
 
 integration: build
 	DPUCTL=$(CURDIR)/$(RELEASE_BIN) bash Tests/integration/run.sh
+
+# Unmodified libvirt on the simulated DPU runs a VM on the simulated host (installs libvirt and QEMU).
+e2e: build
+	DPUCTL=$(CURDIR)/$(RELEASE_BIN) bash Tests/integration/run.sh ../e2e/libvirt.sh
 
 # ---- generated documentation -------------------------------------------------------------------------
 

@@ -115,6 +115,7 @@ let package = Package(
             dependencies: ["QTFS", "DPUSystem", "DPUWire", "DPUConfig", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swift6),
         .testTarget(name: "UDSProxyTests", dependencies: ["UDSProxy"], swiftSettings: swift6),
+        .testTarget(name: "RexecTests", dependencies: ["Rexec", "DPUWire", "DPUSystem", "DPUConfig"], swiftSettings: swift6),
         .testTarget(name: "QTFSFuseTests", dependencies: ["QTFSFuse", "DPUSystem", "DPUWire"], swiftSettings: swift6),
     ]
 )

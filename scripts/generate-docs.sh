@@ -38,6 +38,9 @@ manpages() {
             "$tool" "$LINKS/$name" --section "$(section "$name")" --date "$date" -o "$out"
         fi
     done
+    # generate-manual copies blank lines of a discussion as they are; in mdoc a paragraph break is .Pp
+    # (a blank line is a warning, and man -l prints it).
+    sed -i 's/^$/.Pp/' "$out"/*.[18]
 }
 
 case $mode in

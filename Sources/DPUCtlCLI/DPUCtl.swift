@@ -12,16 +12,23 @@ public enum DPUCtl {
     /// anything starts a thread (Swift concurrency starts a pool on first use). The client relies on it:
     /// its signals are blocked and read from a signalfd, which only works when no other thread can take
     /// them; and its start-up is on every remote exec's path. Everything else runs in a task.
-    public static func main(_ argv: [String]) -> Never {
+    public static func main() -> Never {
         ActivatedSockets.collect()
-        let name = argv.first.map { String($0.split(separator: "/").last ?? "dpuctl") } ?? "dpuctl"
+        // The name from the raw argv: CommandLine.arguments (an array of Strings) costs the rexec client
+        // start-up time it does not need.
+        let raw = rawArguments(from: 0)
+        let name = raw.first.map { String(decoding: $0.split(separator: UInt8(ascii: "/")).last ?? [], as: UTF8.self) } ?? "dpuctl"
+        let second = raw.count > 1 ? raw[1] : []
         // rexec: the hand parser runs the client, or returns to let argument-parser answer (help, usage).
         if name == "rexec" {
-            RexecArguments.runFast(rawArguments(from: 1))
-        } else if name == "dpuctl" && argv.count > 1 && argv[1] == "rexec" {
-            RexecArguments.runFast(rawArguments(from: 2))
+            RexecArguments.runFast(Array(raw.dropFirst()))
+        } else if name == "dpuctl" && second == Array("rexec".utf8) {
+            RexecArguments.runFast(Array(raw.dropFirst(2)))
+        } else if name == "dpuctl" && raw.count == 2 && second == Array("--version".utf8) {
+            print(version)
+            exit(0)
         }
-        let arguments = UncheckedSendable(argv)
+        let arguments = UncheckedSendable(CommandLine.arguments)
         Task {
             await dispatch(arguments.value)
             exit(0)

@@ -13,12 +13,16 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// Parses an endpoint URL. The error says what was wrong and what is expected.
     public init(parsing text: String) throws(EndpointError) {
         func fail(_ why: String) -> EndpointError { EndpointError(text: text, reason: why) }
-        let parts = text.split(separator: "://", maxSplits: 1, omittingEmptySubsequences: false)
-        guard parts.count == 2 else {
+        // Byte scanning rather than String.split: the rexec client parses CMD_NET_ADDR on every remote
+        // exec, and the generic string algorithms cost it a run-time conformance lookup each.
+        let bytes = Array(text.utf8)
+        guard let separator = bytes.indices.dropLast(2).first(where: {
+            bytes[$0] == UInt8(ascii: ":") && bytes[$0 + 1] == UInt8(ascii: "/") && bytes[$0 + 2] == UInt8(ascii: "/")
+        }) else {
             throw fail("expected tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT")
         }
-        let scheme = parts[0]
-        let rest = String(parts[1])
+        let scheme = String(decoding: bytes[..<separator], as: UTF8.self)
+        let rest = String(decoding: bytes[(separator + 3)...], as: UTF8.self)
         switch scheme {
         case "unix":
             guard rest.hasPrefix("/") else { throw fail("a unix socket path must be absolute (unix:///PATH)") }
@@ -49,17 +53,16 @@ public enum Endpoint: Hashable, Sendable, CustomStringConvertible {
     private static func splitHostPort(
         _ text: String, _ fail: (String) -> EndpointError
     ) throws(EndpointError) -> (String, String) {
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw fail("missing `]` after the IPv6 address") }
-            let host = String(text[text.index(after: text.startIndex)..<close])
-            let after = text[text.index(after: close)...]
-            guard after.hasPrefix(":") else { throw fail("missing `:PORT`") }
-            return (host, String(after.dropFirst()))
+        let bytes = Array(text.utf8)
+        let colonByte = UInt8(ascii: ":")
+        if bytes.first == UInt8(ascii: "[") {
+            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { throw fail("missing `]` after the IPv6 address") }
+            guard close + 1 < bytes.count, bytes[close + 1] == colonByte else { throw fail("missing `:PORT`") }
+            return (String(decoding: bytes[1..<close], as: UTF8.self), String(decoding: bytes[(close + 2)...], as: UTF8.self))
         }
-        guard let colon = text.lastIndex(of: ":") else { throw fail("missing `:PORT`") }
-        let host = String(text[..<colon])
-        guard !host.contains(":") else { throw fail("an IPv6 address must be in brackets: [ADDR]:PORT") }
-        return (host, String(text[text.index(after: colon)...]))
+        guard let colon = bytes.lastIndex(of: colonByte) else { throw fail("missing `:PORT`") }
+        guard !bytes[..<colon].contains(colonByte) else { throw fail("an IPv6 address must be in brackets: [ADDR]:PORT") }
+        return (String(decoding: bytes[..<colon], as: UTF8.self), String(decoding: bytes[(colon + 1)...], as: UTF8.self))
     }
 
     private static func parseCID(_ text: String) -> UInt32? {

@@ -82,18 +82,7 @@ public struct SignalDescriptor: Sendable {
     }
 
     /// Reads the pending signals (numbers), oldest first; empty when none are pending.
-    public func read() throws(SystemError) -> [Int32] {
-        var result: [Int32] = []
-        var info = signalfd_siginfo()
-        let size = MemoryLayout<signalfd_siginfo>.size
-        while true {
-            let count = try withUnsafeMutableBytes(of: &info) { raw throws(SystemError) -> Int? in
-                try fd.readSome(into: raw)
-            }
-            guard let count, count == size else { return result }
-            result.append(Int32(info.ssi_signo))
-        }
-    }
+    public func read() throws(SystemError) -> [Int32] { try readInfo().map(\.signal) }
 
     public func close() { fd.closeQuietly() }
 }

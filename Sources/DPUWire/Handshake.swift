@@ -17,18 +17,33 @@ public struct PreSharedKey: Sendable {
         key = SymmetricKey(data: Array(bytes))
     }
 
-    /// Parses a key file's text: hexadecimal digits, surrounding white space ignored.
+    /// Parses a key file's text: hexadecimal digits, surrounding white space ignored. (Plain byte work:
+    /// the rexec client reads the key on every remote exec.)
     public init(fileText: String) throws(WireError) {
-        let hex = fileText.filter { !$0.isWhitespace }
-        guard hex.count % 2 == 0, hex.allSatisfy(\.isHexDigit) else {
-            throw WireError(.malformed, "the key must be hexadecimal digits (as `dpuctl key generate` writes)")
+        func value(_ digit: UInt8) -> UInt8? {
+            switch digit {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit - UInt8(ascii: "A") + 10
+            default: nil
+            }
         }
         var bytes: [UInt8] = []
-        var index = hex.startIndex
-        while index < hex.endIndex {
-            let next = hex.index(index, offsetBy: 2)
-            bytes.append(UInt8(hex[index..<next], radix: 16)!)
-            index = next
+        var high: UInt8?
+        for byte in fileText.utf8 {
+            if byte == 0x20 || byte == 0x09 || byte == 0x0a || byte == 0x0d { continue }
+            guard let digit = value(byte) else {
+                throw WireError(.malformed, "the key must be hexadecimal digits (as `dpuctl key generate` writes)")
+            }
+            if let first = high {
+                bytes.append(first << 4 | digit)
+                high = nil
+            } else {
+                high = digit
+            }
+        }
+        guard high == nil else {
+            throw WireError(.malformed, "the key must be hexadecimal digits (as `dpuctl key generate` writes)")
         }
         try self.init(bytes: bytes)
     }
@@ -42,16 +57,19 @@ public struct PreSharedKey: Sendable {
 
     func proof(label: String, transcript: [UInt8]) -> [UInt8] {
         var hmac = HMAC<SHA256>(key: key)
-        hmac.update(data: Array(label.utf8))
-        hmac.update(data: transcript)
-        return Array(hmac.finalize())
+        hmac.update(data: Array(label.utf8) + transcript)
+        // Through the raw bytes, not the MAC's Sequence conformance (a run-time lookup the rexec client
+        // would pay on every remote exec).
+        return hmac.finalize().withUnsafeBytes { Array($0) }
     }
 
     func isValid(proof: [UInt8], label: String, transcript: [UInt8]) -> Bool {
-        var data = Array(label.utf8)
-        data += transcript
-        // Constant-time comparison.
-        return HMAC<SHA256>.isValidAuthenticationCode(proof, authenticating: data, using: key)
+        let expected = self.proof(label: label, transcript: transcript)
+        guard proof.count == expected.count else { return false }
+        // Constant time: every byte is compared whatever the first difference.
+        var difference: UInt8 = 0
+        for index in expected.indices { difference |= expected[index] ^ proof[index] }
+        return difference == 0
     }
 }
 

@@ -278,7 +278,7 @@ public enum RexecMessage: Equatable, Sendable {
     public init(_ frame: Frame) throws(WireError) {
         var payload = frame.payload
         let type = frame.type
-        if type != RexecFrame.open && frame.stream != 0 {
+        if type != RexecFrame.open && type != RexecFrame.data && frame.stream != 0 {
             throw WireError(.malformed, "rexec control frame \(type) on stream \(frame.stream)")
         }
         switch type {
@@ -333,7 +333,7 @@ public enum RexecMessage: Equatable, Sendable {
         default:
             throw WireError(.unknownMessage, "unknown rexec frame \(type)")
         }
-        try payload.expectFullyRead("rexec \(type)")
+        if payload.readableBytes > 0 { try payload.expectFullyRead("rexec \(type)") }
     }
 }
 

@@ -20,7 +20,8 @@ extension FrameType {
     /// Bytes of a stream, relayed as they are (never decoded into a message). `endStream` says the sender
     /// will send nothing more in this direction: the unix socket's shutdown(SHUT_WR), or a pipe's EOF.
     public static let udsData = FrameType(rawValue: 0x12)
-    /// File descriptors that travel with the first byte of the stream's next `udsData` frame.
+    /// File descriptors that travel with the last byte of the stream's next `udsData` frame (the one byte
+    /// surely written with them: see udsproxy's `Stream.passDescriptors`).
     public static let udsDescriptors = FrameType(rawValue: 0x13)
 }
 

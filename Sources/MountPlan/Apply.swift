@@ -169,7 +169,7 @@ public struct MountApplier {
             let mounted = stack[layer]
             if MountStatus.matches(entry, mounted, bindSource: source) { return .present(step, at: path) }
             throw StepFailure(
-                "\(path) already has \(mounted.summary) mounted, not the planned \(entry.typeName) \(entry.source); unmount it (`dpuctl mount revert --all`) or change the plan")
+                "\(path) already has \(mounted.summary) mounted, not the planned \(entry.typeName) \(entry.source); unmount it (`umount \(path)`) or change the plan")
         }
         // 3. Nothing may end up hidden unless the plan says so.
         if !entry.hide {

@@ -73,6 +73,9 @@ public enum Planner {
         _ entries: [MountEntry], root: String, facts: SystemFacts, localOnly: Bool = false,
         exists: (String) -> Bool
     ) throws(PlanError) -> Plan {
+        guard root != "/" else {
+            throw PlanError("the rootfs cannot be / itself: the plan would mount over this machine's own /proc, /etc and /dev; use a directory such as /another_rootfs")
+        }
         var seen: [String: MountEntry] = [:]
         for entry in entries {
             if let first = seen[entry.target], !entry.hide {

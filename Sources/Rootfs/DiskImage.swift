@@ -33,13 +33,13 @@ public final class DiskImage {
         public var qemuNBD: String?
         public var qemuImg: String?
 
-        /// Looks for the nbd and loop drivers and the qemu tools (trying `modprobe nbd max_part=16`
-        /// once when nbd is not loaded).
-        public static func probe(path: String?) -> Support {
+        /// Looks for the nbd and loop drivers and the qemu tools; for a qcow2 image, tries `modprobe nbd
+        /// max_part=16` once when nbd is not loaded.
+        public static func probe(path: String?, qcow2: Bool) -> Support {
             var support = Support()
             support.qemuNBD = Spawn.resolve("qemu-nbd", path: path)
             support.qemuImg = Spawn.resolve("qemu-img", path: path)
-            if !DiskImage.nbdLoaded, support.qemuNBD != nil, let modprobe = Spawn.resolve("modprobe", path: path) {
+            if qcow2, !DiskImage.nbdLoaded, support.qemuNBD != nil, let modprobe = Spawn.resolve("modprobe", path: path) {
                 _ = try? ChildProcess.run(modprobe, arguments: ["modprobe", "-q", "nbd", "max_part=16"], timeoutSeconds: 30)
             }
             support.nbd = DiskImage.nbdLoaded ? nil : "this kernel has no nbd driver (no /sys/module/nbd, and modprobe nbd did not load one)"
@@ -80,7 +80,7 @@ public final class DiskImage {
         releases.append { file.closeQuietly() }
         let head = try read(file, at: 0, count: 16, what: path)
         let format = try Self.format(head, path: path)
-        let support = Support.probe(path: environmentPath)
+        let support = Support.probe(path: environmentPath, qcow2: format == "qcow2")
 
         // The blocks: the file itself (raw), a qemu-nbd device, or a raw conversion.
         var backing = file

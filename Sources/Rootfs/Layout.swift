@@ -26,7 +26,26 @@ enum Layout {
         "usr/libexec/qemu-kvm", "usr/lib64/libudsproxy.so",
     ]
 
-    static let wrapperPaths = ["usr/bin/qemu-kvm", "usr/libexec/qemu-kvm"]
+    /// The guide's wrappers: both run the host's /usr/bin/qemu-kvm.
+    static let kvmWrappers: [(path: String, program: String)] = [
+        ("usr/bin/qemu-kvm", "/usr/bin/qemu-kvm"), ("usr/libexec/qemu-kvm", "/usr/bin/qemu-kvm"),
+    ]
+
+    /// The emulators in `tree`'s usr/bin (`qemu-system-*`). libvirtd probes every emulator it finds, and
+    /// one that ran on the DPU would bind its monitor and open its files there, so each becomes a wrapper
+    /// that runs the same program on the host.
+    static func emulators(in tree: FileDescriptor) -> [String] {
+        guard let bin = try? tree.open(at: Array("usr/bin".utf8), flags: O_RDONLY | O_DIRECTORY),
+            let names = try? bin.directoryNames()
+        else { return [] }
+        defer { bin.closeQuietly() }
+        return names.map(describe).filter { $0.hasPrefix("qemu-system-") }.sorted()
+    }
+
+    /// Every wrapper: the guide's two and one per emulator.
+    static func wrappers(emulators: [String]) -> [(path: String, program: String)] {
+        kvmWrappers + emulators.map { ("usr/bin/" + $0, "/usr/bin/" + $0) }
+    }
 
     static func skeleton(in root: FileDescriptor) throws(SystemError) -> [Change] {
         var changes: [Change] = []
@@ -52,7 +71,7 @@ enum Layout {
         return changes
     }
 
-    static func install(_ request: RootfsRequest, in root: FileDescriptor) throws(SystemError) -> [Change] {
+    static func install(_ request: RootfsRequest, emulators: [String], in root: FileDescriptor) throws(SystemError) -> [Change] {
         var changes: [Change] = []
         func add(_ change: Change?) { if let change { changes.append(change) } }
         add(try copyFile(request.dpuctlBinary, to: "usr/bin/dpuctl", in: root, mode: 0o755))
@@ -62,9 +81,9 @@ enum Layout {
         if let sbin = try? root.status(of: Array("sbin".utf8)), sbin.st_mode & S_IFMT == S_IFDIR {
             add(try symbolicLink(Array("sbin/mount.qtfs".utf8), in: root, target: Array("../usr/bin/dpuctl".utf8)))
         }
-        for path in wrapperPaths {
+        for (path, program) in wrappers(emulators: emulators) {
             let address = request.hostAddress?.description ?? existingAddress(path, in: root)
-            add(try writeIfDifferent(path, in: root, contents: Array(wrapper(address: address).utf8), mode: 0o755))
+            add(try writeIfDifferent(path, in: root, contents: Array(wrapper(address: address, program: program).utf8), mode: 0o755))
         }
         if let library = request.udsproxyLibrary {
             add(try copyFile(library, to: "usr/lib64/libudsproxy.so", in: root, mode: 0o755))
@@ -74,13 +93,13 @@ enum Layout {
 
     /// The qemu-kvm wrapper of guide §3.5.1, with its faults fixed: `"$@"` keeps every argument as it
     /// is (`$*` split them at spaces), and the address is written in, not left as `$host:$port`.
-    static func wrapper(address: String?) -> String {
+    static func wrapper(address: String?, program: String) -> String {
         let environment = address.map { "CMD_NET_ADDR=\(shellQuote($0)) " } ?? ""
         return """
             #!/bin/sh
-            # qemu-kvm for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`: the emulator runs on the
+            # An emulator for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`: it runs on the
             # host through rexec, with exactly these arguments.
-            \(environment)exec /usr/bin/rexec /usr/bin/qemu-kvm "$@"
+            \(environment)exec /usr/bin/rexec \(program) "$@"
 
             """
     }

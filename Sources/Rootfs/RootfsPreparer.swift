@@ -86,7 +86,11 @@ public enum RootfsPreparer {
         var report = RootfsReport()
         let root = try openRoot(request, report: &report)
         defer { root.closeQuietly() }
-        let excluded = Set((Layout.installedPaths + [markerName, "var/run", "var/lock"]).map { Array($0.utf8) })
+        // What dpuctl installs is never copied over (the wrappers replace the emulators of the source).
+        func excluded(emulators: [String]) -> Set<[UInt8]> {
+            Set((Layout.installedPaths + Layout.wrappers(emulators: emulators).map(\.path) + [markerName, "var/run", "var/lock"]).map { Array($0.utf8) })
+        }
+        var emulators: [String] = []
 
         switch request.source {
         case .host:
@@ -97,7 +101,8 @@ public enum RootfsPreparer {
             defer { source.closeQuietly() }
             let names = hostTrees.map { Array($0.utf8) }.filter { (try? source.status(of: $0)) != nil }
             report.origin = "this machine (\(names.map(describe).joined(separator: ", ")))"
-            report.copy = try copy(names, from: source, into: root, excluded: excluded, progress: progress, hostLinks: true)
+            emulators = Layout.emulators(in: source)
+            report.copy = try copy(names, from: source, into: root, excluded: excluded(emulators: emulators), progress: progress, hostLinks: true)
         case .image(let path):
             let image: DiskImage
             do {
@@ -112,12 +117,13 @@ public enum RootfsPreparer {
             do { names = try source.directoryNames().filter { $0 != Array("lost+found".utf8) } } catch {
                 throw RootfsError("copy", "cannot list the image's root: \(error)")
             }
-            report.copy = try copy(names, from: source, into: root, excluded: excluded, progress: progress, hostLinks: false)
+            emulators = Layout.emulators(in: source)
+            report.copy = try copy(names, from: source, into: root, excluded: excluded(emulators: emulators), progress: progress, hostLinks: false)
         }
 
         do {
             report.setup += try Layout.skeleton(in: root)
-            report.setup += try Layout.install(request, in: root)
+            report.setup += try Layout.install(request, emulators: emulators, in: root)
         } catch {
             throw RootfsError("install", "\(error)")
         }

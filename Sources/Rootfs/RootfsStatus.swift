@@ -77,16 +77,17 @@ public enum RootfsInspector {
         if let sbin = try? root.status(of: Array("sbin".utf8)), sbin.st_mode & S_IFMT == S_IFDIR {
             link(root, "sbin/mount.qtfs", "../usr/bin/dpuctl", item: "mount.qtfs", &rows)
         }
-        for path in Layout.wrapperPaths {
+        for (path, program) in Layout.wrappers(emulators: Layout.emulators(in: root)) {
+            let item = program.split(separator: "/").last.map(String.init) ?? program
             guard let text = try? Layout.readFile(path, in: root) else {
-                row(.missing, "qemu-kvm", path, "the wrapper that runs the emulator on the host through rexec")
+                row(.missing, item, path, "the wrapper that runs the emulator on the host through rexec")
                 continue
             }
             let address = Layout.existingAddress(path, in: root)
-            if text == Array(Layout.wrapper(address: address).utf8) {
-                row(.ok, "qemu-kvm", path, address.map { "CMD_NET_ADDR=\($0)" } ?? "no CMD_NET_ADDR: rexec finds the host in its configuration (prepare --host URL writes one in)")
+            if text == Array(Layout.wrapper(address: address, program: program).utf8) {
+                row(.ok, item, path, address.map { "CMD_NET_ADDR=\($0)" } ?? "no CMD_NET_ADDR: rexec finds the host in its configuration (prepare --host URL writes one in)")
             } else {
-                row(.different, "qemu-kvm", path, "not dpuctl's wrapper (a real emulator would run on the DPU)")
+                row(.different, item, path, "not dpuctl's wrapper (a real emulator would run on the DPU)")
             }
         }
         if let udsproxyLibrary {

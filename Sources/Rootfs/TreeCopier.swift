@@ -27,6 +27,10 @@ public struct CopyProgress: Sendable, Equatable {
 
 /// What a copy did.
 public struct CopyReport: Sendable {
+    /// Entries that were made because they were missing: how many, and the first few.
+    public var created = 0
+    public var createdSample: [String] = []
+    /// Everything else that was fixed, each with what was wrong.
     public var changes: [Change] = []
     /// Entries found as they should be.
     public var unchanged = 0
@@ -100,6 +104,9 @@ final class TreeCopier {
             case S_IFLNK: what = try copySymbolicLink(name, info: info, from: source, to: destination)
             default: what = try copyNode(name, info: info, to: destination)
             }
+        } catch where error.errno == .noSuchFileOrDirectory && (try? source.status(of: name)) == nil {
+            warn("\(describe(path)) went away during the copy; not copied")
+            return
         } catch {
             throw CopyError(path: describe(path), error: error)
         }
@@ -125,7 +132,13 @@ final class TreeCopier {
 
     /// Records a change made outside the copier (a top-level link), or nil for "already right".
     func note(_ change: Change?) {
-        if let change { report.changes.append(change) } else { report.unchanged += 1 }
+        guard let change else { return report.unchanged += 1 }
+        if change.what == ["new"] {
+            report.created += 1
+            if report.createdSample.count < 20 { report.createdSample.append(change.path) }
+        } else {
+            report.changes.append(change)
+        }
     }
 
     /// The final progress, once everything is done.
@@ -134,6 +147,10 @@ final class TreeCopier {
     private func record(_ path: [UInt8], _ what: [String]) {
         if what.isEmpty {
             report.unchanged += 1
+        } else if what == ["new"] {
+            // A first copy makes every entry: count them, keep a few (a list of all would be the tree).
+            report.created += 1
+            if report.createdSample.count < 20 { report.createdSample.append(describe(path)) }
         } else {
             report.changes.append(Change(path: describe(path), what: what))
         }

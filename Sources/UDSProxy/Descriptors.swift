@@ -149,7 +149,8 @@ enum Descriptors {
             opened = Result { () throws(SystemError) in try handle.reopen(flags: openFlags & ~O_NOATIME) }
         }
         let fd = try opened.get()
-        if !flags.contains(.append) && offset > 0 {
+        // The offset matters for reading even with O_APPEND (which only moves writes to the end).
+        if offset > 0 {
             if case .failure(let error) = Result(catching: { () throws(SystemError) in try fd.seek(to: Int64(offset)) }) {
                 fd.closeQuietly()
                 throw error

@@ -2,6 +2,8 @@
 enum Limits {
     /// Bytes read from a local socket or pipe at once, sent as one DATA frame.
     static let chunk = 256 << 10
+    /// Send buffer of the unix sockets udsproxyd makes (the kernel doubles it for its bookkeeping).
+    static let socketBuffer = 1 << 20
     /// Per-connection flow-control window: what one connection may have in flight and what the receiving
     /// side buffers at most for a reader that is slower than its writer.
     static let window = 2 << 20
@@ -9,6 +11,8 @@ enum Limits {
     static let linkHighWater = 4 << 20
     /// ...and reading resumes when it drained to this.
     static let linkLowWater = 1 << 20
+    /// The link's send buffer beyond which a peer that does not read is cut off.
+    static let linkOutputLimit = 64 << 20
     /// Connections and pipes relayed over one link at once.
     static let streamsPerLink = 8192
     /// Descriptors waiting for the data they travel with (SCM_MAX_FD).

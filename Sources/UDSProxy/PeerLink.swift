@@ -31,6 +31,7 @@ final class PeerLink: ReactorSource {
     private var input = ByteBuffer()
     var output = ByteBuffer()
     private var writable = false
+    private var hungUp = false
     private var flushScheduled = false
     private(set) var streams: [UInt32: Stream] = [:]
     private var nextStreamID: UInt32
@@ -85,7 +86,10 @@ final class PeerLink: ReactorSource {
             writable = true
             flush()
         }
-        if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { readInput() }
+        if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 {
+            if events & (Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { hungUp = true }
+            readInput()
+        }
     }
 
     private func sendOpening() {
@@ -123,8 +127,9 @@ final class PeerLink: ReactorSource {
             } else if input.readerIndex > input.capacity / 2 {
                 input.discardReadBytes()
             }
-            // A short read emptied the socket; epoll reports new data as a new edge.
-            if count < available { return }
+            // A short read emptied the socket; epoll reports new data as a new edge (but the end of the
+            // stream, once reported, is not reported again: then read until the read says so).
+            if count < available && !hungUp { return }
         }
     }
 
@@ -141,10 +146,10 @@ final class PeerLink: ReactorSource {
             case .rejected(var send, let error):
                 output.writeBuffer(&send)
                 flush()
-                fail("refused: \(error)", refused: true)
+                fail("\(error)", refused: true)
             }
         } catch {
-            fail("handshake failed: \(error)", refused: true)
+            fail("\(error)", refused: true)
         }
     }
 
@@ -271,6 +276,9 @@ final class PeerLink: ReactorSource {
     func send(_ frame: Frame) {
         guard state == .up || state == .handshaking else { return }
         frame.encode(into: &output)
+        // Data stops at the high-water mark; what still grows is our answers to the peer (PONG, window
+        // updates, resets). A peer that keeps asking without reading loses its link.
+        if output.readableBytes > Limits.linkOutputLimit { return fail("the peer does not read what it is sent") }
         scheduleFlush()
     }
 
@@ -287,9 +295,12 @@ final class PeerLink: ReactorSource {
             return Frame.headerSize + count
         }
         if case .read(let count, _, _) = outcome, count > 0 {
-            var header = ByteBuffer()
-            Frame.encodeHeader(type: .udsData, stream: stream, payloadLength: count, into: &header)
-            output.setBuffer(header, at: headerIndex)
+            // The header `Frame.encodeHeader` would write, in place.
+            output.setInteger(UInt32(count), at: headerIndex, endianness: .big)
+            output.setInteger(FrameType.udsData.rawValue, at: headerIndex + 4)
+            output.setInteger(UInt8(0), at: headerIndex + 5)
+            output.setInteger(UInt16(0), at: headerIndex + 6, endianness: .big)
+            output.setInteger(stream, at: headerIndex + 8, endianness: .big)
             scheduleFlush()
         }
         return (outcome, headerIndex)

@@ -31,6 +31,7 @@ final class Proxy {
     private var rendezvousQueues: [[UInt8]: [Rendezvous]] = [:]
     private var pendingLegacyReplies: [ObjectIdentifier: ControlConnection] = [:]
     private(set) var shuttingDown = false
+    private var stopped = false
     private var statusTimer: TimerID?
     private var lastStatus = ""
 
@@ -72,9 +73,9 @@ final class Proxy {
             let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
             // The original created /var/run/qtfs; its clients only need to reach the socket inside.
             if !directory.isEmpty && access(directory, F_OK) != 0 { mkdir(directory, 0o755) }
-            // Only root (and allow-users) get an answer; the mode lets the others at least be told no.
-            let mode: mode_t = settings.allowedUsers == [0] ? 0o600 : 0o666
-            controlFD = try Socket.listen(on: .unix(path: path), backlog: 256, unixMode: mode, nonBlocking: true)
+            // Anyone may connect; SO_PEERCRED decides who is served (allow-users, which a reload may
+            // change), and a refused user is named in the log instead of failing silently on the mode.
+            controlFD = try Socket.listen(on: .unix(path: path), backlog: 256, unixMode: 0o666, nonBlocking: true)
             controlPathCreated = path
         }
         control = Listener(fd: controlFD, name: "control socket", reactor: reactor, logger: logger) { [unowned self] fd in
@@ -171,7 +172,7 @@ final class Proxy {
         }
         let fd = try FileDescriptor.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
         do throws(SystemError) {
-            try tune(fd, endpoint)
+            if case .tcp = endpoint { try tuneTCP(fd) }
             let done = try fd.connect(address)
             return (fd, !done)
         } catch {
@@ -182,8 +183,7 @@ final class Proxy {
 
     /// Latency first: no Nagle (a 1-byte request must not wait for an ACK); keep-alive so a vanished
     /// peer is noticed even when the link is idle.
-    static func tune(_ fd: FileDescriptor, _ endpoint: Endpoint) throws(SystemError) {
-        guard case .tcp = endpoint else { return }
+    static func tuneTCP(_ fd: FileDescriptor) throws(SystemError) {
         try fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
         try fd.enableKeepAlive(idleSeconds: 10, intervalSeconds: 5, probes: 3)
     }
@@ -198,7 +198,7 @@ final class Proxy {
             return fd.closeQuietly()
         }
         if let address = try? fd.localAddress(), address.family == AF_INET || address.family == AF_INET6 {
-            try? Proxy.tune(fd, .tcp(host: "", port: 0))
+            try? Proxy.tuneTCP(fd)
         }
         let link = PeerLink(proxy: self, fd: fd, role: .acceptor, remote: remote, key: settings.listenerKey)
         links.append(link)
@@ -218,8 +218,8 @@ final class Proxy {
         } else {
             logger.info("the peer connected from \(link.remote)")
         }
-        board.linkUp()
         updateStatus(now: true)
+        board.linkUp()
     }
 
     func linkGoingAway(_ link: PeerLink, reason: String) {
@@ -229,8 +229,11 @@ final class Proxy {
 
     func linkClosed(_ link: PeerLink, reason: String, wasUp: Bool, refused: Bool) {
         links.removeAll { $0 === link }
-        if refused {
+        if refused && link.role == .acceptor {
             logger.warning("refused the peer connection \(link.remote): \(reason)")
+        } else if !wasUp && link.role == .acceptor {
+            // A dialer with another key checks our proof first and leaves: this is all we see of it.
+            logger.warning("the peer connection \(link.remote) ended in the handshake (\(reason)); a peer with another key does that")
         } else if wasUp {
             logger.warning("link to the peer \(link.remote) closed: \(reason)")
         }
@@ -318,6 +321,7 @@ final class Proxy {
             let socket = try FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
             do {
                 _ = try socket.connect(try SocketAddress(unixPath: handle.procfsPath))
+                Proxy.enlargeSendBuffer(socket)
                 return .connected(socket)
             } catch {
                 socket.closeQuietly()
@@ -387,6 +391,10 @@ final class Proxy {
             logger.error("cannot make a socket pair for \(connection.client): \(error)")
             return connection.reply(errno: error.errno.rawValue, socket: nil)
         }
+        // Larger send buffers than the default 208 KiB: a bulk transfer then needs a quarter of the
+        // wakeups. Ours always; the client's only when it is not kept unwritable by filler bytes.
+        Proxy.enlargeSendBuffer(ours)
+        if !request.nonBlocking { Proxy.enlargeSendBuffer(appEnd) }
         let stream: Stream
         if request.nonBlocking {
             let filler = Proxy.fill(appEnd)
@@ -400,6 +408,15 @@ final class Proxy {
         link.add(stream)
         stream.requestOpen(path: request.path)
         updateStatus(now: false)
+    }
+
+    /// Sets a unix socket's send buffer to `Limits.socketBuffer` (SO_SNDBUFFORCE: root may exceed
+    /// net.core.wmem_max; otherwise as far as that allows).
+    static func enlargeSendBuffer(_ fd: FileDescriptor) {
+        let size = Int32(Limits.socketBuffer)
+        if (try? fd.setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, size)) == nil {
+            try? fd.setSocketOption(level: SOL_SOCKET, SO_SNDBUF, size)
+        }
     }
 
     /// Queues bytes from `appEnd` to our end until its send buffer is full, so that it polls unwritable
@@ -454,6 +471,11 @@ final class Proxy {
 
     private func beginRendezvous(_ entry: Rendezvous) {
         let connection = pendingLegacyReplies.removeValue(forKey: ObjectIdentifier(entry))
+        guard !shuttingDown else {
+            connection?.replyLegacy(false)
+            endRendezvous(entry)
+            return entry.stream.reset("udsproxyd is stopping")
+        }
         let listenPath = entry.listenPath
         do {
             try Socket.removeStaleUnixSocket(listenPath)
@@ -479,21 +501,21 @@ final class Proxy {
             logger.warning("cannot listen on \(listenPath) for \(entry.stream.label): \(error)")
             connection?.replyLegacy(false)
             endRendezvous(entry)
-            entry.stream.reset("no rendezvous socket", tellWaiter: nil)
+            entry.stream.reset("no rendezvous socket")
             return
         }
         entry.timer = reactor.schedule(after: Limits.rendezvousTimeout) { [weak self, weak entry] in
             guard let self, let entry else { return }
             self.logger.notice("nobody connected to \(listenPath) within \(Limits.rendezvousTimeout)")
             self.endRendezvous(entry)
-            entry.stream.reset("the original client never connected", tellWaiter: nil)
+            entry.stream.reset("the original client never connected")
         }
         if let connection, case .waiting = connection.state {
             connection.replyLegacy(true)
         } else {
             // The client left before it was told where to connect.
             endRendezvous(entry)
-            entry.stream.reset("the client went away", tellWaiter: nil)
+            entry.stream.reset("the client went away")
         }
     }
 
@@ -571,11 +593,13 @@ final class Proxy {
     }
 
     private func finishShutdownIfIdle() {
-        if links.isEmpty { stopNow() }
+        if links.isEmpty && !stopped { stopNow() }
     }
 
     /// Closes everything at once and ends the reactor.
     func stopNow() {
+        guard !stopped else { return }
+        stopped = true
         shuttingDown = true
         control?.close()
         control = nil
@@ -594,25 +618,24 @@ final class Proxy {
         updateStatus(now: false)
     }
 
-    /// Publishes the status line; tells systemd at once for link changes, at most every second otherwise.
+    /// Publishes the status line: at once for link changes, at most every second for connection counts
+    /// (which change with every connection: the line is not even computed more often).
     private func updateStatus(now: Bool) {
-        let text = statusLine()
-        board.setStatus(text)
-        guard text != lastStatus else { return }
         if now {
             reactor.cancel(statusTimer)
             statusTimer = nil
-            notifyStatus()
+            publishAndNotify()
         } else if statusTimer == nil {
             statusTimer = reactor.schedule(after: .seconds(1)) { [weak self] in
                 self?.statusTimer = nil
-                self?.notifyStatus()
+                self?.publishAndNotify()
             }
         }
     }
 
-    private func notifyStatus() {
+    private func publishAndNotify() {
         let text = statusLine()
+        board.setStatus(text)
         guard text != lastStatus else { return }
         lastStatus = text
         do { try Systemd.notify(.status(text)) } catch { logger.debug("cannot send STATUS: \(error)") }

@@ -147,7 +147,8 @@ final class Reactor: @unchecked Sendable {
             let pending = flushes
             flushes.removeAll(keepingCapacity: true)
             for item in pending { item() }
-            timers.fire(now: Reactor.now())
+            // Actions run outside the queue's mutation: they may schedule timers themselves.
+            for action in timers.due(now: Reactor.now()) { action() }
         }
         wakeup.close()
         epoll.close()
@@ -167,6 +168,7 @@ struct TimerQueue {
         var action: () -> Void
     }
     private var heap: [Entry] = []
+    private var live: Set<UInt64> = []
     private var cancelled: Set<UInt64> = []
     private var nextID: UInt64 = 1
 
@@ -174,6 +176,7 @@ struct TimerQueue {
         let id = nextID
         nextID += 1
         heap.append(Entry(deadline: deadline, id: id, action: action))
+        live.insert(id)
         var child = heap.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
@@ -185,7 +188,7 @@ struct TimerQueue {
     }
 
     mutating func cancel(_ timer: TimerID) {
-        if heap.contains(where: { $0.id == timer.value }) { cancelled.insert(timer.value) }
+        if live.remove(timer.value) != nil { cancelled.insert(timer.value) }
     }
 
     /// Milliseconds until the next deadline (rounded up), -1 when there is none.
@@ -195,12 +198,15 @@ struct TimerQueue {
         return Int32(clamping: (first.deadline - now + 999_999) / 1_000_000)
     }
 
-    /// Runs every timer whose deadline has passed.
-    mutating func fire(now: UInt64) {
+    /// Removes and returns the actions of the timers whose deadline has passed.
+    mutating func due(now: UInt64) -> [() -> Void] {
+        var actions: [() -> Void] = []
         while let first = heap.first, first.deadline <= now {
             removeFirst()
-            if cancelled.remove(first.id) == nil { first.action() }
+            live.remove(first.id)
+            if cancelled.remove(first.id) == nil { actions.append(first.action) }
         }
+        return actions
     }
 
     private mutating func removeFirst() {

@@ -32,6 +32,7 @@ final class Stream: ReactorSource {
         /// The original's request: once the peer has connected, the client is told to connect to
         /// `<path>.proxy`, and that connection becomes the leg.
         case legacy(ControlConnection, path: [UInt8])
+        /// The original's client was told to connect to `<path>.proxy`; the proxy waits for it.
         case rendezvous
         /// The peer asked us to connect to the path; the connect is under way.
         case serving
@@ -60,6 +61,9 @@ final class Stream: ReactorSource {
     // Local leg -> peer.
     private var sendWindow = SendWindow(initial: Limits.window)
     private var legReadable = false
+    /// The other end shut down or failed: read until the read says so (no short-read shortcut, since no
+    /// further edge will come).
+    private var legHungUp = false
     private var sentEnd = false
 
     // Peer -> local leg.
@@ -97,7 +101,7 @@ final class Stream: ReactorSource {
         timer = reactor.schedule(after: Limits.openTimeout) { [weak self] in
             guard let self, self.isOpening else { return }
             self.logger.warning("connection \(self.id) to \(self.label): the peer did not connect within \(Limits.openTimeout)")
-            self.reset("timed out", tellWaiter: .timedOut)
+            self.reset("timed out", waiter: .timedOut)
         }
     }
 
@@ -119,7 +123,7 @@ final class Stream: ReactorSource {
             start()
         case .filler(let count):
             guard discard(count) else {
-                return reset("the client's socket failed before the peer connected", tellWaiter: nil)
+                return reset("the client's socket failed before the peer connected")
             }
             start()
         case .legacy(let connection, let path):
@@ -150,7 +154,7 @@ final class Stream: ReactorSource {
             token = try reactor.register(leg, events: Reactor.stream, self)
         } catch {
             logger.error("connection \(id) to \(label): cannot watch its socket: \(error)")
-            return reset("internal error", tellWaiter: nil)
+            return reset("internal error")
         }
         state = .open
         legWritable = true
@@ -182,11 +186,12 @@ final class Stream: ReactorSource {
         }
         if kind == .pipeSink {
             // The reading end went away: nothing we write can arrive; tell the writer on the peer.
-            if events & (Reactor.error | Reactor.hangUp) != 0 { reset("the pipe's reader closed it", tellWaiter: nil) }
+            if events & (Reactor.error | Reactor.hangUp) != 0 { reset("the pipe's reader closed it") }
             return
         }
         if events & (Reactor.input | Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 {
             legReadable = true
+            if events & (Reactor.readHangUp | Reactor.hangUp | Reactor.error) != 0 { legHungUp = true }
             pumpOut()
         }
     }
@@ -213,7 +218,7 @@ final class Stream: ReactorSource {
                 legReadable = false
                 return finishSending()
             case .failed(let error):
-                return reset("reading its socket: \(error.errno)", tellWaiter: nil)
+                return reset("reading its socket: \(error.errno)")
             case .read(let count, let fds, let truncated):
                 sendWindow.consume(count)
                 if truncated {
@@ -221,8 +226,9 @@ final class Stream: ReactorSource {
                 }
                 if !fds.isEmpty {
                     passDescriptors(fds, dataAt: headerIndex, count: count)
-                } else if count < allowance {
-                    // A short read emptied the socket (reads stop early only at passed descriptors).
+                } else if count < allowance && !legHungUp {
+                    // A short read emptied the socket (reads stop early only at passed descriptors), and
+                    // epoll reports new data, or the end, as a new edge.
                     legReadable = false
                     return
                 }
@@ -252,6 +258,11 @@ final class Stream: ReactorSource {
 
     /// Descriptors arrived with the bytes just framed at `headerIndex`: they must reach the peer before
     /// those bytes, so the frame is taken back and sent after the DESCRIPTORS frames.
+    ///
+    /// Where in those bytes the sender attached them is unknown: one read returns the bytes of several
+    /// writes, and stops after the write that carried descriptors. So they travel with the last byte,
+    /// which is surely part of that write; bytes before it may belong to earlier writes, which carried
+    /// none, and a receiver reading those with a plain read() would otherwise lose the descriptors.
     private func passDescriptors(_ fds: [FileDescriptor], dataAt headerIndex: Int, count: Int) {
         let bytes = link.output.getSlice(at: headerIndex + Frame.headerSize, length: count)!
         var copy = ByteBuffer()
@@ -300,15 +311,25 @@ final class Stream: ReactorSource {
         guard !receivedEnd else { throw WireError(.protocolViolation, "DATA on stream \(id) after its END_STREAM") }
         try receiveWindow.receive(payload.readableBytes)
         if payload.readableBytes > 0 {
-            var fds = inboundDescriptors
-            inboundDescriptors.removeAll()
-            if pending.isEmpty && legWritable {
-                guard write(&payload, &fds) else { return }
+            // Descriptors go with the last byte (see `passDescriptors`): the bytes before it first.
+            var fds: [FileDescriptor] = []
+            var last: ByteBuffer? = nil
+            if !inboundDescriptors.isEmpty {
+                fds = inboundDescriptors
+                inboundDescriptors.removeAll()
+                last = payload.getSlice(at: payload.writerIndex - 1, length: 1)
+                payload.moveWriterIndex(to: payload.writerIndex - 1)
             }
-            if payload.readableBytes > 0 {
-                var copy = ByteBuffer()
-                copy.writeBuffer(&payload)
-                pending.append(PendingChunk(bytes: copy, fds: fds))
+            var none: [FileDescriptor] = []
+            if pending.isEmpty && legWritable {
+                guard write(&payload, &none) else { return }
+            }
+            if payload.readableBytes > 0 { queue(&payload, fds: []) }
+            if var last {
+                if pending.isEmpty && legWritable {
+                    guard write(&last, &fds) else { return }
+                }
+                if last.readableBytes > 0 { queue(&last, fds: fds) }
             }
         } else if !inboundDescriptors.isEmpty && end {
             for fd in inboundDescriptors { fd.closeQuietly() }
@@ -318,6 +339,12 @@ final class Stream: ReactorSource {
             receivedEnd = true
             if pending.isEmpty { finishWriting() }
         }
+    }
+
+    private func queue(_ bytes: inout ByteBuffer, fds: [FileDescriptor]) {
+        var copy = ByteBuffer()
+        copy.writeBuffer(&bytes)
+        pending.append(PendingChunk(bytes: copy, fds: fds))
     }
 
     /// Writes what the leg takes now. Returns false when the stream was reset.
@@ -343,7 +370,7 @@ final class Stream: ReactorSource {
                     link.send(ConnectionMessage.windowUpdate(stream: id, increment: credit).frame)
                 }
             case .failure(let error):
-                reset("writing its socket: \(error.errno)", tellWaiter: nil)
+                reset("writing its socket: \(error.errno)")
                 return false
             }
         }
@@ -394,15 +421,13 @@ final class Stream: ReactorSource {
 
     // MARK: Ending
 
-    /// Why a waiting client is told no.
-    enum Refusal { case timedOut }
-
-    /// Aborts the stream: the peer is told (RESET_STREAM) and the leg closed.
-    func reset(_ reason: String, tellWaiter: Refusal?) {
+    /// Aborts the stream: the peer is told (RESET_STREAM) and the leg closed; a client still waiting for
+    /// the connection is told `waiter`.
+    func reset(_ reason: String, waiter: Errno = .connectionReset) {
         guard !isClosed else { return }
         logger.debug("connection \(id) to \(label) reset: \(reason)")
         link.send(ConnectionMessage.resetStream(stream: id, .cancelled, reason: reason).frame)
-        close(tellWaiter: tellWaiter == .timedOut ? .timedOut : .connectionReset)
+        close(tellWaiter: waiter)
     }
 
     /// The peer reset the stream.
@@ -418,7 +443,7 @@ final class Stream: ReactorSource {
 
     /// The client of an opening stream went away: nobody wants the connection any more.
     func abandon() {
-        if isOpening { reset("the client went away", tellWaiter: nil) }
+        if isOpening { reset("the client went away") }
     }
 
     private var isClosed: Bool {

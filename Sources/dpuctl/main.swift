@@ -1,3 +1,3 @@
 import DPUCtlCLI
 
-DPUCtl.main(CommandLine.arguments)
+DPUCtl.main()

@@ -149,6 +149,12 @@ func planFile(_ text: String) throws -> ConfigFile { try ConfigFile(text: text, 
         }
     }
 
+    @Test func theRootfsCannotBeSlash() {
+        #expect { try Planner.plan([], root: "/", facts: hybrid) { _ in true } } throws: {
+            ($0 as? PlanError)?.message.hasPrefix("the rootfs cannot be / itself") == true
+        }
+    }
+
     @Test func localOnlyLeavesOutTheQtfsEntries() throws {
         let steps = try plan(MountPlanDefaults.builtIn(facts: hybrid), localOnly: true).steps
         #expect(steps.filter { $0.entry.kind == .qtfs }.allSatisfy { $0.skip == .localOnly })

@@ -28,6 +28,13 @@ sleep 0.5
 zombies=$(lab_dpu ps -eo stat= | grep -c '^Z' || true)
 expect_eq "no zombies on the dpu" "0" "$zombies"
 
+# lab_stop signals the command itself, not the nsenter that started it.
+lab_bg stoppable dpu sleep 300
+stoppable=$(lab_pid stoppable)
+expect_eq "lab_pid is the command's pid" "sleep" "$(ps -o comm= -p "$stoppable")"
+lab_stop stoppable TERM
+expect_status "lab_stop ends the command" 1 kill -0 "$stoppable" 2>/dev/null
+
 lab_bg sleeper dpu sleep 300
 sleeper=$(lab_pid sleeper)
 netns_before=$(ip netns list | grep -c "^$LAB_ID" || true)

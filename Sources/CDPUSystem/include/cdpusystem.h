@@ -21,6 +21,7 @@
 #include <sys/sendfile.h>
 #include <sys/file.h>
 #include <termios.h>
+#include <sys/random.h>
 
 /* ---- SCM_RIGHTS ---------------------------------------------------------------------------------- */
 
@@ -141,3 +142,6 @@ long cdpu_copy_file_range(int in_fd, long long *in_offset, int out_fd, long long
  * learns of the signal whatever other threads block (a signalfd needs it blocked in every thread, which a
  * process with library threads cannot promise). SA_RESTART, errno preserved. */
 int cdpu_wake_on_signal(int sig, int event_fd);
+
+/* splice(2) between two fds without offsets (a pipe and a socket), non-blocking; only with _GNU_SOURCE. */
+ssize_t cdpu_splice(int fd_in, int fd_out, size_t count);

@@ -29,8 +29,12 @@ struct DemoRunCommand: AsyncParsableCommand {
     @Flag(help: "Leave everything running and print how to enter either side (`dpuctl demo down` ends it).")
     var keep = false
 
+    @Flag(name: .customLong("keep-on-failure"), help: "When a step fails, leave the machines up to look around.")
+    var keepOnFailure = false
+
     func run() async throws {
         var demo = try Demo.begin(steps: 9)
+        demo.keepOnFailure = keepOnFailure
         let lab = try demo.bringUp()
         do {
             try demo.startVM(lab)
@@ -52,8 +56,12 @@ struct DemoUpCommand: AsyncParsableCommand {
         abstract: "Build the machines and start everything up to libvirt on the DPU, and leave it running.",
         discussion: "For trying the offload by hand and for the end-to-end test: `dpuctl demo exec` runs commands on either side, `dpuctl demo down` ends it.")
 
+    @Flag(name: .customLong("keep-on-failure"), help: "When a step fails, leave the machines up to look around.")
+    var keepOnFailure = false
+
     func run() async throws {
         var demo = try Demo.begin(steps: 6)
+        demo.keepOnFailure = keepOnFailure
         _ = try demo.bringUp()
         demo.printHowToEnter()
     }

@@ -7,13 +7,40 @@ struct MountCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mount", abstract: "Apply, revert and inspect the DPU rootfs's mount plan.",
         discussion: """
-            The plan is the guide's list of mounts for the rootfs (local /proc at /local_proc, binds of \
-            /var/run, /var/lib, /var/cache and /etc, qtfs mounts of the host's /home/VMs, /var/lib/libvirt, \
-            /proc, /sys and /dev/pts, devtmpfs, hugetlbfs, mqueue, shm and this machine's cgroups at \
-            /local/sys), or a plan file: /etc/dpuctl/mounts.conf when it exists, or --plan FILE. A plan \
-            file has [mount TARGET] sections with type, source, options, optional, create, hide, note and \
-            enabled keys; `[plan] base = default` changes the built-in plan instead of replacing it. \
+            The plan is the guide's list of mounts for the rootfs: this machine's /proc at /local_proc and \
+            /local/proc, its sysfs and cgroup hierarchies at /local/sys, binds of /var/run, /var/lib, \
+            /var/cache and /etc, devtmpfs, hugetlbfs, mqueue and shm under /dev, and qtfs mounts of the \
+            host's /home/VMs, /var/lib/libvirt, /proc (proc mode), /sys, /dev/pts and /dev/vfio. A plan \
+            file replaces or changes it: --plan FILE, else /etc/dpuctl/mounts.conf when it exists. \
             `dpuctl mount plan --as-file` prints the built-in plan in that format.
+
+            A plan file is in dpuctl's configuration format, one section per mount; errors name the file \
+            and line:
+
+              [plan]
+              base = default     change the built-in plan (else: the file is
+                                 the whole plan)
+              [mount /var/lib/libvirt]
+              type = qtfs        bind, rbind, qtfs, or a file system type
+                                 (proc, tmpfs, cgroup2, devtmpfs, ...)
+              source = /var/lib/libvirt
+                                 bind: a path here; qtfs: the path on the
+                                 host; others: the name shown (the type)
+              options = nosuid   ro, nosuid, nodev, noexec, relatime, ...;
+                                 others are file system parameters
+                                 (mode=0755, a cgroup controller); for qtfs
+                                 all go to mount.qtfs -o
+              optional = no      yes: skipped with a note when the type, a
+                                 cgroup controller, the bind source, or
+                                 (create = no) the target is missing
+              create = yes       make the target directory when missing
+              hide = no          yes: may stack over another entry there
+              note = TEXT        shown by `dpuctl mount plan`
+              enabled = yes      no (with base = default): drop the built-in
+                                 entries at this target
+
+            Targets are paths inside the rootfs, resolved there the way the chroot sees them (an absolute \
+            var/run -> /run link stays inside it). Mounts are ordered parents first, then as written.
             """,
         subcommands: [MountApplyCommand.self, MountRevertCommand.self, MountStatusCommand.self, MountPlanCommand.self])
 }

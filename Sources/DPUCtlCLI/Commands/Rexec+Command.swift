@@ -62,6 +62,11 @@ struct RexecCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        RexecArguments.runClient(options())
+    }
+
+    /// The same options the hand parser produces for the same arguments.
+    func options() -> RexecClientOptions {
         var options = RexecClientOptions()
         options.connect = client.connect
         options.keyPath = client.key
@@ -73,12 +78,12 @@ struct RexecCommand: AsyncParsableCommand {
         for list in excludeFD {
             switch RexecArguments.parseExcludedFDs(Array(list.utf8)) {
             case .all?: options.excludeAllDescriptors = true
-            case .some(let numbers)?: options.excludedDescriptors.formUnion(numbers)
+            case .some(let numbers)?: options.excludedDescriptors += numbers
             case nil: break
             }
         }
         options.workingDirectory = cwd.map { Array($0.utf8) }
-        RexecArguments.runClient(options)
+        return options
     }
 }
 
@@ -88,7 +93,7 @@ struct RexecCommand: AsyncParsableCommand {
 enum RexecArguments {
     enum Excluded: Equatable {
         case all
-        case some(Set<Int32>)
+        case some([Int32])
     }
 
     /// Runs the client if `arguments` (after the command name) parse; returns otherwise.
@@ -142,7 +147,7 @@ enum RexecArguments {
                     guard let found, let excluded = parseExcludedFDs(found) else { return nil }
                     switch excluded {
                     case .all: options.excludeAllDescriptors = true
-                    case .some(let numbers): options.excludedDescriptors.formUnion(numbers)
+                    case .some(let numbers): options.excludedDescriptors += numbers
                     }
                 } else if let found = value(argument, "-e") ?? value(argument, "--env") {
                     guard let found, let equals = found.firstIndex(of: UInt8(ascii: "=")), equals > 0 else { return nil }
@@ -163,10 +168,10 @@ enum RexecArguments {
 
     static func parseExcludedFDs(_ list: [UInt8]) -> Excluded? {
         if list == Array("all".utf8) { return .all }
-        var numbers = Set<Int32>()
+        var numbers: [Int32] = []
         for part in list.split(separator: UInt8(ascii: ","), omittingEmptySubsequences: false) {
             guard let number = Int32(String(decoding: part, as: UTF8.self)), number > 2 else { return nil }
-            numbers.insert(number)
+            numbers.append(number)
         }
         return numbers.isEmpty ? nil : .some(numbers)
     }

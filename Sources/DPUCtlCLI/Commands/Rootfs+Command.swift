@@ -79,16 +79,15 @@ struct RootfsPrepareCommand: AsyncParsableCommand {
 
     private func printReport(_ report: RootfsReport, root: String) {
         let copy = report.copy
-        let new = copy.changes.filter { $0.what == ["new"] }
-        let fixed = copy.changes.filter { $0.what != ["new"] }
-        print("copied from \(report.origin): \(new.count) new, \(fixed.count) fixed, \(copy.unchanged) already as there (\(bytes(copy.bytesCopied)) written)")
-        for change in (new.count <= 20 ? new : []) + fixed.prefix(200) {
-            print("  \(change.what.joined(separator: ", ")): \(change.path)")
+        print("copied from \(report.origin): \(copy.created) new, \(copy.changes.count) fixed, \(copy.unchanged) already as there (\(bytes(copy.bytesCopied)) written)")
+        if copy.created <= copy.createdSample.count {
+            for path in copy.createdSample { print("  new: \(path)") }
         }
-        if fixed.count > 200 { print("  and \(fixed.count - 200) more fixed") }
+        for change in copy.changes.prefix(200) { print("  \(change.what.joined(separator: ", ")): \(change.path)") }
+        if copy.changes.count > 200 { print("  and \(copy.changes.count - 200) more fixed") }
         for change in report.setup { print("  \(change.what.joined(separator: ", ")): \(change.path)") }
         for warning in copy.warnings + report.warnings { print("warning: \(warning)") }
-        let total = copy.changes.count + report.setup.count
+        let total = copy.created + copy.changes.count + report.setup.count
         print(total == 0 ? "\(root): nothing to change" : "\(root): \(total) change\(total == 1 ? "" : "s")")
     }
 }

@@ -19,6 +19,8 @@ struct Demo {
     let dpuctl: String
     let state = DemoLab.stateDirectory
     var libvirtStarted = false
+    /// Leave the machines up when a step fails, to look around (`dpuctl demo exec`, `dpuctl demo down`).
+    var keepOnFailure = false
     var step = 0
     var steps = 9
 
@@ -64,6 +66,11 @@ struct Demo {
                 print("      \(log):")
                 for line in lines { print("        " + line) }
             }
+        }
+        if keepOnFailure, lab != nil {
+            print("      the machines stay up for inspection (--keep-on-failure):")
+            printHowToEnter()
+            exit(1)
         }
         tearDown(lab)
         exit(1)
@@ -135,7 +142,8 @@ struct Demo {
             # Debian has no qemu-kvm: the name the DPU's wrapper asks for, on this host only.
             ln -sf qemu-system-x86_64 /usr/bin/qemu-kvm
             install -m 0600 \(state)/key /etc/dpuctl/key
-            printf '/usr/bin/qemu-kvm\\n' > /etc/rexec/whitelist
+            # Every emulator the DPU's libvirtd may run (its rootfs wraps each one), and nothing else.
+            { echo /usr/bin/qemu-kvm; ls /usr/bin/qemu-system-*; } > /etc/rexec/whitelist
             install -m 0600 \(state)/qtfs-whitelist /etc/qtfs/whitelist
             """)
         let address = host.address
@@ -175,6 +183,11 @@ struct Demo {
             connect = tcp://\(lab.host.address):\(Demo.enginePort)
 
             """)
+        try writeFile(state + "/libvirtd.conf", """
+            # The demo's libvirtd logs to a file in the rootfs (there is no journal in the demo's machines).
+            log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+
+            """)
         try writeFile(state + "/qemu.conf", """
             # The demo runs QEMU as root on the host; nothing to relabel or chown.
             user = "root"
@@ -188,6 +201,7 @@ struct Demo {
             install -m 0600 \(state)/key /etc/dpuctl/key
             install -m 0644 \(state)/dpuctl.conf /etc/dpuctl/dpuctl.conf
             install -m 0644 \(state)/qemu.conf /etc/libvirt/qemu.conf
+            install -m 0644 \(state)/libvirtd.conf /etc/libvirt/libvirtd.conf
             # libvirt's QEMU driver needs its compiled-in user to exist, even when qemu.conf says root.
             getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
             getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
@@ -273,7 +287,14 @@ struct Demo {
         if let lab, libvirtStarted {
             _ = try? virsh(lab, ["destroy", Demo.domain], check: false)
             _ = try? virsh(lab, ["undefine", Demo.domain], check: false)
-            _ = try? lab.dpu.run(["/bin/sh", "-c", "kill $(cat /run/libvirtd.pid /run/virtlogd.pid 2>/dev/null) 2>/dev/null; sleep 1"], root: Demo.rootfs, check: false)
+            // Stop libvirt and wait for it to be gone: its open files would keep the mounts busy.
+            _ = try? lab.dpu.run(["/bin/sh", "-c", """
+                pids="$(cat /run/libvirtd.pid 2>/dev/null) $(cat /run/virtlogd.pid 2>/dev/null)"
+                [ -n "${pids# }" ] || exit 0
+                kill $pids 2>/dev/null
+                for i in $(seq 50); do kill -0 $pids 2>/dev/null || exit 0; sleep 0.1; done
+                kill -9 $pids 2>/dev/null
+                """], root: Demo.rootfs, check: false)
         }
         if let lab, (try? lab.dpu.run([dpuctl, "mount", "revert", "--root", Demo.rootfs], check: false)) == .exited(0) {
             detail("dpuctl mount revert: everything under \(Demo.rootfs) unmounted")

@@ -4,7 +4,7 @@ import Glibc
 
 /// What `rexec` was asked to do. Byte strings, not `String`: argv and the environment are passed on
 /// exactly, whatever their encoding.
-public struct RexecClientOptions: Sendable {
+public struct RexecClientOptions: Sendable, Equatable {
     /// `--connect`: wins over `CMD_NET_ADDR` and the configuration.
     public var connect: String?
     public var keyPath: String = KeyFile.defaultPath
@@ -17,7 +17,7 @@ public struct RexecClientOptions: Sendable {
     public var environmentEdits: [EnvironmentEdit] = []
     public var clearEnvironment = false
     /// `--exclude-fd`: fd numbers left out (they stay with the client only).
-    public var excludedDescriptors: Set<Int32> = []
+    public var excludedDescriptors: [Int32] = []
     /// `--exclude-fd all`: carry nothing above 2.
     public var excludeAllDescriptors = false
     /// `--cwd`: the working directory on the peer instead of ours.

@@ -7,7 +7,7 @@ import SystemPackage
 /// The client after the handshake: waits for STARTED, then relays the carried fds, forwards signals and
 /// window sizes, accepts connections on carried listeners, and ends as the remote program ended.
 final class ClientSession {
-    private let loop: EventLoop
+    private let loop: IOLoop
     private let mux: Multiplexer
     private let endpoint: Endpoint
     private var plannedStreams: [DescriptorPlan.PlannedStream]
@@ -27,6 +27,7 @@ final class ClientSession {
     private var queuedSignals: [SignalInfo] = []
     private var failure: RexecError?
     private var goAwayReason: String?
+    private var goAwayCode = CloseCode.normal
     private var pidFile: PidFile?
     private var savedTerminal: termios?
     private var nextStream: UInt32
@@ -36,7 +37,7 @@ final class ClientSession {
         connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
         signals: SignalDescriptor, gate: StartGate?, program: String, warn: @escaping (String) -> Void
     ) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
         self.endpoint = endpoint
         plannedStreams = plan.streams
@@ -48,6 +49,7 @@ final class ClientSession {
         self.warn = warn
         nextStream = UInt32(plan.streams.count + 1)
         mux.keepSinksAfterClose = true
+        if case .tcp = endpoint { mux.spliceToLink = true }
     }
 
     func run() throws(RexecError) -> RexecOutcome {
@@ -73,7 +75,10 @@ final class ClientSession {
 
     private func control(_ frame: Frame) throws(WireError) {
         if frame.type == .goAway {
-            if case .goAway(_, let reason) = try ConnectionMessage(frame) { goAwayReason = reason }
+            if case .goAway(let code, let reason) = try ConnectionMessage(frame) {
+                goAwayReason = reason
+                goAwayCode = code
+            }
             return
         }
         switch try RexecMessage(frame) {
@@ -82,7 +87,9 @@ final class ClientSession {
             for note in notes { warn(note) }
             started(pid)
         case .failed(let why):
-            guard case .starting = state else { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            // A gated program is reported started (its pid is needed for the gate) before it is exec'd.
+            if case .running = state, gate == nil { throw WireError(.protocolViolation, "FAILED after STARTED") }
+            if case .exited = state { throw WireError(.protocolViolation, "FAILED after EXITED") }
             failure = RexecError(kind(of: why.code), "\(program): \(why.message)")
         case .exited(let exit):
             guard case .running = state else { throw WireError(.protocolViolation, "EXITED before STARTED") }
@@ -134,7 +141,9 @@ final class ClientSession {
         let stream = CarriedStream(id: planned.id, source: planned.source, sink: planned.sink)
         stream.halfCloseSink = planned.duplex
         let targets = planned.targets
-        if planned.duplex {
+        if planned.id == terminal?.stream {
+            // The terminal stays ours when the remote one closes.
+        } else if planned.duplex {
             stream.onFinished = { [unowned self] _ in neutralise(targets) }
         } else {
             // When the remote side is done with a stream, so are we: the caller sees end of file (or
@@ -154,6 +163,9 @@ final class ClientSession {
     /// Points `targets` at /dev/null: our reference to the caller's pipe or socket goes, while the fd
     /// numbers stay valid (a later open must not land on 1 or 2).
     private func neutralise(_ targets: [Int32]) {
+        // Only for a stream the program ended; when the connection goes, we are about to exit and may
+        // still have to say why on stderr.
+        guard !mux.closed else { return }
         if nullDevice == nil { nullDevice = try? FileDescriptor.openPath("/dev/null", flags: O_RDWR) }
         guard let nullDevice else { return }
         for target in targets { dup2(nullDevice.rawValue, target) }
@@ -209,7 +221,9 @@ final class ClientSession {
         if failure != nil { return }
         var where_ = ""
         if case .running(let pid) = state { where_ = "; the program may still run there as pid \(pid)" }
-        if let goAwayReason {
+        if let goAwayReason, goAwayCode == .refused || goAwayCode == .protocolError {
+            failure = RexecError(.connection, "the server at \(endpoint) refused: \(goAwayReason)")
+        } else if let goAwayReason {
             failure = RexecError(.disconnected, "the server at \(endpoint) stopped (\(goAwayReason))\(where_)")
         } else if let error {
             failure = RexecError(.disconnected, "lost the connection to \(endpoint): \(error)\(where_)")

@@ -24,7 +24,12 @@ enum Connector {
         do {
             switch endpoint {
             case .unix(let path): addresses = [try SocketAddress(unixPath: path)]
-            case .tcp(let host, let port): addresses = try SocketAddress.resolveTCP(host: host, port: port)
+            case .tcp(let host, let port):
+                if let numeric = SocketAddress(numericHost: host, port: port) {
+                    addresses = [numeric]
+                } else {
+                    addresses = try SocketAddress.resolveTCP(host: host, port: port)
+                }
             case .vsock(let cid, let port): addresses = [SocketAddress(vsockCID: cid, port: port)]
             }
         } catch {
@@ -50,6 +55,7 @@ enum Connector {
                     }
                     if let error = try fd.pendingError() { throw SystemError(error, "connect") }
                 }
+                if case .unix = endpoint { fd.enlargeSendBuffer() }
                 if case .tcp = endpoint {
                     try fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
                     // A host that vanishes (cable, crash) is noticed within about a minute.
@@ -62,14 +68,16 @@ enum Connector {
             }
         }
         var hint = ""
-        if case .unix = endpoint { hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)" }
+        if case .unix = endpoint, lastError == Errno.noSuchFileOrDirectory.description || lastError == Errno.connectionRefused.description {
+            hint = "; is rexec_server running there? (or set CMD_NET_ADDR=tcp://HOST:PORT)"
+        }
         throw RexecError(.connection, "cannot connect to \(endpoint): \(lastError)\(hint)")
     }
 
     static func handshake(
         _ fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, exec: ByteBuffer, signals: SignalDescriptor
     ) throws(RexecError) -> Opened {
-        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key)
+        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key, nonce: randomBytes(Hello.nonceSize))
         var output = handshake.clientOpening
         var execSent = false
         if key == nil {
@@ -168,9 +176,9 @@ enum Connector {
             pollfd(fd: fd.rawValue, events: events, revents: 0),
             pollfd(fd: signals.fd.rawValue, events: Int16(POLLIN), revents: 0),
         ]
-        let deadline = EventLoop.now() + UInt64(timeoutMilliseconds) * 1_000_000
+        let deadline = IOLoop.now() + UInt64(timeoutMilliseconds) * 1_000_000
         while true {
-            let now = EventLoop.now()
+            let now = IOLoop.now()
             guard now < deadline else { return .timedOut }
             let remaining = Int32((deadline - now) / 1_000_000) + 1
             do { _ = try DPUSystem.poll(&set, timeoutMilliseconds: remaining, retryOnInterrupt: true) } catch {

@@ -51,11 +51,11 @@ enum InheritedDescriptors {
         var accessMode: Int32 { flags & O_ACCMODE }
     }
 
-    private enum Role: Hashable {
+    private enum Role: Equatable {
         case input, output, socket, listener
     }
 
-    private struct GroupKey: Hashable {
+    private struct GroupKey: Equatable {
         var device: UInt64
         var inode: UInt64
         var role: Role
@@ -63,7 +63,7 @@ enum InheritedDescriptors {
 
     /// Looks at every inherited fd. `tty`: nil = TTY mode when stdin is a terminal.
     static func plan(
-        tty: Bool?, excluded: Set<Int32>, excludeAll: Bool
+        tty: Bool?, excluded: [Int32], excludeAll: Bool
     ) throws(RexecError) -> DescriptorPlan {
         var plan = DescriptorPlan()
         let numbers: [Int32]
@@ -90,7 +90,8 @@ enum InheritedDescriptors {
         var terminalTargets: [Int32] = []
         if tty ?? stdinIsTerminal {
             terminalTargets = entries.filter { $0.number <= 2 && FileDescriptor(rawValue: $0.number).isTerminal }.map(\.number)
-            let local = terminalTargets.first.map { FileDescriptor(rawValue: $0) }
+            // A private copy: fds 0-2 may be pointed elsewhere later, the terminal must still be restored.
+            let local = terminalTargets.first.flatMap { try? FileDescriptor(rawValue: $0).duplicateCloseOnExec(minimum: 3) }
             if terminalTargets.isEmpty {
                 // Forced with no local terminal at all: the remote still gets one on 0, 1 and 2 (ssh -t);
                 // our stdin goes into it and its output comes back on our stdout.
@@ -101,7 +102,7 @@ enum InheritedDescriptors {
                 return localEnd(number, entry.status, reading: reading, &plan)
             }
             let source = terminalTargets.contains(0) ? end(0, reading: true) : nil
-            let open = Set(entries.map(\.number))
+            let open = entries.map(\.number)
             let sink = [Int32(1), 2, 0].first { terminalTargets.contains($0) && open.contains($0) }
                 .flatMap { end($0, reading: false) }
             plan.descriptors.append(RexecDescriptor(targets: terminalTargets, kind: .terminal(stream: 1)))
@@ -109,8 +110,10 @@ enum InheritedDescriptors {
             plan.terminal = DescriptorPlan.PlannedTerminal(local: local, stream: 1)
         }
 
-        var groups: [GroupKey: Int] = [:]  // key -> index in plan.streams
-        var listenerGroups: [GroupKey: Int] = [:]
+        // Object -> index in plan.streams (or plan.descriptors for listeners). Arrays, not dictionaries:
+        // a handful of fds, and no generic metadata to instantiate at start-up.
+        var groups: [(GroupKey, Int)] = []
+        var listenerGroups: [(GroupKey, Int)] = []
         for entry in entries where !terminalTargets.contains(entry.number) {
             let number = entry.number
             let fd = FileDescriptor(rawValue: number)
@@ -136,13 +139,13 @@ enum InheritedDescriptors {
                 }
                 if (try? fd.socketOption(level: SOL_SOCKET, SO_ACCEPTCONN)) == 1 {
                     let key = GroupKey(device: status.device, inode: status.inode, role: .listener)
-                    if let index = listenerGroups[key] {
+                    if let index = listenerGroups.first(where: { $0.0 == key })?.1 {
                         plan.descriptors[index].targets.append(number)
                         continue
                     }
                     // A listener's accept happens here; QEMU makes its monitor socket non-blocking too.
                     try? fd.setNonBlocking()
-                    listenerGroups[key] = plan.descriptors.count
+                    listenerGroups.append((key, plan.descriptors.count))
                     plan.descriptors.append(RexecDescriptor(targets: [number], kind: .listener))
                     plan.listeners.append(DescriptorPlan.PlannedListener(id: number, end: LocalEnd(fd: fd, owned: false)))
                     continue
@@ -186,8 +189,8 @@ enum InheritedDescriptors {
     }
 
     /// Places `number` on an existing stream for the same object; false if there is none yet.
-    private static func joinStream(_ plan: inout DescriptorPlan, _ groups: [GroupKey: Int], _ key: GroupKey, _ number: Int32) -> Bool {
-        guard let index = groups[key] else { return false }
+    private static func joinStream(_ plan: inout DescriptorPlan, _ groups: [(GroupKey, Int)], _ key: GroupKey, _ number: Int32) -> Bool {
+        guard let index = groups.first(where: { $0.0 == key })?.1 else { return false }
         plan.streams[index].targets.append(number)
         if let descriptor = plan.descriptors.firstIndex(where: { $0.kind.stream == plan.streams[index].id }) {
             plan.descriptors[descriptor].targets.append(number)
@@ -196,10 +199,10 @@ enum InheritedDescriptors {
     }
 
     private static func addStream(
-        _ plan: inout DescriptorPlan, _ groups: inout [GroupKey: Int], _ key: GroupKey, _ number: Int32,
+        _ plan: inout DescriptorPlan, _ groups: inout [(GroupKey, Int)], _ key: GroupKey, _ number: Int32,
         _ kind: RexecDescriptorKind, source: LocalEnd?, sink: LocalEnd?, duplex: Bool
     ) {
-        groups[key] = plan.streams.count
+        groups.append((key, plan.streams.count))
         plan.descriptors.append(RexecDescriptor(targets: [number], kind: kind))
         plan.streams.append(DescriptorPlan.PlannedStream(
             id: kind.stream!, targets: [number], source: source, sink: sink, duplex: duplex))
@@ -208,7 +211,11 @@ enum InheritedDescriptors {
     /// The fd to do I/O on for a streamed pipe, FIFO, terminal or file.
     private static func localEnd(_ number: Int32, _ status: DescriptorStatus, reading: Bool, _ plan: inout DescriptorPlan) -> LocalEnd {
         switch status.kind {
-        case .fifo, .characterDevice:
+        case .fifo:
+            let end = reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)
+            end.canSplice = reading
+            return end
+        case .characterDevice:
             return reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)
         default:
             // Regular files and devices never block for long; the shared offset must advance.

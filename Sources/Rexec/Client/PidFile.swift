@@ -22,7 +22,9 @@ struct PidFile {
         let fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_WRONLY | O_NOFOLLOW, mode: 0o600)
         do throws(SystemError) {
             try fd.lock()
-            try fd.truncate(to: 0)
+            // Only a leftover of a dead process with our pid needs truncating; a fresh file does not (and
+            // on ext4 a truncate-then-write makes the close wait for the disk).
+            if (try fd.descriptorStatus()).size > 0 { try fd.truncate(to: 0) }
             try fd.writeFully(String(remotePID).utf8)
         } catch {
             fd.closeQuietly()
@@ -37,11 +39,13 @@ struct PidFile {
         fd.closeQuietly()
     }
 
-    /// `mkdir -p` with mode 0700 for what it creates.
+    /// `mkdir -p` with mode 0700 for what it creates (usually one mkdir: the directory exists).
     private static func makeDirectories(_ path: String) throws(SystemError) {
-        var prefix = ""
-        for component in path.split(separator: "/") {
-            prefix += "/" + component
+        if mkdir(path, 0o700) == 0 || errno == EEXIST { return }
+        guard errno == ENOENT else { throw SystemError(Errno(rawValue: errno), "mkdir", path) }
+        let bytes = Array(path.utf8)
+        for index in bytes.indices where index > 0 && bytes[index] == UInt8(ascii: "/") || index == bytes.count - 1 {
+            let prefix = String(decoding: bytes[...index].last == UInt8(ascii: "/") ? bytes[..<index] : bytes[...index], as: UTF8.self)
             if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
                 throw SystemError(Errno(rawValue: errno), "mkdir", prefix)
             }

@@ -27,7 +27,7 @@ public enum RexecClient {
         }
         let gate = try StartGate.fromEnvironment()
         var excluded = options.excludedDescriptors
-        if let gate { excluded.formUnion([gate.read.rawValue, gate.write.rawValue]) }
+        if let gate { excluded += [gate.read.rawValue, gate.write.rawValue] }
         var plan = try InheritedDescriptors.plan(tty: options.tty, excluded: excluded, excludeAll: options.excludeAllDescriptors)
         for note in plan.notes { warn(note) }
 
@@ -94,9 +94,8 @@ public enum RexecClient {
             }
         }
         func name(_ entry: [UInt8]) -> ArraySlice<UInt8> { entry.prefix { $0 != UInt8(ascii: "=") } }
-        let own: Set<ArraySlice<UInt8>> = ["CMD_NET_ADDR", "REXEC_HANDSHAKE_RD", "REXEC_HANDSHAKE_WR"].map { ArraySlice($0.utf8) }
-            .reduce(into: []) { $0.insert($1) }
-        entries.removeAll { own.contains(name($0)) || !$0.contains(UInt8(ascii: "=")) }
+        let own: [[UInt8]] = [Array("CMD_NET_ADDR".utf8), Array("REXEC_HANDSHAKE_RD".utf8), Array("REXEC_HANDSHAKE_WR".utf8)]
+        entries.removeAll { entry in !entry.contains(UInt8(ascii: "=")) || own.contains { $0[...] == name(entry) } }
         for edit in options.environmentEdits {
             switch edit {
             case .set(let assignment):

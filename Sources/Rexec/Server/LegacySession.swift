@@ -30,11 +30,11 @@ final class LegacySession: ServerSession {
     private var stdio: [Int32: FileDescriptor] = [:]
     private var program = ""
     private var process: ProcessHandle?
-    private var processRegistration: EventLoop.Registration?
+    private var processRegistration: IOLoop.Registration?
     private var gate: GatedChild?
     private var report: LocalEnd?
     private var exitStatus: ExitStatus?
-    private var killTimer: EventLoop.TimerID?
+    private var killTimer: IOLoop.TimerID?
     private var closed = false
     private var finished = false
 

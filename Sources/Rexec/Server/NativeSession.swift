@@ -23,14 +23,14 @@ final class NativeSession: ServerSession {
     private var state = State.awaitingRequest
     private var program = ""
     private var process: ProcessHandle?
-    private var processRegistration: EventLoop.Registration?
+    private var processRegistration: IOLoop.Registration?
     private var gate: GatedChild?
     private var gateReport: LocalEnd?
     private var exitStatus: ExitStatus?
     private var exitedSent = false
     private var clientGone = false
     private var closeWhenFlushed = false
-    private var killTimer: EventLoop.TimerID?
+    private var killTimer: IOLoop.TimerID?
     private var listenerPaths: [Int32: String] = [:]
     private var terminalController: FileDescriptor?
     private var finished = false
@@ -44,6 +44,10 @@ final class NativeSession: ServerSession {
         self.via = via
         mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
         mux.sendRaw(greeting)
+        mux.discardSourcesAfterClose = true
+        if case .tcp = via { mux.spliceToLink = true }
+        // The carried fds, plus connections on carried listeners at once: each may hold a window of data.
+        mux.maximumStreams = RexecLimits.maximumDescriptors + 256
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
         mux.onClosed = { [unowned self] error in connectionClosed(error) }
         mux.onProgress = { [unowned self] in progressed() }
@@ -129,7 +133,9 @@ final class NativeSession: ServerSession {
                     read.setPipeCapacity(1 << 20)
                     try read.setNonBlocking()
                     for target in descriptor.targets { descriptors[target] = write }
-                    streams.append(CarriedStream(id: stream, source: LocalEnd(fd: read, owned: true), sink: nil))
+                    let source = LocalEnd(fd: read, owned: true)
+                    source.canSplice = true
+                    streams.append(CarriedStream(id: stream, source: source, sink: nil))
                 case .socket(let stream):
                     let (ours, theirs) = try FileDescriptor.socketPair()
                     programEnds.append(theirs)
@@ -229,7 +235,26 @@ final class NativeSession: ServerSession {
 
     private func deliver(_ signal: Int32, toGroup: Bool) {
         guard let process, exitStatus == nil else { return }
+        var signal = signal
+        if [SIGTSTP, SIGTTIN, SIGTTOU].contains(signal), !Self.handles(process.pid, signal) {
+            // The program leads its own session, so its process group is orphaned and the kernel discards
+            // these stop signals; locally it would stop. Stop it, and report the stop as the signal sent.
+            translatedStop = signal
+            signal = SIGSTOP
+        }
         if toGroup { try? process.signalGroup(signal) } else { try? process.signal(signal) }
+    }
+
+    private var translatedStop: Int32?
+
+    /// Whether `pid` catches or ignores `signal` (/proc/PID/status SigCgt and SigIgn).
+    static func handles(_ pid: pid_t, _ signal: Int32) -> Bool {
+        guard let status = try? readTextFile("/proc/\(pid)/status", limit: 16384) else { return false }
+        for line in status.split(separator: "\n") where line.hasPrefix("SigCgt:") || line.hasPrefix("SigIgn:") {
+            let hex = line.split(separator: "\t").last.map(String.init) ?? ""
+            if let mask = UInt64(hex.trimmingCharacters(in: " "), radix: 16), mask & (1 << UInt64(signal - 1)) != 0 { return true }
+        }
+        return false
     }
 
     private func open(_ stream: UInt32, listener: Int32) throws(WireError) {
@@ -300,7 +325,7 @@ final class NativeSession: ServerSession {
 
     private func progressed() {
         if let exitStatus, !exitedSent, !mux.closed, !closeWhenFlushed,
-            mux.streams.values.allSatisfy({ $0.sendState != .open })
+            mux.streams.allSatisfy({ $0.sendState != .open })
         {
             exitedSent = true
             switch exitStatus {
@@ -331,6 +356,9 @@ final class NativeSession: ServerSession {
         }
         guard let process, exitStatus == nil else { return finish() }
         clientGone = true
+        // Its terminal is gone: the program's session gets SIGHUP, as when a local terminal closes.
+        terminalController?.closeQuietly()
+        terminalController = nil
         if let gate {
             // Never released: it ends without running the program; the reap finishes the session.
             gate.veto()
@@ -358,7 +386,10 @@ final class NativeSession: ServerSession {
     func childStateChanged(_ change: ChildStateChange) {
         guard !mux.closed, exitStatus == nil else { return }
         switch change {
-        case .stopped(_, let signal): mux.send(.stopped(signal: signal))
+        case .stopped(_, let signal):
+            let reported = signal == SIGSTOP ? translatedStop ?? signal : signal
+            translatedStop = nil
+            mux.send(.stopped(signal: reported))
         case .continued: mux.send(.continued)
         }
         mux.pump()
@@ -391,6 +422,7 @@ final class NativeSession: ServerSession {
     private func finish() {
         guard !finished, mux.closed, process == nil || exitStatus != nil else { return }
         finished = true
+        mux.releaseAll()
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
         processRegistration = nil
         process?.close()

@@ -149,7 +149,7 @@ struct UncheckedBox<T>: @unchecked Sendable {
 }
 
 extension String {
-    fileprivate func trimmingCharacters(in set: String) -> String {
+    func trimmingCharacters(in set: String) -> String {
         var result = Substring(self)
         while let first = result.first, set.contains(first) { result.removeFirst() }
         while let last = result.last, set.contains(last) { result.removeLast() }

@@ -20,7 +20,7 @@ protocol ServerSession: AnyObject {
 /// Everything of the server that lives on its event loop thread: listeners, connections in their
 /// handshake, sessions, the SIGCHLD wake-up. Only `execute` is called from other threads.
 final class ServerCore {
-    let loop: EventLoop
+    let loop: IOLoop
     let logger: Logger
     let settings: RexecServerSettings
     private(set) var whitelist: Whitelist
@@ -39,9 +39,11 @@ final class ServerCore {
         let fd: FileDescriptor
         let endpoint: Endpoint
         var key: PreSharedKey?
-        var registration: EventLoop.Registration?
+        var registration: IOLoop.Registration?
         /// We created its socket file (socket-activated ones belong to systemd): removed on stop.
         let ownsPath: Bool
+        /// Accepting stopped because max-pending connections are opening.
+        var paused = false
         var isUnix: Bool { if case .unix = endpoint { true } else { false } }
         init(fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, ownsPath: Bool) {
             self.fd = fd
@@ -52,7 +54,7 @@ final class ServerCore {
     }
 
     init(settings: RexecServerSettings, whitelist: Whitelist, logger: Logger, snapshot: Snapshot) throws(SystemError) {
-        loop = try EventLoop()
+        loop = try IOLoop()
         self.settings = settings
         self.whitelist = whitelist
         self.logger = logger
@@ -91,7 +93,13 @@ final class ServerCore {
     // MARK: connections
 
     private func accept(_ listener: Listener) {
-        while true {
+        while !stopping {
+            if pending.count >= settings.maximumPending && !evictStalledConnection() {
+                // A burst of new connections: leave the rest in the kernel's backlog until handshakes
+                // finish (they take one round trip), rather than refusing clients that did nothing wrong.
+                listener.paused = true
+                return
+            }
             let accepted: FileDescriptor?
             do { accepted = try listener.fd.accept(nonBlocking: true) } catch {
                 switch error.errno.rawValue {
@@ -107,47 +115,55 @@ final class ServerCore {
                 }
             }
             guard let fd = accepted else { return }
-            if stopping {
-                fd.closeQuietly()
-                continue
-            }
-            guard sessions.count < settings.maximumSessions else {
-                refuse("refused a connection on \(listener.endpoint): \(sessions.count) sessions is the limit (max-sessions)")
-                fd.closeQuietly()
-                continue
-            }
-            guard pending.count < settings.maximumPending else {
-                refuse("refused a connection on \(listener.endpoint): \(pending.count) connections are still opening (max-pending)")
-                fd.closeQuietly()
-                continue
-            }
             var peer = "unknown peer"
+            var refusal: String?
+            if sessions.count >= settings.maximumSessions {
+                refusal = "the server runs \(sessions.count) sessions, its limit (max-sessions); try again later"
+            }
             if listener.isUnix {
                 guard let credentials = try? fd.peerCredentials() else {
                     fd.closeQuietly()
                     continue
                 }
                 peer = "pid \(credentials.pid) uid \(credentials.uid)"
-                guard settings.allowedUIDs.contains(credentials.uid) else {
-                    refuse("refused \(peer) on \(listener.endpoint): uid \(credentials.uid) is not allowed (allow-uid)")
-                    fd.closeQuietly()
-                    continue
+                fd.enlargeSendBuffer()
+                if !settings.allowedUIDs.contains(credentials.uid) {
+                    refusal = "uid \(credentials.uid) may not use \(listener.endpoint) (the server's allow-uid)"
                 }
             } else {
                 peer = (try? fd.peerAddress().description) ?? peer
                 try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-                try? fd.enableKeepAlive(idleSeconds: 30, intervalSeconds: 10, probes: 3)
+                // A DPU that vanishes (cable, reset) is noticed within `keepalive` seconds, idle or not.
+                let seconds = Int32(settings.keepalive)
+                try? fd.enableKeepAlive(idleSeconds: max(1, seconds / 2), intervalSeconds: max(1, seconds / 6), probes: 3)
+                try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, seconds * 1000)
             }
-            let connection = PendingConnection(core: self, fd: fd, listener: listener, peer: peer)
+            if let refusal { refuse("refused \(peer) on \(listener.endpoint): \(refusal)") }
+            let connection = PendingConnection(core: self, fd: fd, listener: listener, peer: peer, refusal: refusal)
             pending[ObjectIdentifier(connection)] = connection
             connection.start()
         }
         snapshot.update(sessions: sessions.count, pending: pending.count)
     }
 
+    /// Drops the connection that has been opening longest, if it has taken half the handshake limit (a
+    /// handshake takes one round trip; a busy machine may need a little longer): a peer that holds
+    /// connections half-open cannot lock others out for longer than that.
+    private func evictStalledConnection() -> Bool {
+        let now = IOLoop.now()
+        let limit = UInt64(settings.handshakeTimeout.components.seconds) * 500_000_000
+        guard let oldest = pending.values.min(by: { $0.since < $1.since }), now - oldest.since > limit else {
+            return false
+        }
+        refuse("dropped \(oldest.peer): still opening after \((now - oldest.since) / 1_000_000) ms while \(pending.count) connections wait (max-pending)")
+        oldest.close()
+        pending[ObjectIdentifier(oldest)] = nil
+        return true
+    }
+
     /// Logs a refusal, at most a few per second (a flood must not flood the journal too).
     private func refuse(_ message: String) {
-        let now = EventLoop.now()
+        let now = IOLoop.now()
         if now - lastRefusalLog > 200_000_000 {
             lastRefusalLog = now
             logger.warning("\(message)")
@@ -157,6 +173,10 @@ final class ServerCore {
     func pendingEnded(_ connection: PendingConnection) {
         pending[ObjectIdentifier(connection)] = nil
         snapshot.update(sessions: sessions.count, pending: pending.count)
+        for listener in listeners where listener.paused {
+            listener.paused = false
+            loop.later { [unowned self, unowned listener] in accept(listener) }
+        }
     }
 
     func sessionID() -> UInt64 {
@@ -174,7 +194,13 @@ final class ServerCore {
         snapshot.started()
     }
 
+    /// Forgets a finished session — after the current batch of events: it may be deep in its own
+    /// callbacks now, and must outlive them.
     func remove(_ session: ServerSession) {
+        loop.later { [self] in forget(session) }
+    }
+
+    private func forget(_ session: ServerSession) {
         sessions[ObjectIdentifier(session)] = nil
         if let pid = session.pid, byPID[pid] === session { byPID[pid] = nil }
         snapshot.update(sessions: sessions.count, pending: pending.count)
@@ -218,17 +244,22 @@ final class PendingConnection {
     let end: LocalEnd
     let listener: ServerCore.Listener
     let peer: String
+    /// Why this connection will be refused once it has said who it is (nil: it is welcome).
+    let refusal: String?
+    /// When it was accepted (monotonic ns).
+    let since = IOLoop.now()
     private var handshake: Handshake?
     private var input = ByteBuffer()
     private var output = ByteBuffer()
-    private var timer: EventLoop.TimerID?
+    private var timer: IOLoop.TimerID?
     private var done = false
 
-    init(core: ServerCore, fd: FileDescriptor, listener: ServerCore.Listener, peer: String) {
+    init(core: ServerCore, fd: FileDescriptor, listener: ServerCore.Listener, peer: String, refusal: String?) {
         self.core = core
         self.end = LocalEnd(fd: fd, owned: true)
         self.listener = listener
         self.peer = peer
+        self.refusal = refusal
     }
 
     func start() {
@@ -254,13 +285,15 @@ final class PendingConnection {
             }
             if count == 0 { return fail(nil) }
             if LegacyRexecHeader.looksLegacy(first) {
+                // The original protocol has no way to say why: a refusal is a closed connection.
+                if refusal != nil { return fail(nil) }
                 guard listener.isUnix else {
                     return fail("speaks the original rexec protocol, which only the unix socket serves")
                 }
                 return handOver { LegacySession(core: core, end: end, peer: peer) }
             }
             guard first == Hello.magic[0] else { return fail("does not speak the rexec protocol (first byte 0x\(String(first, radix: 16)))") }
-            handshake = Handshake(role: .server, service: .rexec, capabilities: 0, key: listener.key)
+            handshake = Handshake(role: .server, service: .rexec, capabilities: 0, key: listener.key, nonce: randomBytes(Hello.nonceSize))
         }
         while end.readable && !done {
             var outcome = LocalEnd.IOResult.wouldBlock
@@ -287,6 +320,12 @@ final class PendingConnection {
                 case .finished(let send, _):
                     var send = send
                     output.writeBuffer(&send)
+                    if let refusal {
+                        // Opened only to say why it is refused, in a way the client can print.
+                        ConnectionMessage.goAway(.refused, reason: refusal).frame.encode(into: &output)
+                        flush()
+                        return fail(nil)
+                    }
                     let leftover = input
                     let greeting = output
                     return handOver {

@@ -16,6 +16,7 @@ import SystemPackage
 /// max-sessions = 1024
 /// max-pending = 64                       # connections still in their handshake
 /// runtime-dir = /var/run/rexec
+/// keepalive = 60                         # seconds a silent TCP peer is given before its client is gone
 /// ```
 public struct RexecServerSettings: Sendable {
     public var listen: [Endpoint] = []
@@ -33,6 +34,9 @@ public struct RexecServerSettings: Sendable {
     /// A connection must have sent its request within this time.
     public var handshakeTimeout: Duration = .seconds(10)
     public var runtimeDirectory: String = RexecDefaults.runtimeDirectory
+    /// How long a TCP peer may be silent (no keep-alive answer, unacknowledged data) before it counts as
+    /// gone and its program gets the vanished-client treatment.
+    public var keepalive: Int = 60
 
     public enum StopPolicy: String, Sendable {
         /// Programs keep running when the server stops (the original unit's KillMode=process); clients are
@@ -52,6 +56,7 @@ public struct RexecServerSettings: Sendable {
         if let section {
             try section.rejectUnknownKeys([
                 "listen", "whitelist", "allow-uid", "grace", "stop-policy", "max-sessions", "max-pending", "runtime-dir",
+                "keepalive",
             ])
         }
         if listen.isEmpty && activated.isEmpty {
@@ -88,5 +93,6 @@ public struct RexecServerSettings: Sendable {
         if let count = try section.integer("max-sessions", in: 1...65536) { maximumSessions = count }
         if let count = try section.integer("max-pending", in: 1...4096) { maximumPending = count }
         if let path = try section.path("runtime-dir") { runtimeDirectory = path }
+        if let seconds = try section.integer("keepalive", in: 3...86400) { keepalive = seconds }
     }
 }

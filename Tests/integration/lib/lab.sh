@@ -71,14 +71,15 @@ lab_run() {
 lab_host() { lab_run host "$@"; }
 lab_dpu() { lab_run dpu "$@"; }
 
-# lab_bg NAME MACHINE CMD...: start CMD in the background (output to $W/NAME.log).
+# lab_bg NAME MACHINE CMD...: start CMD in the background (output to $W/NAME.log). lab_pid gives the
+# command's own pid (as seen from here), not nsenter's, so that lab_stop signals the command itself.
 lab_bg() {
     local name=$1 machine=$2
     shift 2
-    # nsenter itself in the background (not the lab_run function, which would add a subshell between
-    # us and nsenter): its child is the command, whose pid lab_pid then gives.
     nsenter --target "$(_lab_init "$machine")" --mount --net --pid --wd="$PWD" -- "$@" >"$W/$name.log" 2>&1 &
     local nsenter_pid=$! pid="" i
+    disown "$nsenter_pid"  # its end (at lab_down) is expected: no job-control notice
+    # With --pid, nsenter forks: the command is its only child.
     for ((i = 0; i < 200; i++)); do
         pid=$(pgrep -P "$nsenter_pid" | head -1)
         [ -n "$pid" ] && break

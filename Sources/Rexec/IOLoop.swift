@@ -9,12 +9,15 @@ import SystemPackage
 /// Every fd is registered once for everything (readable, writable, peer closed) edge-triggered; its
 /// owner remembers what the last event said and works until EAGAIN. Handlers run on the loop's thread
 /// only. Other threads talk to the loop with `execute`, which wakes it through an eventfd.
-final class EventLoop {
+final class IOLoop {
     typealias Handler = (Epoll.Events) -> Void
 
     private let epoll: Epoll
-    private var handlers: [UInt64: Handler] = [:]
-    private var nextToken: UInt64 = 1
+    /// Handlers by slot; a token is slot + 1 in its low half and the slot's generation in its high half,
+    /// so an event fetched for an fd that was replaced in the same batch finds no handler. (An array, not
+    /// a dictionary: the client's start-up must not pay for generic metadata it can avoid.)
+    private var slots: [(generation: UInt32, handler: Handler?)] = []
+    private var freeSlots: [Int] = []
     private var timers: [Timer] = []
     private var nextTimer: UInt64 = 1
     private let wake: EventCounter
@@ -48,17 +51,38 @@ final class EventLoop {
     /// Watches `fd` for every event, edge-triggered. Throws EPERM for regular files and directories (the
     /// caller treats those as always ready).
     func register(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) -> Registration {
-        let token = nextToken
-        nextToken += 1
-        try epoll.add(fd, [.readable, .writable, .peerClosed, .edgeTriggered], token: token)
-        handlers[token] = handler
+        let slot: Int
+        if let free = freeSlots.popLast() {
+            slot = free
+        } else {
+            slot = slots.count
+            slots.append((0, nil))
+        }
+        let token = UInt64(slots[slot].generation) << 32 | UInt64(slot + 1)
+        do {
+            try epoll.add(fd, [.readable, .writable, .peerClosed, .edgeTriggered], token: token)
+        } catch {
+            freeSlots.append(slot)
+            throw error
+        }
+        slots[slot].handler = handler
         return Registration(token: token)
     }
 
     /// Stops watching. Call before closing the fd.
     func unregister(_ registration: Registration, _ fd: FileDescriptor) {
         epoll.remove(fd)
-        handlers[registration.token] = nil
+        let slot = Int(registration.token & 0xffff_ffff) - 1
+        guard slot >= 0, slot < slots.count, UInt64(slots[slot].generation) == registration.token >> 32 else { return }
+        slots[slot].handler = nil
+        slots[slot].generation &+= 1
+        freeSlots.append(slot)
+    }
+
+    private func handler(for token: UInt64) -> Handler? {
+        let slot = Int(token & 0xffff_ffff) - 1
+        guard slot >= 0, slot < slots.count, UInt64(slots[slot].generation) == token >> 32 else { return nil }
+        return slots[slot].handler
     }
 
     /// Runs `action` on the loop after `delay`.
@@ -113,7 +137,7 @@ final class EventLoop {
                 for item in work { item() }
                 return
             }
-            handlers[token]?(events)
+            handler(for: token)?(events)
         }
         runDeferred()
         if !timers.isEmpty {

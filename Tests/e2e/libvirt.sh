@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# End to end (issue 7): Debian's unmodified libvirt on the DPU runs a VM whose QEMU runs on the host.
+# Everything is driven from the DPU side with virsh, as an operator would; the host is only looked at.
+#
+# Uses `dpuctl demo up` (two machines in namespaces, host daemons, rootfs prepare, mount apply,
+# virtlogd + libvirtd in the rootfs) and `dpuctl demo down`. Installs libvirt and QEMU when missing.
+. "$(dirname "$0")/../integration/lib/common.sh"
+require_root
+[ -e /dev/fuse ] || skip "needs /dev/fuse"
+"$DPUCTL" demo down >/dev/null 2>&1
+on_exit '"$DPUCTL" demo down >/dev/null 2>&1'
+
+if ! "$DPUCTL" demo up >"$W/up.log" 2>&1; then
+    cat "$W/up.log"
+    failed "dpuctl demo up"
+    finish
+fi
+pass "dpuctl demo up: host daemons, DPU rootfs and mounts, libvirtd on the DPU"
+
+dpu() { "$DPUCTL" demo exec dpu --rootfs -- "$@"; }
+host() { "$DPUCTL" demo exec host -- "$@"; }
+virsh() { dpu /usr/bin/virsh -c qemu:///system "$@"; }
+DOM=e2e-vm
+
+# A disk image made on the DPU, in /home/VMs: it must be the host's file.
+expect_status "qemu-img create on the DPU" 0 dpu /usr/bin/qemu-img create -q -f qcow2 /home/VMs/$DOM.qcow2 64M
+expect_match "the image is on the host" "$DOM.qcow2" "$(host ls /home/VMs)"
+
+cat >"$W/$DOM.xml" <<XML
+<domain type="qemu">
+  <name>$DOM</name>
+  <memory unit="MiB">128</memory>
+  <os><type arch="x86_64" machine="pc">hvm</type><boot dev="hd"/></os>
+  <devices>
+    <emulator>/usr/bin/qemu-kvm</emulator>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2"/>
+      <source file="/home/VMs/$DOM.qcow2"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <serial type="pty"/>
+    <memballoon model="none"/>
+  </devices>
+</domain>
+XML
+"$DPUCTL" demo exec dpu -- cp "$W/$DOM.xml" /run/$DOM.xml
+
+expect_status "virsh define" 0 virsh define /var/run/$DOM.xml
+expect_status "virsh start" 0 virsh start $DOM
+expect_match "virsh list shows it running" "$DOM +running" "$(virsh list)"
+expect_match "virsh dominfo: running" "State: +running" "$(virsh dominfo $DOM)"
+
+host_qemu=$(host pgrep -f "qemu-system.*guest=$DOM")
+[ -n "$host_qemu" ] && pass "QEMU runs in the host's pid namespace (pid $host_qemu there)" || failed "no QEMU for $DOM on the host"
+dpu_qemu=$("$DPUCTL" demo exec dpu -- pgrep -f "qemu-system.*guest=$DOM")
+expect_eq "and not in the DPU's (only its rexec stand-in)" "" "$dpu_qemu"
+
+status=$(virsh qemu-monitor-command --pretty $DOM '{"execute":"query-status"}')
+expect_match "QMP through the forwarded monitor socket: running" '"status": "running"' "$status"
+
+expect_status "virsh suspend" 0 virsh suspend $DOM
+expect_match "paused" "State: +paused" "$(virsh dominfo $DOM)"
+expect_match "QMP agrees: paused" '"status": "paused"' "$(virsh qemu-monitor-command --pretty $DOM '{"execute":"query-status"}')"
+expect_status "virsh resume" 0 virsh resume $DOM
+expect_match "running again" "State: +running" "$(virsh dominfo $DOM)"
+
+expect_status "virsh destroy" 0 virsh destroy $DOM
+wait_for "! host pgrep -f 'qemu-system.*guest=$DOM'" 15
+expect_eq "QEMU is gone from the host" "" "$(host pgrep -f "qemu-system.*guest=$DOM")"
+expect_eq "no rexec is left on the DPU" "" "$("$DPUCTL" demo exec dpu -- pgrep -x rexec)"
+expect_status "virsh undefine" 0 virsh undefine $DOM
+expect_eq "virsh list --all no longer has it" "" "$(virsh list --all --name | grep -x $DOM)"
+
+out=$("$DPUCTL" demo down 2>&1)
+expect_match "dpuctl demo down reverts every mount" "everything under .* unmounted" "$out"
+expect_eq "no demo network namespace is left" "" "$(ip netns list | grep dpuctl-)"
+finish

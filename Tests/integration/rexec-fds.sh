@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Inherited fds above 2 reach the remote program at the same numbers: files reopened by path with their
+# flags and offset, pipes streamed in their direction, connected sockets streamed both ways, listening
+# sockets carried connection by connection (libvirt's QEMU monitor), one stream for fds that share an
+# object (stdout and stderr in order). The original carried regular files only (its pipe inheritance was
+# disabled: remote read(3) gave EBADF).
+. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/rexec.sh"
+require_command python3
+rexec_lab_up
+
+# Regular files: same path on both machines here (qtfs shares them in the offload).
+echo first >"$W/log"
+lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo appended >&7'"
+expect_eq "a file open for append at fd 7 is appended to" "first appended" "$(tr '\n' ' ' <"$W/log" | sed 's/ $//')"
+seq 1 100 >"$W/numbers"
+out=$(lab_dpu bash -c "exec 8<'$W/numbers'; read -r a <&8; read -r b <&8; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'read -r line <&8; echo \$line'")
+expect_eq "a file read partway continues at its offset" "3" "$out"
+out=$(lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key --exclude-fd 7 /bin/sh -c 'echo x >&7' 2>&1")
+expect_match "--exclude-fd leaves one out" "Bad file descriptor" "$out"
+lab_dpu sh -c 'echo dpu-only >/run/rexec/dpu-only.txt'
+out=$(lab_dpu bash -c "exec 9</run/rexec/dpu-only.txt; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo ran; test -e /dev/fd/9 || echo no-fd-9'" 2>&1)
+expect_match "a file the host cannot open is not carried, and the program still runs" "ran.*no-fd-9" "$(echo $out)"
+expect_match "with a note naming the fd and path" "rexec: fd 9 \\(/run/rexec/dpu-only.txt\\) is not carried: the server cannot open it" "$out"
+
+# Pipes, both directions, at their numbers.
+expect_eq "a pipe written by the program at fd 5" "via-fd5" \
+    "$(lab_dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo via-fd5 >&5' 5>&1 >/dev/null")"
+expect_eq "a pipe read by the program at fd 6" "data6" \
+    "$(echo data6 | lab_dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'cat <&6' 6<&0 </dev/null")"
+expect_eq "a pipe's end reaches the program (it stops reading)" "3" \
+    "$(printf 'a\nb\nc\n' | lab_dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'wc -l <&6' 6<&0 </dev/null" | tr -d ' ')"
+expect_eq "stdout and stderr on one pipe keep their order" "1 2 3 4 5 6" \
+    "$(rx /bin/sh -c 'echo 1; echo 2 >&2; echo 3; echo 4 >&2; echo 5; echo 6 >&2' 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "a closed stdout stays closed" "$(sh -c 'echo x' >&- 2>/dev/null; echo $?)" \
+    "$(lab_dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo x' >&- 2>/dev/null; echo \$?")"
+
+# The program closing its stdout is end of file for our reader while it still runs.
+mkfifo "$W/hold"
+lab_bg closer dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'exec >&-; read x' <'$W/hold' | { cat; touch '$W/eof-seen'; }"
+exec 3>"$W/hold"
+expect_status "the reader sees end of file while the program runs" 0 wait_for "test -e '$W/eof-seen'" 10
+expect_status "(the program is still running)" 0 kill -0 "$(lab_pid closer)"
+exec 3>&-
+wait_for "! kill -0 $(lab_pid closer)"
+
+# Sockets: a connected one streamed both ways, a listening one carried connection by connection.
+cat >"$W/pair.py" <<'EOF'
+import os, socket, subprocess, sys
+ours, theirs = socket.socketpair()
+os.set_inheritable(theirs.fileno(), True)
+os.dup2(theirs.fileno(), 9)
+child = subprocess.Popen(sys.argv[1:], pass_fds=[9])
+theirs.close(); os.close(9)
+ours.sendall(b"ping\n")
+ours.shutdown(socket.SHUT_WR)
+reply = b""
+while chunk := ours.recv(100):
+    reply += chunk
+print(reply.decode().strip(), child.wait())
+EOF
+expect_eq "a connected unix socket at fd 9, both ways and half-closed" "got ping 0" \
+    "$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" python3 "$W/pair.py" rexec --key "$W/key" /bin/sh -c 'read line <&9; echo "got $line" >&9')"
+
+cat >"$W/monitor.py" <<'EOF'
+import socket, sys
+listener = socket.socket(fileno=29)
+for _ in range(2):
+    conn, _ = listener.accept()
+    data = conn.recv(100)
+    conn.sendall(b"monitor:" + data.upper())
+    conn.close()
+EOF
+cat >"$W/libvirt.py" <<'EOF'
+# What libvirt does: bind the monitor socket, pass it as fd 29, connect to it while "QEMU" starts.
+import os, socket, subprocess, sys
+path = sys.argv[1]
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen()
+os.dup2(listener.fileno(), 29)
+os.set_inheritable(29, True)
+child = subprocess.Popen(sys.argv[2:], pass_fds=[29])
+listener.close(); os.close(29)
+for word in (b"qmp_capabilities", b"query-status"):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    c.sendall(word)
+    print(c.recv(100).decode())
+    c.close()
+print("exit", child.wait())
+EOF
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" python3 "$W/libvirt.py" /run/rexec/monitor.sock rexec --key "$W/key" /usr/bin/python3 "$W/monitor.py")
+expect_eq "connections to a listening socket passed as fd 29 reach the remote program" \
+    "monitor:QMP_CAPABILITIES monitor:QUERY-STATUS exit 0" "$(echo $out)"
+
+# What the program sees: the same fd numbers, nothing else of rexec's or the server's.
+list='ls /proc/self/fd | sort -n | tr "\n" " "'
+here=$(lab_dpu bash -c "exec 7>>'$W/log' 8</dev/null; /bin/sh -c '$list'")
+there=$(lab_dpu bash -c "exec 7>>'$W/log' 8</dev/null; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c '$list'" 2>/dev/null)
+expect_match "(the caller has fds 7 and 8)" " 7 8 " "$here"
+expect_eq "the program has the caller's fds, nothing of rexec's or the server's" "$here" "$there"
+finish

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# rexec_server as an operator meets it: authentication (key on TCP, SO_PEERCRED on unix), the whitelist
+# and its reload, load (200 clients at once), peers that stall or send garbage, a restart while programs
+# run, and the original C client on the unix socket. Regressions of the original: clients hanging under
+# load, one stalled client freezing the server, no authentication, silent exit 0 on exec failure.
+. "$(dirname "$0")/lib/common.sh"
+. "$(dirname "$0")/lib/lab.sh"
+. "$(dirname "$0")/lib/rexec.sh"
+require_command python3
+require_command socat
+rexec_lab_up
+ORIGINAL="python3 $ROOT/Tests/integration/helpers/original-rexec-client.py /run/rexec/rexec_uds.sock"
+
+# Authentication.
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/no-such-key" /bin/true 2>&1); status=$?
+expect_eq "a client without the key is refused" 255 "$status"
+expect_match "and told why" "^rexec: $REXEC_URL: .*requires a key" "$out"
+"$DPUCTL" key generate "$W/other-key" >/dev/null
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/other-key" /bin/true 2>&1); status=$?
+expect_eq "a client with another key is refused" 255 "$status"
+expect_match "and told why" "key differs" "$out"
+lab_host chmod 666 /run/rexec/rexec_uds.sock  # past the file mode, to the SO_PEERCRED check
+out=$(lab_host runuser -u nobody -- env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock "$DPUCTL" rexec /bin/true 2>&1); status=$?
+expect_eq "a non-root peer on the unix socket is refused (SO_PEERCRED)" 255 "$status"
+expect_match "and told why" "refused: uid 65534 may not use unix:///run/rexec/rexec_uds.sock" "$out"
+expect_eq "garbage instead of a hello gets the connection closed" "" \
+    "$(printf 'GET / HTTP/1.0\r\n\r\n' | lab_dpu socat -t 5 - TCP:$HOST_IP:$REXEC_PORT 2>/dev/null)"
+out=$(lab_host "$W/bin/rexec_server" --listen tcp://$HOST_IP:7778 --key "$W/absent-key" --whitelist "$W/whitelist" --config "$W/none.conf" 2>&1); status=$?
+expect_eq "a non-loopback listener without a key is refused at start" 1 "$status"
+expect_match "saying what to do" "absent-key does not exist, and tcp://$HOST_IP:7778 is reachable from other machines: create a key .* or run with --insecure" "$out"
+
+# 200 clients at once: none hangs, every status is its own (the original lost some exit statuses).
+lab_dpu bash -c "
+    for i in \$(seq 1 200); do
+        (timeout 60 env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c \"exit \$((i % 100))\"; echo \"\$i \$?\") &
+    done >'$W/parallel'; wait"
+expect_eq "200 parallel clients all finished" 200 "$(wc -l <"$W/parallel")"
+expect_eq "each with its own exit status" 0 "$(awk '$2 != $1 % 100' "$W/parallel" | wc -l)"
+
+# Stalled and malformed peers lose their own connection and delay nobody.
+lab_bg stall-tcp dpu sh -c "(printf 'DPUW\\000'; sleep 60) | socat - TCP:$HOST_IP:$REXEC_PORT"
+lab_bg stall-unix host sh -c "(printf '\\132\\132\\000\\000\\002'; sleep 60) | socat - UNIX-CONNECT:/run/rexec/rexec_uds.sock"
+wait_for "[ \$(lab_host ss -Htn state established '( sport = :$REXEC_PORT )' | wc -l) -ge 1 ]"
+expect_eq "a client sending half a hello delays nobody" "fine" "$(lab_dpu timeout 10 env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/echo fine)"
+expect_eq "nor does half an original header on the unix socket" "fine" "$(lab_host timeout 10 $ORIGINAL /bin/echo fine)"
+expect_status "the stalled connections are dropped after the handshake limit" 0 \
+    wait_for "grep -q 'no request within' '$W/server.log'" 20
+
+# The original C client on the unix socket.
+expect_eq "the original client runs a program" "hi" "$(lab_host $ORIGINAL /bin/echo hi)"
+expect_eq "with its exit status" "exit 3" "$(status_of nsenter --target "$(_lab_init host)" --mount --net --pid -- $ORIGINAL /bin/sh -c 'exit 3')"
+expect_eq "stdin and its end" "x" "$(echo x | lab_host $ORIGINAL /bin/cat)"
+out=$(lab_host $ORIGINAL /nonexistent/program 2>&1); status=$?
+expect_eq "an exec failure is 127, not the original's 0" 127 "$status"
+expect_match "with a message on its stderr" "rexec_server: /nonexistent/program: not found on the server" "$out"
+out=$(lab_host $ORIGINAL /bin/ls 2>&1); status=$?
+expect_eq "a program outside the whitelist: the connection closes (status 1, as the original)" 1 "$status"
+out=$(lab_host env REXEC_TEST_GATE=0 $ORIGINAL /bin/sh -c 'touch '"$W/gated" 2>&1); status=$?
+expect_status "a start gate answered with 0 runs nothing" 1 test -e "$W/gated"
+
+# The whitelist: reloaded on SIGHUP without touching running programs; unsafe files refused.
+lab_bg long dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo started; sleep 3; echo survived'
+wait_for "grep -q started '$W/long.log'"
+echo /usr/bin/id >>"$W/whitelist"
+kill -HUP "$(server_pid)"
+wait_for "grep -q 'allows 18 programs' '$W/server.log'"
+expect_eq "SIGHUP reloads the whitelist" "0" "$(rx /usr/bin/id -u)"
+chmod 666 "$W/whitelist"
+kill -HUP "$(server_pid)"
+wait_for "grep -q 'reload failed, keeping the previous configuration: whitelist .* has mode 666' '$W/server.log'"
+expect_eq "an unsafe whitelist on reload keeps the previous one" "0" "$(rx /usr/bin/id -u)"
+chmod 644 "$W/whitelist"
+wait_for "grep -q survived '$W/long.log'" 10
+expect_eq "a running program is untouched by reloads" "started survived" "$(tr '\n' ' ' <"$W/long.log" | sed 's/ $//')"
+
+# A restart while programs run: clients are told and exit 255; programs keep running (KillMode=process).
+lab_bg running dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo $$ >'"$W/running.pid"'; exec sleep 60'
+wait_for "test -s '$W/running.pid'"
+running_client=$(descendant "$(lab_pid running)" rexec)
+server=$(server_pid)
+rexec_server_stop TERM
+expect_status "the server stops on SIGTERM" 1 kill -0 "$server" 2>/dev/null
+expect_status "its client exits" 0 wait_for "! kill -0 $running_client"
+expect_match "saying the program keeps running, and where" "rexec: the server at $REXEC_URL stopped \\(rexec_server is stopping; /bin/sh keeps running on the server as pid $(cat "$W/running.pid")\\)" "$(cat "$W/running.log")"
+expect_status "the program still runs on the host" 0 lab_host kill -0 "$(cat "$W/running.pid")"
+rexec_server_start
+expect_eq "a new server serves new clients" "back" "$(rx /bin/echo back)"
+lab_host kill "$(cat "$W/running.pid")"
+
+# Without a whitelist nothing runs, and the log says so.
+rexec_server_stop
+mv "$W/whitelist" "$W/whitelist.away"
+rexec_server_start
+expect_match "a missing whitelist is logged" "whitelist: .* does not exist: no program is allowed" "$(cat "$W/server.log")"
+out=$(rx /bin/true 2>&1); status=$?
+expect_eq "and nothing is allowed" 126 "$status"
+expect_match "the client is told" "the server has no whitelist" "$out"
+finish
