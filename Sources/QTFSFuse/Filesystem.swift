@@ -611,15 +611,15 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     // MARK: Files
 
-    private func install(_ fi: UnsafeMutablePointer<fuse_file_info>, _ file: OpenFile, _ flags: QTFSOpenFlags, _ a: QTFSAttributes) {
+    private func install(_ fi: inout fuse_file_info, _ file: OpenFile, _ flags: QTFSOpenFlags, _ a: QTFSAttributes) {
         openFiles.withLock { $0[file.node, default: [:]][ObjectIdentifier(file)] = file }
-        fi.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+        fi.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
         let direct = flags.contains(.directIO) || a.flags.contains(.volatile) || options.proc
-        fi.pointee.direct_io = direct ? 1 : 0
-        fi.pointee.keep_cache = direct ? 0 : 1
-        fi.pointee.nonseekable = flags.contains(.stream) ? 1 : 0
+        fi.direct_io = direct ? 1 : 0
+        fi.keep_cache = direct ? 0 : 1
+        fi.nonseekable = flags.contains(.stream) ? 1 : 0
         // Every write reached the host when it returned: close need not send FLUSH.
-        fi.pointee.noflush = 1
+        fi.noflush = 1
     }
 
     /// The libfuse session, for notifications (set once mounted).
@@ -647,7 +647,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     func open(_ req: fuse_req_t, _ node: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         guard let path = path(req, node) else { return }
         let flags = fi.pointee.flags
-        let info = fi
+        // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
+        // which comes later from another thread, fills in a copy.
+        let request = fi.pointee
         send(req, .open, { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags)) }) {
             [self] result, link in
             guard case .success(.opened(let handle, let openFlags, let a, let prefetch)) = result, let link else {
@@ -656,14 +658,15 @@ final class QTFSFilesystem: @unchecked Sendable {
             let file = OpenFile(
                 node: node, flags: flags, isDirectory: false, link: link, handle: handle,
                 pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
-            install(info, file, openFlags, a)
+            var info = request
+            install(&info, file, openFlags, a)
             if prefetch.readableBytes > 0 {
                 file.prefetch.withLock {
                     $0 = (prefetch, UInt64(prefetch.readableBytes) == a.size, monotonicNanoseconds() + 1_000_000_000)
                 }
-                if info.pointee.keep_cache == 1 { store(prefetch, in: node) }
+                if info.keep_cache == 1 { store(prefetch, in: node) }
             }
-            if fuse_reply_open(req, info) != 0 { release(file) }
+            if fuse_reply_open(req, &info) != 0 { release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue()) }
         }
     }
 
@@ -673,7 +676,9 @@ final class QTFSFilesystem: @unchecked Sendable {
         guard let path = path(req, parent, name) else { return }
         let flags = fi.pointee.flags
         let owner = owner(req)
-        let info = fi
+        // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
+        // which comes later from another thread, fills in a copy.
+        let request = fi.pointee
         send(req, .create, {
             .create(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags), mode: UInt32(mode), owner: owner)
         }) { [self] result, link in
@@ -682,11 +687,12 @@ final class QTFSFilesystem: @unchecked Sendable {
             let file = OpenFile(
                 node: id, flags: flags, isDirectory: false, link: link, handle: handle,
                 pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
-            install(info, file, openFlags, a)
+            var info = request
+            install(&info, file, openFlags, a)
             var e = entry(id, a)
-            if fuse_reply_create(req, &e, info) != 0 {
+            if fuse_reply_create(req, &e, &info) != 0 {
                 nodes.forget(id, 1)
-                release(file)
+                release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue())
             }
         }
     }
@@ -746,7 +752,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     func opendir(_ req: fuse_req_t, _ node: UInt64, _ fi: UnsafeMutablePointer<fuse_file_info>) {
         let since = version
         guard let path = path(req, node) else { return }
-        let info = fi
+        // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
+        // which comes later from another thread, fills in a copy.
+        let request = fi.pointee
         send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
             guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
                 return fail(req, result)
@@ -754,12 +762,13 @@ final class QTFSFilesystem: @unchecked Sendable {
             let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
             file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since) }
             remember(listing: entries, in: node, since: since)
-            info.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+            var info = request
+            info.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
             // The kernel may keep what it listed while the directory's mtime says nothing changed.
             let cache = !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
-            info.pointee.cache_readdir = cache ? 1 : 0
-            info.pointee.keep_cache = cache ? 1 : 0
-            if fuse_reply_open(req, info) != 0 { release(file) }
+            info.cache_readdir = cache ? 1 : 0
+            info.keep_cache = cache ? 1 : 0
+            if fuse_reply_open(req, &info) != 0 { release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue()) }
         }
     }
 

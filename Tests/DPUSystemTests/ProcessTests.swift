@@ -41,28 +41,29 @@ import Testing
     }
 
     @Test func aMapThatSwapsDescriptorsIsResolved() throws {
-        // Our fd 40 must become the child's 41 and our 41 the child's 40: a naive dup2 in order would
-        // clobber one of them.
+        // Our fd 1000 must become the child's 1001 and our 1001 the child's 1000: a naive dup2 in order
+        // would clobber one of them. (Numbers far above what the other tests running beside this one
+        // open, so that the dup2 below takes nobody's descriptor.)
         let (readA, writeA) = try FileDescriptor.makePipe()
         let (readB, writeB) = try FileDescriptor.makePipe()
         defer { readA.closeQuietly(); readB.closeQuietly() }
-        #expect(dup2(writeA.rawValue, 40) == 40 && dup2(writeB.rawValue, 41) == 41)
+        #expect(dup2(writeA.rawValue, 1000) == 1000 && dup2(writeB.rawValue, 1001) == 1001)
         writeA.closeQuietly()
         writeB.closeQuietly()
         // bash, because dash only knows single-digit descriptors in redirections.
         let (_, status) = try run(
-            "echo via-40 >&40; echo via-41 >&41",
-            fds: [40: FileDescriptor(rawValue: 41), 41: FileDescriptor(rawValue: 40)], shell: "/bin/bash")
-        close(40)
-        close(41)
+            "echo via-1000 >&1000; echo via-1001 >&1001",
+            fds: [1000: FileDescriptor(rawValue: 1001), 1001: FileDescriptor(rawValue: 1000)], shell: "/bin/bash")
+        close(1000)
+        close(1001)
         #expect(status == DPUSystem.ExitStatus.exited(0))
         func drain(_ fd: FileDescriptor) throws -> String {
             var buffer = [UInt8](repeating: 0, count: 64)
             let count = try buffer.withUnsafeMutableBytes { try fd.readSome(into: $0) } ?? 0
             return String(decoding: buffer[..<count], as: UTF8.self)
         }
-        #expect(try drain(readB) == "via-40\n")  // child 40 = our 41 = pipe B
-        #expect(try drain(readA) == "via-41\n")
+        #expect(try drain(readB) == "via-1000\n")  // child 1000 = our 1001 = pipe B
+        #expect(try drain(readA) == "via-1001\n")
     }
 
     @Test func workingDirectoryUmaskAndSessionApply() throws {

@@ -9,7 +9,8 @@ import Testing
 
 /// A NOTIFY_SOCKET of our own, the way a service manager listens.
 final class NotifyListener: @unchecked Sendable {
-    let path = "/tmp/dpusystemd-test-\(getpid()).notify"
+    // A path of its own: a previous test's listener may be released after this one is made.
+    let path = "/tmp/dpusystemd-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).notify"
     let fd: FileDescriptor
 
     init() throws {
@@ -38,7 +39,7 @@ final class NotifyListener: @unchecked Sendable {
     }
 
     deinit {
-        unsetenv("NOTIFY_SOCKET")
+        if let current = getenv("NOTIFY_SOCKET"), String(cString: current) == path { unsetenv("NOTIFY_SOCKET") }
         fd.closeQuietly()
         unlink(path)
     }

@@ -44,6 +44,7 @@ expect_eq "its node exists on the host" "socket" "$(lab_host stat -c %F "$EXPORT
 # The host server goes away: a connection is closed at once (the listener here accepted it before the
 # host could refuse); the mount still unmounts cleanly.
 lab_stop echo
+wait_for "! lab_host socat -u /dev/null 'UNIX-CONNECT:$EXPORT/echo.sock'" 10
 expect_eq "with the host server gone, nothing answers" "" "$(echo gone | lab_dpu timeout 5 socat - "UNIX-CONNECT:$MNT/echo.sock" 2>/dev/null)"
 lab_stop dpulocal
 client=$(lab_dpu pgrep -f "qtfs mount --foreground.* $MNT\$")

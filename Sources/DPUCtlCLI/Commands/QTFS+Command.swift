@@ -90,11 +90,14 @@ struct QTFSMountCommand: AsyncParsableCommand {
             discussion: """
                 The mount shows as type fuse.qtfs. `-o proc` mounts the host's /proc, except that self, \
                 thread-self and the DPU's own processes resolve to the local procfs (localproc=PATH, \
-                default /local_proc). Other options: server=URL, key=FILE, connections=N, timeout=SECONDS, \
-                entry_timeout=S, attr_timeout=S, localcomm=NAME:NAME, and ro, nosuid, nodev (the default), \
-                dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in \
-                the configuration, or vsock://2:12345. The client detaches once the mount is live; \
-                `umount` or SIGTERM unmounts it.
+                default /local_proc; localcomm=NAME:NAME adds programs whose processes stay local). Host \
+                unix sockets on the mount are connectable through udsproxyd (udsproxy=PATH for its control \
+                socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). Other \
+                options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
+                readahead=KB, entry_timeout=S, attr_timeout=S, noxattr, and ro, nosuid, nodev (the default), \
+                dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in the \
+                configuration, or vsock://2:12345. The client detaches once the mount is live; `umount` or \
+                SIGTERM unmounts it.
                 """)
     }
 

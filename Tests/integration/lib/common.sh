@@ -7,11 +7,10 @@ set -u
 set -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
-# The binary under test: $DPUCTL, else the release build, else the debug build.
+# The binary under test: $DPUCTL, else the newer of the release and debug builds (a stale release
+# build must not be tested in place of the code just built).
 if [ -z "${DPUCTL:-}" ]; then
-    for candidate in "$ROOT/.build/release/dpuctl" "$ROOT/.build/debug/dpuctl"; do
-        if [ -x "$candidate" ]; then DPUCTL=$candidate; break; fi
-    done
+    DPUCTL=$(ls -t "$ROOT/.build/release/dpuctl" "$ROOT/.build/debug/dpuctl" 2>/dev/null | head -1)
 fi
 [ -n "${DPUCTL:-}" ] && [ -x "$DPUCTL" ] || { echo "no dpuctl binary: run 'make' first" >&2; exit 1; }
 DPUCTL=$(readlink -f "$DPUCTL")
