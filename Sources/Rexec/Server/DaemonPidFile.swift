@@ -78,10 +78,10 @@ enum DaemonPidFile {
     static func follow(path: String, programStart: UInt64, taken: (pid_t) -> Bool) -> Outcome {
         let bytes: [UInt8]?
         do { bytes = try read(path) } catch {
-            return .refused("cannot read the daemon's pid file \(path) on the server (\(error.errno))")
+            return .refused("the server cannot read the daemon's pid file \(path) (\(error.errno))")
         }
         guard let bytes, let pid = parse(bytes) else {
-            return .refused("the daemon's pid file \(path) on the server does not hold a pid")
+            return .refused("the daemon's pid file \(path) does not hold a pid")
         }
         guard pid != 1, pid != getpid(), !taken(pid) else {
             return .refused("the daemon's pid file \(path) names pid \(pid), which is not the program's daemon")

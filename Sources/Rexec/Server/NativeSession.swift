@@ -43,8 +43,6 @@ final class NativeSession: ServerSession {
     private var daemon: ProcessHandle?
     private var daemonRegistration: IOLoop.Registration?
     private var daemonStatus: ExitStatus?
-    /// Why the daemon cannot be followed (sent to the client before EXITED).
-    private var daemonNote: String?
     private var daemonizedSent = false
 
     var pid: pid_t? { process?.pid }
@@ -340,9 +338,7 @@ final class NativeSession: ServerSession {
         if status == .exited(0), let daemonPidFile {
             switch DaemonPidFile.follow(path: daemonPidFile, programStart: programStart, taken: { [unowned core] in core.owns($0) }) {
             case .follow(let handle): follow(handle)
-            case .refused(let why):
-                core.logger.notice("pid \(process.pid): its daemon is not followed: \(why)")
-                daemonNote = why
+            case .refused(let why): notFollowed(why)
             }
         }
         if mux.closed {
@@ -367,10 +363,6 @@ final class NativeSession: ServerSession {
                     mux.flush()
                 }
                 return
-            }
-            if let daemonNote {
-                mux.send(.daemonized(pid: 0, notes: [daemonNote]))
-                self.daemonNote = nil
             }
             exitedSent = true
             // Once the stand-in exists it ends as the daemon did; a daemon gone before that is not news.
@@ -444,15 +436,20 @@ final class NativeSession: ServerSession {
         do {
             daemonRegistration = try core.loop.register(handle.fd) { [unowned self] _ in daemonEnded() }
         } catch {
-            core.logger.error("pid \(handle.pid): cannot watch the daemon: \(error)")
-            daemonNote = "the server cannot watch the daemon (pid \(handle.pid)): \(error)"
             handle.close()
-            return
+            return notFollowed("the server cannot watch the daemon (pid \(handle.pid)): \(error)")
         }
         daemon = handle
         core.follows(handle.pid, true)
         state = .following
         core.logger.info("pid \(handle.pid): the daemon of \(program) (from \(daemonPidFile ?? "")), followed for \(peer)")
+    }
+
+    /// Tells the client at once, before the program's last output and the end of its streams (after
+    /// which the client's stderr may be /dev/null already); EXITED follows as usual.
+    private func notFollowed(_ why: String) {
+        core.logger.notice("\(program): its daemon is not followed: \(why)")
+        if !mux.closed { mux.send(.daemonized(pid: 0, notes: [why])) }
     }
 
     private func daemonEnded() {
