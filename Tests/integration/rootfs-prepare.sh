@@ -93,12 +93,22 @@ expect_eq "rexec links to it" "dpuctl" "$(readlink "$R/usr/bin/rexec")"
 expect_eq "mount.qtfs links to it" "../bin/dpuctl" "$(readlink "$R/usr/sbin/mount.qtfs")"
 expect_status "libudsproxy.so installed" 0 cmp -s "$(dirname "$DPUCTL")/libudsproxy.so" "$R/usr/lib64/libudsproxy.so"
 expect_status "both wrappers are the same" 0 cmp -s "$R/usr/bin/qemu-kvm" "$R/usr/libexec/qemu-kvm"
-expect_match "the wrapper has the host's address" "CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec /usr/bin/qemu-kvm \"\\\$@\"" "$(cat "$R/usr/bin/qemu-kvm")"
+expect_match "the wrapper has the host's address" "CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec \"\\\$@\"" "$(cat "$R/usr/bin/qemu-kvm")"
 # The wrapper passes arguments unchanged: run a copy whose rexec prints what it gets.
 printf '#!/bin/sh\necho "addr=$CMD_NET_ADDR"\nfor a in "$@"; do echo "[$a]"; done\n' >"$W/fake-rexec" && chmod +x "$W/fake-rexec"
 sed "s|/usr/bin/rexec|$W/fake-rexec|" "$R/usr/bin/qemu-kvm" >"$W/wrapper" && chmod +x "$W/wrapper"
 expect_eq "the wrapper keeps arguments whole" "addr=tcp://198.51.100.1:7777|[/usr/bin/qemu-kvm]|[-name]|[guest=a b]|[]|[*]" \
     "$(cd "$W" && ./wrapper -name 'guest=a b' '' '*' | paste -sd'|')"
+# libvirt's capability probe: -daemonize with -pidfile (either spelling, either order) asks rexec for a
+# stand-in; "$@" still reaches QEMU untouched.
+expect_eq "a daemonizing QEMU gets --daemon-pidfile" "addr=tcp://198.51.100.1:7777|[--daemon-pidfile]|[/run/q p.pid]|[/usr/bin/qemu-kvm]|[-S]|[-pidfile]|[/run/q p.pid]|[-daemonize]" \
+    "$(cd "$W" && ./wrapper -S -pidfile '/run/q p.pid' -daemonize | paste -sd'|')"
+expect_eq "--daemonize and --pidfile are the same options" "[--daemon-pidfile]|[/q.pid]|[/usr/bin/qemu-kvm]|[--daemonize]|[--pidfile]|[/q.pid]" \
+    "$(cd "$W" && ./wrapper --daemonize --pidfile /q.pid | tail -n +2 | paste -sd'|')"
+expect_eq "a pid file without -daemonize changes nothing" "[/usr/bin/qemu-kvm]|[-pidfile]|[/q.pid]" \
+    "$(cd "$W" && ./wrapper -pidfile /q.pid | tail -n +2 | paste -sd'|')"
+expect_eq "-daemonize without a pid file changes nothing" "[/usr/bin/qemu-kvm]|[-daemonize]|[-pidfile]" \
+    "$(cd "$W" && ./wrapper -daemonize -pidfile | tail -n +2 | paste -sd'|')"
 
 out=$(status --root /target); rc=$?
 expect_eq "status: nothing missing" 0 "$rc"
