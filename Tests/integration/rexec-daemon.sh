@@ -8,6 +8,8 @@
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/rexec.sh"
 require_command python3
+QEMU=/usr/bin/qemu-system-x86_64
+REXEC_WHITELIST+=("$QEMU")
 rexec_lab_up
 
 # The program: like QEMU, a double fork whose daemon has no stdio of ours, the pid file written before
@@ -79,6 +81,27 @@ expect_match "garbage in the pid file is refused without echoing it" "does not h
 out=$(daemonize "$W/missing.pid" 'exit 0')
 expect_match "a missing pid file is said" "^rexec: the server cannot read the daemon's pid file $W/missing.pid \(No such file or directory\)$" "$(tail -n +2 <<<"$out")"
 expect_eq "a program that fails is reported as today" "exit 3" "$(daemonize "$W/fail.pid" 'exit 3')"
+
+# 5. The real thing, when QEMU is installed (make e2e installs it): libvirt's capability probe's options.
+if [ -x "$QEMU" ]; then
+    out=$(nsenter --target "$(_lab_init dpu)" --mount --net --pid --wd="$PWD" -- timeout 30 \
+        env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" --daemon-pidfile "$W/qmp.pid" "$QEMU" -S -no-user-config \
+        -nodefaults -display none -machine none,accel=tcg -qmp "unix:$W/qmp.monitor,server=on,wait=off" \
+        -pidfile "$W/qmp.pid" -daemonize </dev/null 2>&1; echo "exit $?")
+    expect_eq "QEMU -daemonize -pidfile through rexec exits 0" "exit 0" "$out"
+    standin=$(cat "$W/qmp.pid")
+    expect_eq "its pid file names the stand-in on the DPU" "rexec" "$(lab_dpu cat "/proc/$standin/comm")"
+    qemu=$(lab_dpu cat "/run/rexec/pids/$standin")
+    expect_match "whose pids entry is QEMU on the host" '^qemu-system' "$(lab_host cat "/proc/$qemu/comm")"
+    expect_match "QEMU answers on its QMP socket" '"QMP"' "$(timeout 5 python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print(s.recv(4096).decode())' "$W/qmp.monitor")"
+    lab_dpu kill -KILL "$standin"  # what libvirt does when the probe is done
+    wait_for "! alive_on host $qemu" 10
+    expect_status "SIGKILL to the stand-in ends QEMU on the host" 1 alive_on host "$qemu"
+else
+    echo "  (QEMU not installed: the check with the real emulator is left out)"
+fi
 
 expect_eq "no daemon is left running on the host" "" "$(lab_host pgrep -f '^sleep 300$' || true)"
 finish

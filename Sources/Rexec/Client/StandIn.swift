@@ -19,6 +19,8 @@ enum StandIn {
         // Out of the caller's session and process group: a ^C or a kill of the caller's group is not
         // meant for a daemon.
         setsid()
+        // Nor should it keep a directory (a mount to be reverted) busy for as long as the daemon runs.
+        _ = chdir("/")
         // The pid map first, while stderr is still the caller's and a failure can be said.
         var pidFile: PidFile?
         do { pidFile = try PidFile.create(directory: RexecDefaults.pidDirectory, remotePID: daemon) } catch {
