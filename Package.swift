@@ -56,7 +56,7 @@ let package = Package(
         .target(name: "UDSProxy", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(name: "QTFS", dependencies: componentDeps, exclude: readme, swiftSettings: swift6),
         .target(
-            name: "QTFSFuse", dependencies: ["QTFS", "UDSProxy", "CFuse3"] + componentDeps, exclude: readme,
+            name: "QTFSFuse", dependencies: ["QTFS", "UDSProxy", "Rexec", "CFuse3"] + componentDeps, exclude: readme,
             swiftSettings: swift6),
         .target(name: "Rootfs", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),
         .target(name: "MountPlan", dependencies: ["DPUSystem", "DPUConfig"], exclude: readme, swiftSettings: swift6),

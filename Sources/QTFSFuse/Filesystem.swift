@@ -5,6 +5,7 @@ import Glibc
 import Logging
 import NIOCore
 import QTFS
+import Rexec
 import SystemPackage
 import Synchronization
 
@@ -17,6 +18,8 @@ final class OpenFile: @unchecked Sendable {
     let flags: Int32
     let isDirectory: Bool
     let pollID: UInt64
+    /// A cgroup's list of processes or threads: a rexec client's pid written to it is translated.
+    let listsProcesses: Bool
     private let state: ConditionLock<(link: Link, handle: UInt64, waiters: [(Errno?) -> Void]?)>
     /// Directories: entries fetched ahead of the kernel's small readdir calls.
     let listing = Mutex(Listing())
@@ -27,11 +30,12 @@ final class OpenFile: @unchecked Sendable {
     /// write through this file.
     let prefetch = Mutex<(data: ByteBuffer, complete: Bool, until: UInt64)?>(nil)
 
-    init(node: UInt64, flags: Int32, isDirectory: Bool, link: Link, handle: UInt64, pollID: UInt64) {
+    init(node: UInt64, flags: Int32, isDirectory: Bool, link: Link, handle: UInt64, pollID: UInt64, listsProcesses: Bool = false) {
         self.node = node
         self.flags = flags & ~(O_CREAT | O_EXCL | O_TRUNC)
         self.isDirectory = isDirectory
         self.pollID = pollID
+        self.listsProcesses = listsProcesses
         state = ConditionLock((link, handle, nil))
     }
 
@@ -328,8 +332,11 @@ final class QTFSFilesystem: @unchecked Sendable {
         return e
     }
 
-    private func replyEntry(_ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64) {
-        let id = nodes.remember(parent, name, a)
+    private func replyEntry(
+        _ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64,
+        alias: (pid: Int32, hostName: [UInt8])? = nil
+    ) {
+        let id = nodes.remember(parent, name, a, alias: alias)
         remember(attributes: a, of: id, since: since)
         let reply = { [self] in
             var e = entry(id, a)
@@ -394,6 +401,12 @@ final class QTFSFilesystem: @unchecked Sendable {
             if let pid = LocalProcesses.pid(name), let caller = fuse_req_ctx(req)?.pointee.pid {
                 switch local.decide(pid, caller: caller) {
                 case .local: return replySynthetic(req, parent, name, .localProcess(pid))
+                case .standIn(let remote):
+                    let hostName = Array("\(remote)".utf8)
+                    return call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: hostName)) }) { [self] result in
+                        guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+                        replyEntry(req, parent, name, a, since: since, alias: (pid, hostName))
+                    }
                 case .host: break
                 case .hostThenLocal:
                     guard let path = path(req, parent, name) else { return }
@@ -657,7 +670,10 @@ final class QTFSFilesystem: @unchecked Sendable {
             }
             let file = OpenFile(
                 node: node, flags: flags, isDirectory: false, link: link, handle: handle,
-                pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
+                pollID: nextPollID.add(1, ordering: .relaxed).oldValue,
+                listsProcesses: a.flags.contains(.volatile) && nodes.node(node)?.names.contains {
+                    QTFSFilesystem.processLists.contains($0.name)
+                } == true)
             var info = request
             install(&info, file, openFlags, a)
             if prefetch.readableBytes > 0 {
@@ -719,11 +735,36 @@ final class QTFSFilesystem: @unchecked Sendable {
     func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
         file.prefetch.withLock { $0 = nil }
         forgetRecent(node: file.node)
+        var data = data
+        let written = data.readableBytes
+        if file.listsProcesses, let translated = QTFSFilesystem.translatingStandIn(data, directory: options.rexecPidDirectory) {
+            data = translated
+        }
+        let sent = data.readableBytes
         withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
             [self] result in
             guard case .success(.written(let count)) = result else { return fail(req, result) }
-            fuse_reply_write(req, Int(count))
+            // The caller wrote its own number: all of it went when the translated one did.
+            fuse_reply_write(req, sent != written && Int(count) == sent ? written : Int(count))
         }
+    }
+
+    /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
+    static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
+
+    /// libvirt (without systemd) puts its VM into the cgroups it made by writing `vm->pid` to the
+    /// hierarchy's process list; through this mount that lands on the host, where the pid must be the
+    /// QEMU that the local rexec client stands in for. A write that is one decimal pid (and an optional
+    /// newline) of a live rexec client becomes its remote pid; any other write is left as it is.
+    static func translatingStandIn(_ data: ByteBuffer, directory: String, remote: (pid_t, String) -> pid_t? = {
+        RexecPidMap.remotePID(of: $0, directory: $1)
+    }) -> ByteBuffer? {
+        guard data.readableBytes > 0, data.readableBytes <= 11 else { return nil }
+        var digits = data.readableBytesView[...]
+        let newline = digits.last == UInt8(ascii: "\n")
+        if newline { digits = digits.dropLast() }
+        guard let pid = LocalProcesses.pid(Array(digits)), let translated = remote(pid, directory) else { return nil }
+        return ByteBuffer(string: "\(translated)" + (newline ? "\n" : ""))
     }
 
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {

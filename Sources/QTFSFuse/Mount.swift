@@ -23,7 +23,8 @@ public enum QTFSMount {
         ready: @escaping @Sendable () -> Void
     ) async throws {
         var options = options
-        let local: LocalProcesses? = options.proc ? try LocalProcesses(localProc: options.localProc, commands: options.localCommands) : nil
+        let local: LocalProcesses? = options.proc ? try LocalProcesses(
+            localProc: options.localProc, commands: options.localCommands, standIns: options.rexecPidDirectory) : nil
         let client = EngineClient(
             endpoint: endpoint, key: key, hostPath: Array(options.hostPath.utf8), connections: options.connections,
             patience: .seconds(options.patience), logger: logger)

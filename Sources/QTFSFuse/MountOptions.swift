@@ -1,4 +1,5 @@
 import DPUSystem
+import Rexec
 import UDSProxy
 
 /// What `mount -t qtfs -o OPTIONS HOSTPATH MOUNTPOINT` asks for.
@@ -14,6 +15,11 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// Process names whose pids always resolve locally in proc mode (`localcomm=a:b`), on top of the
     /// rules that look at the caller.
     public var localCommands: [String] = []
+    /// Where the local rexec clients record the remote pid they stand in for (`rexecpids=PATH`), read
+    /// outside any chroot: the DPU rootfs binds this machine's /var/run, so the clients inside it and this
+    /// client outside see the same directory. A stand-in's pid shows the remote process in proc mode and
+    /// is translated when written into a cgroup's process list.
+    public var rexecPidDirectory = RexecDefaults.pidDirectory
     /// `server=URL` (also `addr=`): the engine. Otherwise from --connect or the configuration.
     public var endpoint: Endpoint?
     /// `key=FILE`.
@@ -86,6 +92,10 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 let path = try need()
                 guard path.hasPrefix("/") else { throw MountOptionError("localproc=\(path) must be an absolute path") }
                 localProc = path
+            case "rexecpids":
+                let path = try need()
+                guard path.hasPrefix("/") else { throw MountOptionError("rexecpids=\(path) must be an absolute path") }
+                rexecPidDirectory = path
             case "localcomm": localCommands = try need().split(separator: ":").map(String.init)
             case "server", "addr", "connect":
                 let text = try need()
@@ -120,7 +130,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

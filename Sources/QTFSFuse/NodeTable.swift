@@ -55,6 +55,10 @@ final class NodeTable: Sendable {
     struct Key: Hashable, Sendable {
         var device: UInt64
         var inode: UInt64
+        /// Non-zero for a host directory shown under another name (proc mode: the local pid of a rexec
+        /// client standing in for the host's process): a node of its own, apart from the directory's
+        /// node under its own name (the kernel allows a directory one name only).
+        var alias: Int32 = 0
     }
 
     struct Node: Sendable {
@@ -63,6 +67,8 @@ final class NodeTable: Sendable {
         var type: UInt32
         var names: [Dentry]
         var lookups: UInt64
+        /// The name on the host when it is not the name the kernel knows (an alias).
+        var hostName: [UInt8]? = nil
     }
 
     private struct State {
@@ -92,7 +98,7 @@ final class NodeTable: Sendable {
         var depth = 0
         while current != rootID {
             guard let entry = state.nodes[current], let name = entry.names.first, depth < 4096 else { return nil }
-            components.append(name.name)
+            components.append(entry.hostName ?? name.name)
             current = name.parent
             depth += 1
         }
@@ -102,9 +108,13 @@ final class NodeTable: Sendable {
     func node(_ id: UInt64) -> Node? { state.withLock { $0.nodes[id] } }
 
     /// Records that the kernel now holds one more reference to the host file `attributes` found as
-    /// `name` in `parent`, and returns its node id.
-    func remember(_ parent: UInt64, _ name: [UInt8], _ attributes: QTFSAttributes, count: UInt64 = 1) -> UInt64 {
-        let key = Key(device: attributes.device, inode: attributes.inode)
+    /// `name` in `parent`, and returns its node id. `alias`: the file is the host's `hostName`, shown as
+    /// `name` for the local process `pid`.
+    func remember(
+        _ parent: UInt64, _ name: [UInt8], _ attributes: QTFSAttributes, count: UInt64 = 1,
+        alias: (pid: Int32, hostName: [UInt8])? = nil
+    ) -> UInt64 {
+        let key = Key(device: attributes.device, inode: attributes.inode, alias: alias?.pid ?? 0)
         let dentry = Dentry(parent: parent, name: name)
         let type = attributes.mode & 0o170000
         return state.withLock { state in
@@ -129,7 +139,7 @@ final class NodeTable: Sendable {
             }
             let id = state.next
             state.next += 1
-            state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count)
+            state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: alias?.hostName)
             state.byKey[key] = id
             state.byDentry[dentry] = id
             return id

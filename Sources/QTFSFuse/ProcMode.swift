@@ -1,26 +1,35 @@
 import DPUSystem
 import Glibc
 import QTFS
+import Rexec
 import SystemPackage
 
 /// `-o proc`: the host's /proc, except what only makes sense on the DPU. Decided per caller, from the
 /// caller's own process tree (the original kept a fixed list of program names instead):
 ///
 /// - `self` and `thread-self` are links to the caller in the DPU's procfs (`localproc`);
-/// - `/proc/N` is the DPU's process N when N is the caller, one of its threads, an ancestor other than
-///   init, a descendant, or runs a command named with `localcomm=`; when the host has no process N but
-///   the DPU has, it is the DPU's too; otherwise it is the host's;
+/// - `/proc/N` is the DPU's process N when N is the caller or one of its threads;
+/// - `/proc/N` is the host's process R when N is a local rexec client standing in for R (its pid file
+///   `rexecpids/N` holds R, locked while it lives): libvirt's `vm->pid` is the rexec client that runs
+///   QEMU on the host, and what libvirt reads at /proc/vm->pid (threads, CPU times, memory) must be
+///   QEMU's. This comes before the tree rules below: the stand-in is libvirtd's own child;
+/// - `/proc/N` is the DPU's process N when N is an ancestor of the caller other than init, a
+///   descendant, or runs a command named with `localcomm=`; when the host has no process N but the DPU
+///   has, it is the DPU's too; otherwise it is the host's;
 /// - `mounts` and `net` are the host init's (they are links to `self/...`, which would be the DPU's).
 final class LocalProcesses: Sendable {
     /// The DPU's procfs, opened before the mount (the mount may cover it).
     let procfs: FileDescriptor
     let localProc: [UInt8]
     let commands: Set<String>
+    /// The rexec clients' pid files (`RexecPidMap`).
+    let standIns: String
 
-    init(localProc: String, commands: [String]) throws(SystemError) {
+    init(localProc: String, commands: [String], standIns: String) throws(SystemError) {
         procfs = try FileDescriptor.openPath("/proc", flags: O_PATH | O_DIRECTORY)
         self.localProc = Array(localProc.utf8)
         self.commands = Set(commands)
+        self.standIns = standIns
     }
 
     struct Status {
@@ -53,13 +62,20 @@ final class LocalProcesses: Sendable {
     /// The caller's thread group (process id) from its thread id, as FUSE gives it.
     func threadGroup(of thread: pid_t) -> pid_t { status(thread)?.threadGroup ?? thread }
 
-    enum Decision { case local, host, hostThenLocal }
+    enum Decision: Equatable {
+        case local, host, hostThenLocal
+        /// A local rexec client: the host's process with this pid.
+        case standIn(remote: pid_t)
+    }
 
     /// Whose process `pid` names for a caller whose thread id is `caller`.
     func decide(_ pid: pid_t, caller: pid_t) -> Decision {
         guard let target = status(pid) else { return .host }
         let me = threadGroup(of: caller)
         if pid == me || target.threadGroup == me { return .local }
+        if target.threadGroup == pid, let remote = RexecPidMap.remotePID(of: pid, directory: standIns) {
+            return .standIn(remote: remote)
+        }
         if commands.contains(target.name) { return .local }
         // An ancestor of the caller, except init: /proc/1 stays the host's (its mounts, its namespaces).
         var current = status(me)?.parent ?? 0

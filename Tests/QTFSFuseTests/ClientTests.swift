@@ -1,6 +1,8 @@
 import DPUSystem
 import Glibc
 import DPUWire
+import NIOCore
+import SystemPackage
 import Testing
 
 @testable import QTFSFuse
@@ -121,10 +123,50 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 
     @Test func theCallerIsLocalAndInitIsTheHosts() throws {
-        let local = try LocalProcesses(localProc: "/local_proc", commands: [])
+        let local = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: "/nonexistent")
         let me = getpid()
         #expect(local.decide(me, caller: OSThread.currentID) == .local)
         #expect(local.decide(1, caller: OSThread.currentID) != .local)
         #expect(local.target(of: .procSelf, caller: OSThread.currentID) == bytes("/local_proc/\(me)"))
+    }
+
+    /// The parent of this test stands in for host process 4242 while its pid file is locked: libvirt's
+    /// vm->pid is its own child, yet /proc/vm->pid must be the host's QEMU.
+    @Test func aRexecClientIsTheRemoteProcessWhileItsPidFileIsLocked() throws {
+        var template = Array("/tmp/dpuctl-standins-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let parent = getppid()
+        let path = "\(directory)/\(parent)"
+        defer {
+            unlink(path)
+            rmdir(directory)
+        }
+        let local = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: directory)
+        let fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_WRONLY, mode: 0o600)
+        try fd.writeFully("4242".utf8)
+        #expect(local.decide(parent, caller: OSThread.currentID) != .standIn(remote: 4242))
+        #expect(try fd.lock(nonBlocking: true))
+        #expect(local.decide(parent, caller: OSThread.currentID) == .standIn(remote: 4242))
+        #expect(local.decide(getpid(), caller: OSThread.currentID) == .local)
+        fd.closeQuietly()
+        #expect(local.decide(parent, caller: OSThread.currentID) != .standIn(remote: 4242))
+    }
+}
+
+@Suite struct CgroupWritesOfStandIns {
+    func translate(_ text: String) -> String? {
+        QTFSFilesystem.translatingStandIn(ByteBuffer(string: text), directory: "/unused") { pid, _ in pid == 77 ? 4242 : nil }
+            .map { String(buffer: $0) }
+    }
+
+    @Test func aStandInsPidBecomesItsRemotePid() {
+        #expect(translate("77") == "4242")
+        #expect(translate("77\n") == "4242\n")
+    }
+
+    @Test func everythingElsePassesUnchanged() {
+        for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", String(repeating: "7", count: 12)] {
+            #expect(translate(text) == nil, "\(text.debugDescription)")
+        }
     }
 }

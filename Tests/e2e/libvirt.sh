@@ -68,10 +68,15 @@ expect_status "virsh destroy" 0 virsh destroy $DOM
 wait_for "! host pgrep -f 'qemu-system.*guest=$DOM'" 15
 expect_eq "QEMU is gone from the host" "" "$(host pgrep -f "qemu-system.*guest=$DOM")"
 expect_eq "no rexec is left on the DPU" "" "$("$DPUCTL" demo exec dpu -- pgrep -x rexec)"
+# libvirt's capability probes ran QEMU with -daemonize and SIGKILLed the pid from its pid file: the rexec
+# stand-ins they killed must have taken their host QEMUs with them.
+expect_eq "no QEMU at all is left on the host (the capability probes' too)" "" "$(host pgrep -f qemu-system)"
 expect_status "virsh undefine" 0 virsh undefine $DOM
 expect_eq "virsh list --all no longer has it" "" "$(virsh list --all --name | grep -x $DOM)"
 
 out=$("$DPUCTL" demo down 2>&1)
 expect_match "dpuctl demo down reverts every mount" "everything under .* unmounted" "$out"
 expect_eq "no demo network namespace is left" "" "$(ip netns list | grep dpuctl-)"
+expect_eq "no qtfs mount is left" "" "$(grep ' fuse.qtfs ' /proc/self/mountinfo)"
+expect_eq "no demo process is left" "" "$(pgrep -f 'dpuctl (demo machine-init|qtfs mount|rexec|udsproxy)')"
 finish

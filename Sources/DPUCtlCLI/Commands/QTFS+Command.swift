@@ -90,7 +90,11 @@ struct QTFSMountCommand: AsyncParsableCommand {
             discussion: """
                 The mount shows as type fuse.qtfs. `-o proc` mounts the host's /proc, except that self, \
                 thread-self and the DPU's own processes resolve to the local procfs (localproc=PATH, \
-                default /local_proc; localcomm=NAME:NAME adds programs whose processes stay local). Host \
+                default /local_proc; localcomm=NAME:NAME adds programs whose processes stay local), and the \
+                pid of a local rexec client is the host process it stands in for (its pid file in \
+                rexecpids=PATH, default /var/run/rexec/pids, which the DPU rootfs shares); such a pid written \
+                to a cgroup's cgroup.procs, tasks or cgroup.threads through any qtfs mount is written as the \
+                host's pid. Host \
                 unix sockets on the mount are connectable through udsproxyd (udsproxy=PATH for its control \
                 socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). Other \
                 options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
