@@ -128,12 +128,21 @@ echo tampered >"$R/usr/share/old"
 rm "$R/usr/share/hard3" && echo not-a-link >"$R/usr/share/hard3"
 rm "$R/usr/bin/rexec"
 ln -sfn /run "$R/var/run"
+# The wrapper an older dpuctl wrote (before -daemonize was looked for).
+cat >"$R/usr/libexec/qemu-kvm" <<'OLD'
+#!/bin/sh
+# An emulator for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`: it runs on the
+# host through rexec, with exactly these arguments.
+CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec /usr/bin/qemu-kvm "$@"
+OLD
 out=$(status --root /target); rc=$?
 expect_eq "status sees the damage" 3 "$rc"
 expect_match "rexec missing" "missing +rexec +usr/bin/rexec" "$out"
 expect_match "var/run different" "different +skeleton +var/run" "$out"
+expect_match "an older dpuctl's wrapper is called that" "different +qemu-kvm +usr/libexec/qemu-kvm +an older dpuctl's wrapper" "$out"
 out=$(prepare --root /target 2>&1); rc=$?
 expect_eq "third run succeeds" 0 "$rc"
+expect_status "the older wrapper is brought up to date, its address kept" 0 cmp -s "$R/usr/bin/qemu-kvm" "$R/usr/libexec/qemu-kvm"
 expect_match "mode fixed" "mode: usr/bin/suid-tool" "$out"
 expect_match "capability restored" "xattrs: usr/bin/capped" "$out"
 expect_match "xattr restored" "xattrs: usr/share/labelled" "$out"
@@ -141,7 +150,8 @@ expect_match "content restored" "content: usr/share/old" "$out"
 expect_match "hard link restored" "hard link: usr/share/hard3" "$out"
 expect_match "rexec restored" "new: usr/bin/rexec -> dpuctl" "$out"
 expect_match "var/run restored" "link target: var/run -> ../run" "$out"
-expect_eq "exactly those, and the marker untouched" 7 "$(grep -c '^  [a-z ,]*: ' <<<"$out")"
+expect_match "the wrapper rewritten" "content: usr/libexec/qemu-kvm" "$out"
+expect_eq "exactly those, and the marker untouched" 8 "$(grep -c '^  [a-z ,]*: ' <<<"$out")"
 expect_eq "setuid is back" "-rwsr-xr-x" "$(stat -c %A "$R/usr/bin/suid-tool")"
 expect_eq "capability is back" "cap_net_admin,cap_net_raw=ep" "$(getcap "$R/usr/bin/capped" | awk '{print $2}')"
 expect_eq "hard link is back" 1 "$(stat -c %i "$R/usr/lib/hard1" "$R/usr/share/hard3" | sort -u | wc -l)"

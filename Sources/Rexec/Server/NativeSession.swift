@@ -536,7 +536,8 @@ final class NativeSession: ServerSession {
         daemonRegistration = nil
         if let killTimer { core.loop.cancel(killTimer) }
         killTimer = nil
-        core.follows(daemon.pid, false)
+        // Once it ended, its pid may already be another session's daemon.
+        if daemonStatus == nil { core.follows(daemon.pid, false) }
         daemon.close()
         self.daemon = nil
     }
