@@ -68,7 +68,8 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "all Debian packages present"; fi
 
-test: build unit integration
+# The end-to-end test needs libvirt and QEMU, which `make deps` installs (it skips, saying so, without them).
+test: build unit integration e2e
 
 # The main job: the whole offload on this machine (simulated host and DPU), then torn down.
 demo: build

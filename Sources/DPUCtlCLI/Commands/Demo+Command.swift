@@ -39,12 +39,13 @@ struct DemoRunCommand: AsyncParsableCommand {
         do {
             try demo.startVM(lab)
             try demo.show(lab)
+            if keep {
+                demo.printHowToEnter()
+                return
+            }
+            try demo.stopVM(lab)
         } catch {
             demo.abort(lab, error)
-        }
-        if keep {
-            demo.printHowToEnter()
-            return
         }
         demo.tearDown(lab)
     }

@@ -1,7 +1,17 @@
 import DPUConfig
 import DPUSystem
 import Glibc
+import Synchronization
 import SystemPackage
+
+/// One line of the demo's output, out at once (also into a pipe or a log file).
+private func line(_ text: String) {
+    print(text)
+    fflush(nil)
+}
+
+/// Set by the first teardown (the main flow's, or the signal watcher's); the other one stands back.
+private let teardownClaimed = Atomic<Bool>(false)
 
 /// `dpuctl demo`: the whole offload on this machine. A simulated host and DPU (DemoLab); the host runs
 /// qtfs_engine, rexec_server and udsproxyd; the DPU gets its rootfs from `dpuctl rootfs prepare`, its
@@ -33,7 +43,8 @@ struct Demo {
         Signals.ignore(SIGPIPE)
         var demo = try Demo()
         demo.steps = steps
-        print("dpuctl demo: the management plane on a simulated DPU, the VM on a simulated host")
+        try demo.tearDownOnSignals()
+        line("dpuctl demo: the management plane on a simulated DPU, the VM on a simulated host")
         return demo
     }
 
@@ -58,17 +69,17 @@ struct Demo {
 
     /// Reports a failed step with the end of the logs, tears down, exits 1.
     func abort(_ lab: DemoLab?, _ error: Error) -> Never {
-        print("dpuctl demo: failed: \(error)")
+        line("dpuctl demo: failed: \(error)")
         if let logs = try? listDirectory(state).filter({ $0.hasSuffix(".log") }).sorted() {
             for log in logs {
                 let lines = (try? readTextFile(state + "/" + log))?.split(separator: "\n").suffix(5) ?? []
                 guard !lines.isEmpty else { continue }
-                print("      \(log):")
-                for line in lines { print("        " + line) }
+                line("      \(log):")
+                for text in lines { line("        " + text) }
             }
         }
         if keepOnFailure, lab != nil {
-            print("      the machines stay up for inspection (--keep-on-failure):")
+            line("      the machines stay up for inspection (--keep-on-failure):")
             printHowToEnter()
             exit(1)
         }
@@ -77,7 +88,7 @@ struct Demo {
     }
 
     func printHowToEnter() {
-        print("""
+        line("""
             the demo stays up:
               dpuctl demo exec dpu --rootfs -- virsh -c qemu:///system list   # libvirt on the DPU
               dpuctl demo exec host -- ps -ef                                  # the host's processes
@@ -87,10 +98,10 @@ struct Demo {
 
     mutating func say(_ text: String) {
         step += 1
-        print("[\(step)/\(steps)] \(text)")
+        line("[\(step)/\(steps)] \(text)")
     }
 
-    func detail(_ text: String) { print("      \(text)") }
+    func detail(_ text: String) { line("      \(text)") }
 
     // MARK: - Steps
 
@@ -273,10 +284,11 @@ struct Demo {
         let (_, list) = try virsh(lab, ["list"])
         for line in list.split(separator: "\n") { detail("dpu$ virsh list   " + line) }
         let (_, hostPS) = try lab.host.capture(["ps", "-eo", "pid,comm,args", "--no-headers"])
-        let qemu = hostPS.split(separator: "\n").filter { $0.contains("qemu-system") && $0.contains(Demo.domain) }
+        // The VM's QEMU by its -name (its argv[0] is /usr/bin/qemu-kvm, the link the domain names).
+        let qemu = hostPS.split(separator: "\n").filter { $0.contains("guest=\(Demo.domain),") }
         for line in qemu { detail("host$ ps   " + String(line.prefix(110))) }
         let (_, dpuPS) = try lab.dpu.capture(["ps", "-eo", "pid,comm", "--no-headers"])
-        let local = dpuPS.split(separator: "\n").filter { $0.contains("qemu-system") }
+        let local = dpuPS.split(separator: "\n").filter { $0.contains("qemu-system") || $0.contains("qemu-kvm") }
         detail(local.isEmpty ? "dpu$ ps   no QEMU process on the DPU: only its stand-in, rexec" : "dpu$ ps   UNEXPECTED local QEMU: \(local)")
         let (_, image) = try lab.host.capture(["ls", "-l", "/home/VMs"])
         for line in image.split(separator: "\n").dropFirst() { detail("host$ ls -l /home/VMs   " + line) }
@@ -285,8 +297,47 @@ struct Demo {
         }
     }
 
-    func tearDown(_ lab: DemoLab?) {
-        print("[teardown]")
+    mutating func stopVM(_ lab: DemoLab) throws {
+        say("dpu: virsh destroy \(Demo.domain)")
+        try virsh(lab, ["destroy", Demo.domain])
+        for _ in 0..<100 {
+            let (_, hostPS) = try lab.host.capture(["ps", "-eo", "args", "--no-headers"])
+            if !hostPS.contains("guest=\(Demo.domain),") {
+                detail("host$ ps   its QEMU is gone from the host")
+                return
+            }
+            usleep(100_000)
+        }
+        throw DemoError("virsh destroy returned, but the VM's QEMU still runs on the host after 10 s")
+    }
+
+    /// Ctrl-C, SIGTERM or SIGHUP during a step: the teardown of `dpuctl demo down` (everything the state
+    /// directory knows of), then exit 130. The handlers only wake this thread; the main flow's step fails
+    /// as its machines go, and its own teardown stands back.
+    func tearDownOnSignals() throws {
+        let wake = try EventCounter()
+        for signal in [SIGINT, SIGTERM, SIGHUP] { try Signals.wake(wake, on: signal) }
+        let demo = self
+        try OSThread.start(name: "demo-signals") {
+            var entry = pollfd(fd: wake.fd.rawValue, events: Int16(POLLIN), revents: 0)
+            while Glibc.poll(&entry, 1, -1) < 1 {}
+            line("\n[interrupted]")
+            var teardown = demo
+            teardown.libvirtStarted = true
+            guard teardown.tearDown(DemoLab.load(), onSignal: true) else { return }
+            exit(130)
+        }
+    }
+
+    /// Ends what is up. When another thread is already at it: the signal watcher returns false (the main
+    /// flow finishes and exits); the main flow waits for the watcher to exit the process.
+    @discardableResult
+    func tearDown(_ lab: DemoLab?, onSignal: Bool = false) -> Bool {
+        guard !teardownClaimed.exchange(true, ordering: .acquiringAndReleasing) else {
+            if !onSignal { while true { pause() } }
+            return false
+        }
+        line("[teardown]")
         if let lab, libvirtStarted {
             _ = try? virsh(lab, ["destroy", Demo.domain], check: false)
             _ = try? virsh(lab, ["undefine", Demo.domain], check: false)
@@ -304,5 +355,6 @@ struct Demo {
         }
         DemoLab.destroy()
         detail("machines, namespaces and their processes are gone; the rootfs stays in \(Demo.rootfs) for the next run")
+        return true
     }
 }
