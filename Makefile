@@ -21,8 +21,19 @@ SWIFT ?= swift
 # libstdc++ (which the Swift runtime needs) linked statically: its 5,000 symbol relocations were the
 #   largest part of what remained. The toolchain's link arguments say `-lstdc++`; a directory holding
 #   only libstdc++.a, searched first, makes that the archive.
+# -static-libgcc: the unwinder (_Unwind_*, all dpuctl takes from libgcc_s.so) linked from libgcc_eh.a:
+#   one shared library fewer to find, map and relocate, and no libgcc_s constructor (CPUID probing).
+# --disable-local-rpath: no RUNPATH $ORIGIN (the Swift libraries are linked in), so the loader does not
+#   first probe a dozen hwcaps/tls paths next to the binary for every library.
+# -disable-concrete-type-metadata-mangled-name-accessors: the metadata of concrete generic types
+#   (HMAC<SHA256>, swift-crypto's DigestContext<SHA256>, [UInt8]...) is built through its accessor with
+#   the conformances passed in, not by demangling a name at run time and scanning every protocol
+#   conformance record of the binary for them (~15% of the rexec client's user time before).
+# Measured with bench/rexec.sh and perf stat (bench/RESULTS.md, rexec).
 STATIC_LIBS = $(CURDIR)/.build/static-libs
-SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib -Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS)
+SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
+	-Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS) -Xswiftc -Xclang-linker -Xswiftc -static-libgcc \
+	-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors
 RELEASE_BIN = .build/release/dpuctl
 # Man pages carry this date, so regenerating them changes nothing unless the commands changed.
 MAN_DATE = 2026-11-26
