@@ -55,18 +55,21 @@ all: build
 
 build: $(STATIC_LIBS)/libstdc++.a
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
+	@# After SwiftPM: on a fresh tree it makes .build/release a symbolic link, replacing a directory
+	@# made before it (and the library in it).
+	@$(MAKE) --no-print-directory preload
 
 $(STATIC_LIBS)/libstdc++.a:
 	@archive=$$($(CC) -print-file-name=libstdc++.a); [ -f "$$archive" ] || { echo "libstdc++.a not found (make deps installs libstdc++-12-dev)" >&2; exit 1; }; \
 		mkdir -p $(STATIC_LIBS) && ln -sf "$$archive" $@
-	$(MAKE) --no-print-directory preload
 
 # libudsproxy.so is linked with the C compiler, not as SwiftPM's `udsproxy` product: the Swift driver links
 # every product against the Swift runtime (with the toolchain's rpath), which a library preloaded into
 # arbitrary programs must not drag in. It exports connect() and needs libc only.
 CC ?= cc
 PRELOAD_LIB = .build/release/libudsproxy.so
-preload:
+preload: $(PRELOAD_LIB)
+$(PRELOAD_LIB): Sources/CUDSPreload/udsproxy.c $(wildcard Sources/CUDSPreload/include/*.h)
 	mkdir -p $$(dirname $(PRELOAD_LIB))
 	$(CC) -shared -fPIC -O2 -fvisibility=hidden -Wall -Wextra -Werror -ISources/CUDSPreload/include \
 		-Wl,-z,defs -Wl,--as-needed -o $(PRELOAD_LIB) Sources/CUDSPreload/udsproxy.c
