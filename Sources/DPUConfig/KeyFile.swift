@@ -11,11 +11,24 @@ public enum KeyFile {
     /// Loads and checks a key file. A symlink is refused (its target's permissions are what matter, and
     /// a link is an easy way to point a daemon at the wrong file).
     public static func load(_ path: String) throws(KeyFileError) -> PreSharedKey {
+        try load(path, missingIsNil: false)!
+    }
+
+    /// As `load`, but nil when nothing is at `path` (one open instead of an access() first: the rexec
+    /// client reads the key on every remote exec).
+    public static func loadIfPresent(_ path: String) throws(KeyFileError) -> PreSharedKey? {
+        try load(path, missingIsNil: true)
+    }
+
+    private static func load(_ path: String, missingIsNil: Bool) throws(KeyFileError) -> PreSharedKey? {
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.openPath(path, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY)
+            // O_NONBLOCK: a FIFO put at the path must not hang us before fstat refuses it.
+            fd = try FileDescriptor.openPath(path, flags: O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_NONBLOCK)
         } catch {
             switch error.errno {
+            case .noSuchFileOrDirectory where missingIsNil:
+                return nil
             case .noSuchFileOrDirectory:
                 throw KeyFileError(path: path, "does not exist; create one with `dpuctl key generate \(path)` and copy it to the peer")
             case .tooManySymbolicLinkLevels:
@@ -37,7 +50,7 @@ public enum KeyFile {
             throw KeyFileError(path: path, "has mode \(mode): group or others can access it; `chmod 600 \(path)`")
         }
         let text: String
-        do { text = try readTextFile("/proc/self/fd/\(fd.rawValue)", limit: 4096) } catch {
+        do { text = try fd.readText(limit: 4096, subject: path) } catch {
             throw KeyFileError(path: path, "cannot be read: \(error.errno)")
         }
         do { return try PreSharedKey(fileText: text) } catch { throw KeyFileError(path: path, error.message) }

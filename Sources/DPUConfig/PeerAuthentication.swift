@@ -27,7 +27,6 @@ public enum PeerAuthentication {
     /// exists (a server that requires one says so clearly when it is missing).
     public static func clientKey(for endpoint: Endpoint, keyPath: String) throws(KeyFileError) -> PreSharedKey? {
         if case .unix = endpoint { return nil }
-        guard access(keyPath, F_OK) == 0 else { return nil }
-        return try KeyFile.load(keyPath)
+        return try KeyFile.loadIfPresent(keyPath)
     }
 }

@@ -107,14 +107,22 @@ public enum MountInfo {
 public func readTextFile(_ path: String, limit: Int = 16 << 20) throws(SystemError) -> String {
     let fd = try FileDescriptor.openPath(path, flags: O_RDONLY)
     defer { fd.closeQuietly() }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while bytes.count < limit {
-        let count = try syscall("read", path) {
-            chunk.withUnsafeMutableBytes { Glibc.read(fd.rawValue, $0.baseAddress, $0.count) }
+    return try fd.readText(limit: limit, subject: path)
+}
+
+extension FileDescriptor {
+    /// Reads from here to the end of the file as text, stopping once `limit` bytes are in. (The buffer is
+    /// no larger than the limit needs: a short-lived process pays a page fault per page it touches.)
+    public func readText(limit: Int = 16 << 20, subject: String? = nil) throws(SystemError) -> String {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: Swift.min(Swift.max(limit, 1), 65536))
+        while bytes.count < limit {
+            let count = try syscall("read", subject) {
+                chunk.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, $0.count) }
+            }
+            if count == 0 { break }
+            bytes.append(contentsOf: chunk[..<count])
         }
-        if count == 0 { break }
-        bytes.append(contentsOf: chunk[..<count])
+        return String(decoding: bytes, as: UTF8.self)
     }
-    return String(decoding: bytes, as: UTF8.self)
 }

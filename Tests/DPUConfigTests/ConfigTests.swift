@@ -106,5 +106,20 @@ import Testing
         #expect(try PeerAuthentication.listenerKey(for: [loopback], keyPath: present, insecure: false) != nil)
         #expect(try PeerAuthentication.clientKey(for: .unix(path: "/x"), keyPath: present) == nil)
         #expect(try PeerAuthentication.clientKey(for: remote, keyPath: present) != nil)
+        // A client without a key file presents none (the server says so if it wants one).
+        #expect(try PeerAuthentication.clientKey(for: remote, keyPath: absent) == nil)
+        // One that is there but wrong is an error, never silently no key.
+        symlink(present, present + "-link")
+        #expect { try PeerAuthentication.clientKey(for: remote, keyPath: present + "-link") } throws: {
+            ($0 as? KeyFileError)?.reason.contains("symbolic link") == true
+        }
+    }
+
+    @Test func aFIFOAtTheKeyPathIsRefusedWithoutWaiting() {
+        let path = directory + "/fifo-key"
+        #expect(mkfifo(path, 0o600) == 0)
+        #expect { try PeerAuthentication.clientKey(for: .tcp(host: "127.0.0.1", port: 7777), keyPath: path) } throws: {
+            ($0 as? KeyFileError)?.reason.contains("not a regular file") == true
+        }
     }
 }
