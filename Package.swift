@@ -92,7 +92,8 @@ let package = Package(
         // Headers only: libsystemd is loaded at run time (see Sources/CSystemd/shim.h), so no pkg-config
         // link flags.
         .systemLibrary(name: "CSystemd", providers: [.apt(["libsystemd-dev"])]),
-        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // libfuse3's headers (libfuse3-dev); the library is loaded at run time by fuse3.c (see its shim.h).
+        .target(name: "CFuse3"),
         // libudsproxy.so is loaded into arbitrary processes: it exports connect() and nothing else. The
         // Swift driver links every product against the Swift runtime (with the toolchain's rpath), which a
         // preload library must not pull into its hosts: `make build` links the installed copy with the C
