@@ -152,15 +152,16 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentAttributes(of node: UInt64) -> QTFSAttributes? {
+    /// The attributes of `node` if known and how much longer (seconds) they may be trusted.
+    private func recentAttributes(of node: UInt64) -> (QTFSAttributes, remaining: Double)? {
         let now = monotonicNanoseconds()
-        return recentAttributes.withLock { cache -> QTFSAttributes? in
+        return recentAttributes.withLock { cache -> (QTFSAttributes, remaining: Double)? in
             guard let (a, until) = cache[node] else { return nil }
             guard now < until else {
                 cache[node] = nil
                 return nil
             }
-            return a
+            return (a, Double(until - now) / 1e9)
         }
     }
 
@@ -177,17 +178,18 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> QTFSAttributes? {
+    /// What a listing said of `name` in `parent`, and when it was asked for.
+    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> (QTFSAttributes, asked: UInt64)? {
         guard cachesListings else { return nil }
         let now = monotonicNanoseconds()
-        return recent.withLock { cache -> QTFSAttributes? in
+        return recent.withLock { cache -> (QTFSAttributes, asked: UInt64)? in
             let key = NodeTable.Dentry(parent: parent, name: name)
             guard let (a, until) = cache[key] else { return nil }
             guard now < until else {
                 cache[key] = nil
                 return nil
             }
-            return a
+            return (a, until &- UInt64(options.entryTimeout * 1_000_000_000))
         }
     }
 
@@ -347,12 +349,17 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     private func replyEntry(
         _ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64,
-        alias: (pid: Int32, hostName: [UInt8])? = nil
+        alias: (pid: Int32, hostName: [UInt8])? = nil, asked: UInt64? = nil
     ) {
         let id = nodes.remember(parent, name, a, alias: alias)
-        remember(attributes: a, of: id, since: since)
+        remember(attributes: a, of: id, since: since, asked: asked)
         let reply = { [self] in
             var e = entry(id, a)
+            if let asked {
+                let age = Double(monotonicNanoseconds() &- asked) / 1e9
+                e.entry_timeout = max(0, e.entry_timeout - age)
+                e.attr_timeout = max(0, e.attr_timeout - age)
+            }
             // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
             if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
         }
@@ -440,7 +447,8 @@ final class QTFSFilesystem: @unchecked Sendable {
             // Nothing is ever found in the hidden directory: binding there must not find an entry.
             if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
         }
-        if let a = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since) }
+        // The kernel may keep it for what is left of the timeout, not for a whole one more.
+        if let (a, asked) = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since, asked: asked) }
         guard let path = path(req, parent, name) else { return }
         call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
             if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
@@ -473,9 +481,9 @@ final class QTFSFilesystem: @unchecked Sendable {
                 replyAttributes(req, node, a, since: since)
             }
         }
-        if let a = recentAttributes(of: node) {
+        if let (a, remaining) = recentAttributes(of: node) {
             var s = stat(a, node: node)
-            return _ = fuse_reply_attr(req, &s, timeouts(a).attributes)
+            return _ = fuse_reply_attr(req, &s, min(timeouts(a).attributes, remaining))
         }
         guard let path = path(req, node) else { return }
         call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
@@ -999,7 +1007,7 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
         // A file known to have none (`ls -l` asks every file for its SELinux label and ACL).
-        if let a = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
+        if let (a, _) = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
             if list && size == 0 {
                 fuse_reply_xattr(req, 0)
             } else if list {
