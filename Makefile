@@ -15,7 +15,14 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 MOUNTHELPERDIR ?= /sbin
 
 SWIFT ?= swift
-SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib
+# Start-up time is most of `rexec /bin/true`, so the dynamic loader gets little to do:
+# --no-export-dynamic: SwiftPM exports every symbol of an executable (21,000 here), which start-up then
+#   walks (relocations, the runtime's dladdr()); nothing loads against dpuctl.
+# libstdc++ (which the Swift runtime needs) linked statically: its 5,000 symbol relocations were the
+#   largest part of what remained. The toolchain's link arguments say `-lstdc++`; a directory holding
+#   only libstdc++.a, searched first, makes that the archive.
+STATIC_LIBS = $(CURDIR)/.build/static-libs
+SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib -Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS)
 RELEASE_BIN = .build/release/dpuctl
 # Man pages carry this date, so regenerating them changes nothing unless the commands changed.
 MAN_DATE = 2026-11-26
@@ -25,8 +32,9 @@ MAN_DATE = 2026-11-26
 # server and client, binutils to check what libudsproxy.so exports; for the rootfs tests: setcap/getcap,
 # getfattr/setfattr, sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images). gcc links
 # libudsproxy.so.
-DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config gcc libc6-dev
+DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config gcc libc6-dev libstdc++-12-dev
 DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
 	libcap2-bin attr fdisk e2fsprogs qemu-utils python3 binutils
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
@@ -34,8 +42,12 @@ DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
 all: build
 
-build:
+build: $(STATIC_LIBS)/libstdc++.a
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
+
+$(STATIC_LIBS)/libstdc++.a:
+	@archive=$$($(CC) -print-file-name=libstdc++.a); [ -f "$$archive" ] || { echo "libstdc++.a not found (make deps installs libstdc++-12-dev)" >&2; exit 1; }; \
+		mkdir -p $(STATIC_LIBS) && ln -sf "$$archive" $@
 	$(MAKE) --no-print-directory preload
 
 # libudsproxy.so is linked with the C compiler, not as SwiftPM's `udsproxy` product: the Swift driver links

@@ -14,6 +14,18 @@ import NIOCore
 //                                   ◄───────── EXITED(status)
 // ```
 //
+// A program that daemonizes (EXEC with a daemon pid file, e.g. `qemu -daemonize -pidfile PATH`): when it
+// exits 0 and PATH on the server names a live descendant of it, the server answers DAEMONIZED(daemon pid)
+// instead of EXITED and follows the daemon: SIGNAL reaches the daemon, EXITED reports the daemon's end,
+// and a client that goes away gets it ended (SIGTERM, then SIGKILL). The client leaves a stand-in behind.
+//
+// ```
+//   HELLO, [AUTH], EXEC(daemon pid file) ───►
+//                                   ◄───────── STARTED(pid), DATA..., DAEMONIZED(daemon pid)
+//   SIGNAL                          ─────────►            (to the daemon)
+//                                   ◄───────── EXITED(the daemon's status)
+// ```
+//
 // Payload fields are big-endian; byte strings are u32 length + bytes (argv, the environment and paths are
 // bytes, not text: a file name need not be UTF-8). Stream 0 is the connection; every other stream is one
 // carried file descriptor (or one accepted connection), numbered by the client.
@@ -44,6 +56,9 @@ public enum RexecFrame {
     public static let continued = FrameType(rawValue: 0x19)
     /// C→S: the start gate's word (u8, `'1'` = run), for a gated EXEC.
     public static let gate = FrameType(rawValue: 0x1a)
+    /// S→C: the program exited 0 and left the daemon its pid file names (u32 pid, 0 if none could be
+    /// followed; notes); the session goes on with the daemon. Only for an EXEC with a daemon pid file.
+    public static let daemonized = FrameType(rawValue: 0x1b)
 }
 
 /// Hard limits on what a peer may ask for; checked before anything is allocated.
@@ -153,10 +168,14 @@ public struct RexecExecRequest: Equatable, Sendable {
     public var gated: Bool
     public var terminal: RexecTerminal?
     public var descriptors: [RexecDescriptor]
+    /// The program daemonizes and writes its daemon's pid to this absolute path (QEMU's `-daemonize
+    /// -pidfile PATH`): follow the daemon once the program exits 0 (DAEMONIZED).
+    public var daemonPidFile: [UInt8]?
 
     public init(
         program: [UInt8], arguments: [[UInt8]], environment: [[UInt8]], workingDirectory: [UInt8], umask: UInt32,
-        gated: Bool = false, terminal: RexecTerminal? = nil, descriptors: [RexecDescriptor] = []
+        gated: Bool = false, terminal: RexecTerminal? = nil, descriptors: [RexecDescriptor] = [],
+        daemonPidFile: [UInt8]? = nil
     ) {
         self.program = program
         self.arguments = arguments
@@ -166,6 +185,7 @@ public struct RexecExecRequest: Equatable, Sendable {
         self.gated = gated
         self.terminal = terminal
         self.descriptors = descriptors
+        self.daemonPidFile = daemonPidFile
     }
 }
 
@@ -220,6 +240,8 @@ public enum RexecMessage: Equatable, Sendable {
     case stopped(signal: Int32)
     case continued
     case gate(UInt8)
+    /// pid 0: the program exited 0 but left no daemon that can be followed (the notes say why).
+    case daemonized(pid: Int32, notes: [String])
 
     /// The frame carrying this message.
     public var frame: Frame {
@@ -270,6 +292,10 @@ public enum RexecMessage: Equatable, Sendable {
         case .gate(let word):
             type = RexecFrame.gate
             payload.writeInteger(word)
+        case .daemonized(let pid, let notes):
+            type = RexecFrame.daemonized
+            payload.writeInteger(UInt32(bitPattern: pid), endianness: .big)
+            payload.writeWireByteStrings(notes.map { Array($0.utf8) })
         }
         return Frame(type: type, stream: stream, payload: payload)
     }
@@ -330,6 +356,13 @@ public enum RexecMessage: Equatable, Sendable {
             self = .continued
         case RexecFrame.gate:
             self = .gate(try payload.readWireInteger("GATE word"))
+        case RexecFrame.daemonized:
+            let pid = Int32(bitPattern: try payload.readWireInteger(as: UInt32.self, "DAEMONIZED pid"))
+            guard pid >= 0 else { throw WireError(.malformed, "DAEMONIZED with pid \(pid)") }
+            let notes = try payload.readWireByteStrings(
+                "DAEMONIZED notes", maximumCount: RexecLimits.maximumNotes,
+                maximumTotal: RexecLimits.maximumNotes * RexecLimits.maximumText)
+            self = .daemonized(pid: pid, notes: notes.map { String(decoding: $0, as: UTF8.self) })
         default:
             throw WireError(.unknownMessage, "unknown rexec frame \(type)")
         }
@@ -353,9 +386,13 @@ extension RexecWindowSize {
 extension RexecExecRequest {
     private static let flagGated: UInt8 = 0x01
     private static let flagTerminal: UInt8 = 0x02
+    /// A daemon pid file follows the descriptors (an older server refuses the unknown flag: the client
+    /// learns that it cannot follow a daemon rather than leaving one behind).
+    private static let flagDaemon: UInt8 = 0x04
 
     func encode(into buffer: inout ByteBuffer) {
-        buffer.writeInteger((gated ? Self.flagGated : 0) | (terminal != nil ? Self.flagTerminal : 0))
+        buffer.writeInteger(
+            (gated ? Self.flagGated : 0) | (terminal != nil ? Self.flagTerminal : 0) | (daemonPidFile != nil ? Self.flagDaemon : 0))
         buffer.writeWireBytes(program)
         buffer.writeWireByteStrings(arguments)
         buffer.writeWireByteStrings(environment)
@@ -382,11 +419,12 @@ extension RexecExecRequest {
                 break
             }
         }
+        if let daemonPidFile { buffer.writeWireBytes(daemonPidFile) }
     }
 
     init(decoding buffer: inout ByteBuffer) throws(WireError) {
         let flags: UInt8 = try buffer.readWireInteger("EXEC flags")
-        guard flags & ~(Self.flagGated | Self.flagTerminal) == 0 else {
+        guard flags & ~(Self.flagGated | Self.flagTerminal | Self.flagDaemon) == 0 else {
             throw WireError(.malformed, "EXEC has unknown flags \(flags)")
         }
         program = try buffer.readWireBytes("EXEC program", maximum: RexecLimits.maximumPath)
@@ -466,6 +504,15 @@ extension RexecExecRequest {
                 throw WireError(.malformed, "EXEC places a terminal without asking for TTY mode")
             }
             descriptors.append(RexecDescriptor(targets: targets, kind: kind))
+        }
+        if flags & Self.flagDaemon != 0 {
+            let path = try buffer.readWireBytes("EXEC daemon pid file", maximum: RexecLimits.maximumPath)
+            guard path.first == UInt8(ascii: "/"), !path.contains(0) else {
+                throw WireError(.malformed, "EXEC daemon pid file is not an absolute path")
+            }
+            daemonPidFile = path
+        } else {
+            daemonPidFile = nil
         }
     }
 }

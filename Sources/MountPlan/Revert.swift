@@ -92,7 +92,16 @@ public struct MountReverter {
             try Mount.unmount(mount.mountPoint, flags: .noFollow)
             return .unmounted
         } catch where error.errno == .resourceBusy {
-            let holders = Holders.scan(under: mount.mountPoint)
+            var holders = Holders.scan(under: mount.mountPoint)
+            if mount.fileSystemType == "fuse.qtfs" {
+                // The client itself keeps a directory of its mount open while it relays host unix sockets
+                // (SocketNodes): only it holds the mount, and it unmounts cleanly on SIGTERM.
+                let clients = Set(Holders.qtfsClients(for: mount.mountPoint))
+                if !holders.isEmpty, holders.allSatisfy({ clients.contains($0.pid) }) {
+                    if endClients(clients, of: mount) { return .unmounted }
+                    holders = Holders.scan(under: mount.mountPoint)
+                }
+            }
             guard lazy else { return .busy(holders) }
             do {
                 try Mount.unmount(mount.mountPoint, flags: [.noFollow, .detach])
@@ -105,6 +114,18 @@ public struct MountReverter {
         } catch {
             return .left(explain(error, "cannot unmount"))
         }
+    }
+
+    /// Asks the qtfs clients that are the only holders of their own mount to end, and waits up to 5 s for
+    /// the mount to go with them.
+    private func endClients(_ clients: Set<Int32>, of mount: MountInfoEntry) -> Bool {
+        for pid in clients { kill(pid, SIGTERM) }
+        for _ in 0..<50 {
+            usleep(100_000)
+            guard let table = try? MountTable.read() else { break }
+            if !table.mounts.contains(where: { $0.id == mount.id }) { return true }
+        }
+        return false
     }
 
     /// Waits for the qtfs clients of a mount that was just unmounted to end (unmounting a FUSE mount ends

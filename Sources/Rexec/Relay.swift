@@ -459,6 +459,12 @@ final class Multiplexer {
     /// got its SIGTERM; it may want to log why it stops).
     var discardSourcesAfterClose = false
 
+    /// Bytes read from the connection but not yet decoded, and bytes not yet sent: what a process taking
+    /// over the connection must start from (the client's stand-in).
+    var unprocessedInput: ByteBuffer { inbound }
+    /// Whether a spliced DATA frame is half sent (the connection cannot change hands then).
+    var isMidFrame: Bool { splicing != nil }
+
     /// Whether a sink still holds data to write (after the connection closed).
     var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
 

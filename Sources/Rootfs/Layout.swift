@@ -93,13 +93,32 @@ enum Layout {
 
     /// The qemu-kvm wrapper of guide §3.5.1, with its faults fixed: `"$@"` keeps every argument as it
     /// is (`$*` split them at spaces), and the address is written in, not left as `$host:$port`.
+    ///
+    /// QEMU run with `-daemonize -pidfile FILE` (libvirt's capability probe) gets `rexec --daemon-pidfile
+    /// FILE`, so that FILE ends up naming a local stand-in rather than a host pid libvirt would kill here.
+    /// The scan is in the wrapper, not in rexec: rexec stays ignorant of any one program's options, and a
+    /// few lines of POSIX sh cost microseconds next to the remote start.
     static func wrapper(address: String?, program: String) -> String {
         let environment = address.map { "CMD_NET_ADDR=\(shellQuote($0)) " } ?? ""
         return """
             #!/bin/sh
             # An emulator for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`: it runs on the
-            # host through rexec, with exactly these arguments.
-            \(environment)exec /usr/bin/rexec \(program) "$@"
+            # host through rexec, with exactly these arguments. When it daemonizes with a pid file, rexec
+            # leaves a stand-in for the daemon here and puts the stand-in's pid in that file.
+            daemonize= pidfile= next=
+            for argument; do
+                if [ -n "$next" ]; then pidfile=$argument next=; continue; fi
+                case $argument in
+                -daemonize | --daemonize) daemonize=1 ;;
+                -pidfile | --pidfile) next=1 ;;
+                esac
+            done
+            if [ -n "$daemonize" ] && [ -n "$pidfile" ]; then
+                set -- --daemon-pidfile "$pidfile" \(program) "$@"
+            else
+                set -- \(program) "$@"
+            fi
+            \(environment)exec /usr/bin/rexec "$@"
 
             """
     }

@@ -86,6 +86,8 @@ public enum RootfsInspector {
             let address = Layout.existingAddress(path, in: root)
             if text == Array(Layout.wrapper(address: address, program: program).utf8) {
                 row(.ok, item, path, address.map { "CMD_NET_ADDR=\($0)" } ?? "no CMD_NET_ADDR: rexec finds the host in its configuration (prepare --host URL writes one in)")
+            } else if text.starts(with: Array("#!/bin/sh\n# An emulator for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`".utf8)) {
+                row(.different, item, path, "an older dpuctl's wrapper: `dpuctl rootfs prepare` brings it up to date")
             } else {
                 row(.different, item, path, "not dpuctl's wrapper (a real emulator would run on the DPU)")
             }

@@ -18,7 +18,8 @@ import Testing
     @Test func everyOptionIsUnderstood() throws {
         let options = try #require(RexecArguments.parse(bytes([
             "-t", "--connect", "tcp://198.51.100.1:7777", "--key=/k", "--config", "/c", "-e", "A=1", "--env=B=2", "-u", "C",
-            "--unset=D", "--clear-env", "--exclude-fd", "5,7", "--exclude-fd=9", "--cwd", "/w", "--", "-program", "x",
+            "--unset=D", "--clear-env", "--exclude-fd", "5,7", "--exclude-fd=9", "--cwd", "/w", "--daemon-pidfile", "/run/q.pid", "--",
+            "-program", "x",
         ])))
         #expect(options.tty == true)
         #expect(options.connect == "tcp://198.51.100.1:7777")
@@ -27,6 +28,7 @@ import Testing
         #expect(options.clearEnvironment)
         #expect(options.excludedDescriptors == [5, 7, 9])
         #expect(options.workingDirectory == Array("/w".utf8))
+        #expect(options.daemonPidFile == Array("/run/q.pid".utf8))
         #expect(options.command == bytes(["-program", "x"]))
         #expect(RexecArguments.parse(bytes(["--exclude-fd", "all", "-T", "p"]))?.excludeAllDescriptors == true)
     }
@@ -39,7 +41,7 @@ import Testing
     @Test func helpAndMistakesGoToArgumentParser() {
         for words in [
             [], ["--help"], ["-h"], ["--bogus", "/bin/ls"], ["--connect"], ["-t", "-T", "/bin/ls"], ["-e", "NOEQUALS", "x"],
-            ["-e", "=x", "y"], ["--exclude-fd", "2", "x"], ["--exclude-fd", "a", "x"], ["-u", "", "x"], ["--tty"],
+            ["-e", "=x", "y"], ["--exclude-fd", "2", "x"], ["--daemon-pidfile", "", "x"], ["--daemon-pidfile"], ["--exclude-fd", "a", "x"], ["-u", "", "x"], ["--tty"],
             ["--generate-completion-script", "bash"], ["--experimental-dump-help"],
         ] {
             #expect(RexecArguments.parse(bytes(words)) == nil, "\(words)")
@@ -51,6 +53,7 @@ import Testing
             ["/bin/true"], ["-t", "/bin/sh"], ["-T", "--", "/bin/sh", "-c", "x"], ["--connect", "unix:///x", "/bin/true"],
             ["--key", "/k", "--config", "/c", "/bin/true"], ["-e", "A=1", "-u", "B", "--clear-env", "/bin/env"],
             ["--exclude-fd", "5,7", "--exclude-fd", "9", "/bin/true"], ["--exclude-fd", "all", "/bin/true"], ["--cwd", "/tmp", "/bin/pwd"],
+            ["--daemon-pidfile", "q.pid", "/usr/bin/qemu-kvm", "-daemonize", "-pidfile", "q.pid"], ["--daemon-pidfile=/q.pid", "/bin/true"],
         ] {
             let fast = try #require(RexecArguments.parse(bytes(words)), "\(words)")
             let slow = try RexecCommand.parse(words).options()

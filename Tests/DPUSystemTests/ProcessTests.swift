@@ -109,6 +109,22 @@ import Testing
         // Signalling a reaped process is not an error: nobody is left.
         try handle.signal(SIGTERM)
     }
+
+    @Test func isRunningFollowsTheProcess() throws {
+        let pid = try Spawn.start(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"], environment: []))
+        let handle = try ProcessHandle(pid: pid)
+        defer { handle.close() }
+        #expect(handle.isRunning)
+        try handle.signal(SIGKILL)
+        _ = try handle.wait()
+        #expect(!handle.isRunning)
+    }
+
+    @Test func forkIsRefusedWithMoreThanOneThread() throws {
+        // The test runner has threads of its own: a copy of this process could inherit a held lock.
+        #expect(try #require(Fork.threadCount()) > 1)
+        #expect(throws: SystemError.self) { _ = try Fork.singleThreaded() }
+    }
 }
 
 @Suite struct Parsing {

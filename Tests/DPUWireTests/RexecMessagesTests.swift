@@ -32,6 +32,12 @@ import Testing
         .windowSize(RexecWindowSize(rows: 50, columns: 200, width: 0, height: 0)),
         .open(stream: 17, listener: 29),
         .stopped(signal: 20), .continued, .gate(UInt8(ascii: "1")),
+        .exec(RexecExecRequest(
+            program: Array("/usr/bin/qemu-system-x86_64".utf8), arguments: [Array("qemu".utf8), Array("-daemonize".utf8)],
+            environment: [], workingDirectory: [0x2f], umask: 0o022,
+            descriptors: [RexecDescriptor(targets: [2], kind: .output(stream: 1))],
+            daemonPidFile: Array("/var/lib/libvirt/qemu/qmp-x/qmp.pid".utf8))),
+        .daemonized(pid: 4243, notes: ["a note"]), .daemonized(pid: 0, notes: []),
     ]
 
     func encoded(_ messages: [RexecMessage]) -> ByteBuffer {
@@ -120,7 +126,11 @@ import Testing
         #expect(refused {
             $0.terminal = nil  // a terminal descriptor without TTY mode
         })
+        #expect(refused { $0.daemonPidFile = Array("relative.pid".utf8) })
+        #expect(refused { $0.daemonPidFile = [] })
+        #expect(!refused { $0.daemonPidFile = Array("/run/x.pid".utf8) })
         #expect(!refused { _ in })
+        #expect((try? RexecMessage(Frame(type: RexecFrame.daemonized, payload: ByteBuffer(bytes: [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0])))) == nil)
         #expect((try? RexecMessage(RexecMessage.signal(0, toGroup: false).frame)) == nil)
         #expect((try? RexecMessage(RexecMessage.signal(99, toGroup: false).frame)) == nil)
         #expect((try? RexecMessage(RexecMessage.started(pid: 0, notes: []).frame)) == nil)

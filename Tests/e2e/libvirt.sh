@@ -19,6 +19,9 @@ pass "dpuctl demo up: host daemons, DPU rootfs and mounts, libvirtd on the DPU"
 
 dpu() { "$DPUCTL" demo exec dpu --rootfs -- "$@"; }
 host() { "$DPUCTL" demo exec host -- "$@"; }
+# A QEMU process: argv[0] is the emulator the domain names (/usr/bin/qemu-kvm, a link to qemu-system-x86_64
+# on the demo host) or the one libvirt probes; the DPU's rexec stand-in starts with /usr/bin/rexec instead.
+QEMU="^/usr/bin/qemu-(kvm|system-[^ ]*) "
 virsh() { dpu /usr/bin/virsh -c qemu:///system "$@"; }
 DOM=e2e-vm
 
@@ -46,13 +49,18 @@ XML
 "$DPUCTL" demo exec dpu -- cp "$W/$DOM.xml" /run/$DOM.xml
 
 expect_status "virsh define" 0 virsh define /var/run/$DOM.xml
+# By now libvirt has probed the emulators (qemu -daemonize -pidfile, then kill(pid, SIGKILL) of the pid
+# it read): the pid was a rexec stand-in's, and its death ended the probe's QEMU on the host.
+wait_for "! host pgrep -f '$QEMU'" 15
+expect_eq "the capability probes' QEMUs are gone from the host" "" "$(host pgrep -f "$QEMU")"
+expect_eq "and so are their stand-ins on the DPU" "" "$("$DPUCTL" demo exec dpu -- pgrep -x rexec)"
 expect_status "virsh start" 0 virsh start $DOM
 expect_match "virsh list shows it running" "$DOM +running" "$(virsh list)"
 expect_match "virsh dominfo: running" "State: +running" "$(virsh dominfo $DOM)"
 
-host_qemu=$(host pgrep -f "qemu-system.*guest=$DOM")
+host_qemu=$(host pgrep -f "$QEMU.*guest=$DOM")
 [ -n "$host_qemu" ] && pass "QEMU runs in the host's pid namespace (pid $host_qemu there)" || failed "no QEMU for $DOM on the host"
-dpu_qemu=$("$DPUCTL" demo exec dpu -- pgrep -f "qemu-system.*guest=$DOM")
+dpu_qemu=$("$DPUCTL" demo exec dpu -- pgrep -f "$QEMU.*guest=$DOM")
 expect_eq "and not in the DPU's (only its rexec stand-in)" "" "$dpu_qemu"
 
 status=$(virsh qemu-monitor-command --pretty $DOM '{"execute":"query-status"}')
@@ -65,13 +73,18 @@ expect_status "virsh resume" 0 virsh resume $DOM
 expect_match "running again" "State: +running" "$(virsh dominfo $DOM)"
 
 expect_status "virsh destroy" 0 virsh destroy $DOM
-wait_for "! host pgrep -f 'qemu-system.*guest=$DOM'" 15
-expect_eq "QEMU is gone from the host" "" "$(host pgrep -f "qemu-system.*guest=$DOM")"
+wait_for "! host pgrep -f '$QEMU.*guest=$DOM'" 15
+expect_eq "QEMU is gone from the host" "" "$(host pgrep -f "$QEMU.*guest=$DOM")"
 expect_eq "no rexec is left on the DPU" "" "$("$DPUCTL" demo exec dpu -- pgrep -x rexec)"
+# libvirt's capability probes ran QEMU with -daemonize and SIGKILLed the pid from its pid file: the rexec
+# stand-ins they killed must have taken their host QEMUs with them.
+expect_eq "no QEMU at all is left on the host (the capability probes' too)" "" "$(host pgrep -f "$QEMU")"
 expect_status "virsh undefine" 0 virsh undefine $DOM
 expect_eq "virsh list --all no longer has it" "" "$(virsh list --all --name | grep -x $DOM)"
 
 out=$("$DPUCTL" demo down 2>&1)
 expect_match "dpuctl demo down reverts every mount" "everything under .* unmounted" "$out"
 expect_eq "no demo network namespace is left" "" "$(ip netns list | grep dpuctl-)"
+expect_eq "no qtfs mount is left" "" "$(grep ' fuse.qtfs ' /proc/self/mountinfo)"
+expect_eq "no demo process is left" "" "$(pgrep -f 'dpuctl (demo machine-init|qtfs mount|rexec|udsproxy)')"
 finish

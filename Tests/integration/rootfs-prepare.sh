@@ -93,12 +93,22 @@ expect_eq "rexec links to it" "dpuctl" "$(readlink "$R/usr/bin/rexec")"
 expect_eq "mount.qtfs links to it" "../bin/dpuctl" "$(readlink "$R/usr/sbin/mount.qtfs")"
 expect_status "libudsproxy.so installed" 0 cmp -s "$(dirname "$DPUCTL")/libudsproxy.so" "$R/usr/lib64/libudsproxy.so"
 expect_status "both wrappers are the same" 0 cmp -s "$R/usr/bin/qemu-kvm" "$R/usr/libexec/qemu-kvm"
-expect_match "the wrapper has the host's address" "CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec /usr/bin/qemu-kvm \"\\\$@\"" "$(cat "$R/usr/bin/qemu-kvm")"
+expect_match "the wrapper has the host's address" "CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec \"\\\$@\"" "$(cat "$R/usr/bin/qemu-kvm")"
 # The wrapper passes arguments unchanged: run a copy whose rexec prints what it gets.
 printf '#!/bin/sh\necho "addr=$CMD_NET_ADDR"\nfor a in "$@"; do echo "[$a]"; done\n' >"$W/fake-rexec" && chmod +x "$W/fake-rexec"
 sed "s|/usr/bin/rexec|$W/fake-rexec|" "$R/usr/bin/qemu-kvm" >"$W/wrapper" && chmod +x "$W/wrapper"
 expect_eq "the wrapper keeps arguments whole" "addr=tcp://198.51.100.1:7777|[/usr/bin/qemu-kvm]|[-name]|[guest=a b]|[]|[*]" \
     "$(cd "$W" && ./wrapper -name 'guest=a b' '' '*' | paste -sd'|')"
+# libvirt's capability probe: -daemonize with -pidfile (either spelling, either order) asks rexec for a
+# stand-in; "$@" still reaches QEMU untouched.
+expect_eq "a daemonizing QEMU gets --daemon-pidfile" "addr=tcp://198.51.100.1:7777|[--daemon-pidfile]|[/run/q p.pid]|[/usr/bin/qemu-kvm]|[-S]|[-pidfile]|[/run/q p.pid]|[-daemonize]" \
+    "$(cd "$W" && ./wrapper -S -pidfile '/run/q p.pid' -daemonize | paste -sd'|')"
+expect_eq "--daemonize and --pidfile are the same options" "[--daemon-pidfile]|[/q.pid]|[/usr/bin/qemu-kvm]|[--daemonize]|[--pidfile]|[/q.pid]" \
+    "$(cd "$W" && ./wrapper --daemonize --pidfile /q.pid | tail -n +2 | paste -sd'|')"
+expect_eq "a pid file without -daemonize changes nothing" "[/usr/bin/qemu-kvm]|[-pidfile]|[/q.pid]" \
+    "$(cd "$W" && ./wrapper -pidfile /q.pid | tail -n +2 | paste -sd'|')"
+expect_eq "-daemonize without a pid file changes nothing" "[/usr/bin/qemu-kvm]|[-daemonize]|[-pidfile]" \
+    "$(cd "$W" && ./wrapper -daemonize -pidfile | tail -n +2 | paste -sd'|')"
 
 out=$(status --root /target); rc=$?
 expect_eq "status: nothing missing" 0 "$rc"
@@ -118,12 +128,21 @@ echo tampered >"$R/usr/share/old"
 rm "$R/usr/share/hard3" && echo not-a-link >"$R/usr/share/hard3"
 rm "$R/usr/bin/rexec"
 ln -sfn /run "$R/var/run"
+# The wrapper an older dpuctl wrote (before -daemonize was looked for).
+cat >"$R/usr/libexec/qemu-kvm" <<'OLD'
+#!/bin/sh
+# An emulator for libvirtd in the DPU rootfs, made by `dpuctl rootfs prepare`: it runs on the
+# host through rexec, with exactly these arguments.
+CMD_NET_ADDR='tcp://198.51.100.1:7777' exec /usr/bin/rexec /usr/bin/qemu-kvm "$@"
+OLD
 out=$(status --root /target); rc=$?
 expect_eq "status sees the damage" 3 "$rc"
 expect_match "rexec missing" "missing +rexec +usr/bin/rexec" "$out"
 expect_match "var/run different" "different +skeleton +var/run" "$out"
+expect_match "an older dpuctl's wrapper is called that" "different +qemu-kvm +usr/libexec/qemu-kvm +an older dpuctl's wrapper" "$out"
 out=$(prepare --root /target 2>&1); rc=$?
 expect_eq "third run succeeds" 0 "$rc"
+expect_status "the older wrapper is brought up to date, its address kept" 0 cmp -s "$R/usr/bin/qemu-kvm" "$R/usr/libexec/qemu-kvm"
 expect_match "mode fixed" "mode: usr/bin/suid-tool" "$out"
 expect_match "capability restored" "xattrs: usr/bin/capped" "$out"
 expect_match "xattr restored" "xattrs: usr/share/labelled" "$out"
@@ -131,7 +150,8 @@ expect_match "content restored" "content: usr/share/old" "$out"
 expect_match "hard link restored" "hard link: usr/share/hard3" "$out"
 expect_match "rexec restored" "new: usr/bin/rexec -> dpuctl" "$out"
 expect_match "var/run restored" "link target: var/run -> ../run" "$out"
-expect_eq "exactly those, and the marker untouched" 7 "$(grep -c '^  [a-z ,]*: ' <<<"$out")"
+expect_match "the wrapper rewritten" "content: usr/libexec/qemu-kvm" "$out"
+expect_eq "exactly those, and the marker untouched" 8 "$(grep -c '^  [a-z ,]*: ' <<<"$out")"
 expect_eq "setuid is back" "-rwsr-xr-x" "$(stat -c %A "$R/usr/bin/suid-tool")"
 expect_eq "capability is back" "cap_net_admin,cap_net_raw=ep" "$(getcap "$R/usr/bin/capped" | awk '{print $2}')"
 expect_eq "hard link is back" 1 "$(stat -c %i "$R/usr/lib/hard1" "$R/usr/share/hard3" | sort -u | wc -l)"

@@ -23,7 +23,7 @@ function __dpuctl_parse_tokens -S
         __dpuctl_parse_subcommand 0 'h/help'
         switch $unparsed_tokens[1]
         case 'rexec'
-            __dpuctl_parse_subcommand -r 1 'connect=' 'key=' 'config=' 't/tty' 'T/no-tty' 'e/env=+' 'u/unset=+' 'clear-env' 'exclude-fd=+' 'cwd=' 'h/help'
+            __dpuctl_parse_subcommand -r 1 'connect=' 'key=' 'config=' 't/tty' 'T/no-tty' 'e/env=+' 'u/unset=+' 'clear-env' 'exclude-fd=+' 'cwd=' 'daemon-pidfile=' 'h/help'
         case 'rexec-server'
             __dpuctl_parse_subcommand 0 'listen=+' 'key=' 'config=' 'insecure' 'whitelist=' 'allow-uid=+' 'stop-policy=' 'grace=' 'h/help'
         case 'udsproxy'
@@ -153,6 +153,7 @@ complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options 
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" clear-env' -l 'clear-env' -d 'Start from an empty environment (then apply -e).'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec"' -l 'exclude-fd' -d 'Do not carry these inherited fds above 2 (repeatable; `5`, `5,7` or `all`).' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" cwd' -l 'cwd' -d 'Working directory on the peer (default: ours).' -rfka ''
+complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" daemon-pidfile' -l 'daemon-pidfile' -d 'The program daemonizes and writes its daemon\'s pid to this file (qemu -daemonize -pidfile): once it exits 0, a stand-in for the daemon stays here and its pid replaces the daemon\'s in the file.' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec-server"' -l 'listen' -d 'Listen here (repeatable): tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT.' -rfka ''
 complete -c 'dpuctl' -n '__dpuctl_should_offer_completions_for_flags_or_options "dpuctl rexec-server" key' -l 'key' -d 'Pre-shared key file.' -rfka ''

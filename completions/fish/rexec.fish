@@ -20,7 +20,7 @@ function __rexec_parse_tokens -S
     set -l unparsed_tokens (__rexec_tokens -pc)
     switch $unparsed_tokens[1]
     case 'rexec'
-        __rexec_parse_subcommand -r 1 'connect=' 'key=' 'config=' 't/tty' 'T/no-tty' 'e/env=+' 'u/unset=+' 'clear-env' 'exclude-fd=+' 'cwd=' 'h/help'
+        __rexec_parse_subcommand -r 1 'connect=' 'key=' 'config=' 't/tty' 'T/no-tty' 'e/env=+' 'u/unset=+' 'clear-env' 'exclude-fd=+' 'cwd=' 'daemon-pidfile=' 'h/help'
         switch $unparsed_tokens[1]
         case 'help'
             __rexec_parse_subcommand -r 1 
@@ -87,5 +87,6 @@ complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "r
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" clear-env' -l 'clear-env' -d 'Start from an empty environment (then apply -e).'
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec"' -l 'exclude-fd' -d 'Do not carry these inherited fds above 2 (repeatable; `5`, `5,7` or `all`).' -rfka ''
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" cwd' -l 'cwd' -d 'Working directory on the peer (default: ours).' -rfka ''
+complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" daemon-pidfile' -l 'daemon-pidfile' -d 'The program daemonizes and writes its daemon\'s pid to this file (qemu -daemonize -pidfile): once it exits 0, a stand-in for the daemon stays here and its pid replaces the daemon\'s in the file.' -rfka ''
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_flags_or_options "rexec" h help' -s 'h' -l 'help' -d 'Show help information.'
 complete -c 'rexec' -n '__rexec_should_offer_completions_for_positional "rexec" -eq 1' -fa 'help' -d 'Show subcommand help information.'

@@ -44,6 +44,13 @@ struct RexecCommand: AsyncParsableCommand {
     @Option(name: .customLong("cwd"), help: ArgumentHelp("Working directory on the peer (default: ours).", valueName: "dir"))
     var cwd: String?
 
+    @Option(
+        name: .customLong("daemon-pidfile"),
+        help: ArgumentHelp(
+            "The program daemonizes and writes its daemon's pid to this file (qemu -daemonize -pidfile): once it exits 0, a stand-in for the daemon stays here and its pid replaces the daemon's in the file.",
+            valueName: "path"))
+    var daemonPidFile: String?
+
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments.", valueName: "program"))
     var command: [String] = []
 
@@ -56,6 +63,7 @@ struct RexecCommand: AsyncParsableCommand {
         for entry in set where !entry.contains("=") || entry.hasPrefix("=") {
             throw ValidationError("-e \(entry): expected NAME=VALUE")
         }
+        if daemonPidFile?.isEmpty == true { throw ValidationError("--daemon-pidfile: expected a path") }
         for list in excludeFD where RexecArguments.parseExcludedFDs(Array(list.utf8)) == nil {
             throw ValidationError("--exclude-fd \(list): expected fd numbers above 2, comma-separated, or `all`")
         }
@@ -83,6 +91,7 @@ struct RexecCommand: AsyncParsableCommand {
             }
         }
         options.workingDirectory = cwd.map { Array($0.utf8) }
+        options.daemonPidFile = daemonPidFile.map { Array($0.utf8) }
         return options
     }
 }
@@ -143,6 +152,9 @@ enum RexecArguments {
                 } else if let found = value(argument, "--cwd") {
                     guard let found else { return nil }
                     options.workingDirectory = found
+                } else if let found = value(argument, "--daemon-pidfile") {
+                    guard let found, !found.isEmpty else { return nil }
+                    options.daemonPidFile = found
                 } else if let found = value(argument, "--exclude-fd") {
                     guard let found, let excluded = parseExcludedFDs(found) else { return nil }
                     switch excluded {

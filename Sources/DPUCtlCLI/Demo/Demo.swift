@@ -194,6 +194,9 @@ struct Demo {
             group = "root"
             dynamic_ownership = 0
             remember_owner = 0
+            # No per-VM mount namespace: QEMU runs on the host, the namespace would hold only its rexec
+            # stand-in, and libvirt cannot make / a slave in a chroot whose / is not a mount point.
+            namespaces = [ ]
 
             """)
         try dpu.sh("""

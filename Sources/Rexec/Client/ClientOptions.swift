@@ -22,6 +22,9 @@ public struct RexecClientOptions: Sendable, Equatable {
     public var excludeAllDescriptors = false
     /// `--cwd`: the working directory on the peer instead of ours.
     public var workingDirectory: [UInt8]?
+    /// `--daemon-pidfile`: the program daemonizes and writes its daemon's pid there (`qemu -daemonize
+    /// -pidfile PATH`); a stand-in is left here for the daemon. Relative to the working directory.
+    public var daemonPidFile: [UInt8]?
 
     public enum EnvironmentEdit: Sendable, Equatable {
         case set([UInt8])  // NAME=VALUE

@@ -16,6 +16,7 @@ final class ClientSession {
     private let signals: SignalDescriptor
     private let gate: StartGate?
     private let program: String
+    private let daemonPidFile: [UInt8]?
     private let warn: (String) -> Void
 
     private enum State {
@@ -35,8 +36,9 @@ final class ClientSession {
 
     init(
         connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
-        signals: SignalDescriptor, gate: StartGate?, program: String, warn: @escaping (String) -> Void
+        signals: SignalDescriptor, gate: StartGate?, program: String, daemonPidFile: [UInt8]?, warn: @escaping (String) -> Void
     ) throws(SystemError) {
+        self.daemonPidFile = daemonPidFile
         loop = try IOLoop()
         mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
         self.endpoint = endpoint
@@ -102,9 +104,68 @@ final class ClientSession {
             stop(signal)
         case .continued:
             break
+        case .daemonized(let pid, let notes):
+            guard case .running = state, daemonPidFile != nil else { throw WireError(.protocolViolation, "unexpected DAEMONIZED") }
+            // pid 0: the server cannot follow the daemon; EXITED follows, and we end as today.
+            for note in notes { warn(note) }
+            if pid != 0 { leaveStandIn(daemon: pid) }
         default:
             throw WireError(.protocolViolation, "unexpected \(frame.type) from the server")
         }
+    }
+
+    /// The program exited 0 and its daemon runs on the server: a copy of this process stays here as the
+    /// daemon's stand-in (its pid goes into the pid file the caller reads), and this one exits 0 as the
+    /// program did.
+    ///
+    /// fork without exec, on purpose: the client is single-threaded by design (one epoll loop, no thread
+    /// pool, run before anything could start a thread — `Fork.singleThreaded` checks and refuses
+    /// otherwise), so the copy is as safe as the original; and it keeps the connection exactly where it
+    /// is — bytes read but not decoded, bytes not yet sent — which a freshly exec'd process would have to
+    /// be handed through argv or a pipe. The copy closes everything else at once (`StandIn`).
+    private func leaveStandIn(daemon: Int32) {
+        guard let daemonPidFile else { return }
+        let path = String(decoding: daemonPidFile, as: UTF8.self)
+        func fail(_ why: String) {
+            // Our exit closes the connection, and the server ends the daemon: none is left unwatched.
+            failure = RexecError(.local, "cannot stand in for the daemon of \(program) (pid \(daemon) on the server): \(why); it is being ended")
+        }
+        guard !mux.isMidFrame else { return fail("the connection is in the middle of a frame") }
+        let ready: (read: FileDescriptor, write: FileDescriptor)
+        do { ready = try FileDescriptor.makePipe() } catch { return fail("\(error)") }
+        let child: pid_t
+        do { child = try Fork.singleThreaded() } catch {
+            ready.read.closeQuietly()
+            ready.write.closeQuietly()
+            return fail("\(error)")
+        }
+        if child == 0 {
+            ready.read.closeQuietly()
+            StandIn.run(
+                connection: mux.link.fd, unread: mux.unprocessedInput, unsent: mux.outbound, signals: signals,
+                daemon: daemon, ready: ready.write, warn: warn)
+        }
+        ready.write.closeQuietly()
+        // The stand-in says it is ready once it holds nothing of the caller's (the caller may wait for
+        // end of file on our stdout and stderr) and its /var/run/rexec/pids entry exists; or it died.
+        var word: UInt8 = 0
+        let count = Glibc.read(ready.read.rawValue, &word, 1)
+        ready.read.closeQuietly()
+        guard count == 1 else {
+            kill(child, SIGKILL)
+            return fail("the stand-in process ended at once")
+        }
+        do {
+            let fd = try FileDescriptor.openPath(path, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode: 0o644)
+            defer { fd.closeQuietly() }
+            try fd.writeFully("\(child)\n".utf8)
+        } catch {
+            kill(child, SIGKILL)
+            return fail("cannot write its pid to \(path): \(error)")
+        }
+        state = .exited(.exit(0))
+        // Our copy of the connection only (close, not shutdown): the stand-in goes on with it.
+        mux.close(nil)
     }
 
     private func kind(of code: RexecFailure.Code) -> RexecError.Kind {
@@ -143,6 +204,9 @@ final class ClientSession {
         let targets = planned.targets
         if planned.id == terminal?.stream {
             // The terminal stays ours when the remote one closes.
+        } else if daemonPidFile != nil {
+            // A daemonizing program's streams end before its daemon's fate is known: stderr stays ours
+            // for the note that comes then, until we exit (the stand-in lets go of them at once).
         } else if planned.duplex {
             stream.onFinished = { [unowned self] _ in neutralise(targets) }
         } else {

@@ -44,10 +44,16 @@ public enum RexecClient {
         }
         let directory: [UInt8]
         if let given = options.workingDirectory { directory = given } else { directory = try workingDirectory() }
+        if let given = options.daemonPidFile, given.isEmpty || given.contains(0) {
+            throw RexecError(.usage, "--daemon-pidfile: expected a path")
+        }
+        // The same path on both sides (qtfs): made absolute against the program's working directory.
+        let daemonPidFile = options.daemonPidFile.map { $0.first == UInt8(ascii: "/") ? $0 : directory + [UInt8(ascii: "/")] + $0 }
         let request = RexecExecRequest(
             program: program, arguments: options.command, environment: environment(options),
             workingDirectory: directory, umask: UInt32(currentUmask()),
-            gated: gate != nil, terminal: terminalRequest(plan.terminal), descriptors: plan.descriptors)
+            gated: gate != nil, terminal: terminalRequest(plan.terminal), descriptors: plan.descriptors,
+            daemonPidFile: daemonPidFile)
         var exec = ByteBuffer()
         let execFrame = RexecMessage.exec(request).frame
         guard execFrame.payload.readableBytes <= Frame.maximumPayload else {
@@ -74,7 +80,7 @@ public enum RexecClient {
         do {
             session = try ClientSession(
                 connection: connection, leftover: leftover, endpoint: endpoint, plan: plan, signals: signals,
-                gate: gate, program: String(decoding: program, as: UTF8.self), warn: warn)
+                gate: gate, program: String(decoding: program, as: UTF8.self), daemonPidFile: daemonPidFile, warn: warn)
         } catch {
             throw RexecError(.local, "\(error)")
         }

@@ -18,6 +18,8 @@ final class NativeSession: ServerSession {
     private enum State {
         case awaitingRequest
         case running
+        /// The program exited 0 and left a daemon that this session now stands for.
+        case following
         case ended
     }
     private var state = State.awaitingRequest
@@ -34,6 +36,14 @@ final class NativeSession: ServerSession {
     private var listenerPaths: [Int32: String] = [:]
     private var terminalController: FileDescriptor?
     private var finished = false
+    /// `qemu -daemonize -pidfile PATH`: the pid file to read when the program exits 0, and when the
+    /// program started (no process older than that is taken for its daemon).
+    private var daemonPidFile: String?
+    private var programStart = UInt64.max
+    private var daemon: ProcessHandle?
+    private var daemonRegistration: IOLoop.Registration?
+    private var daemonStatus: ExitStatus?
+    private var daemonizedSent = false
 
     var pid: pid_t? { process?.pid }
 
@@ -79,9 +89,12 @@ final class NativeSession: ServerSession {
             try open(stream, listener: listener)
         case (.running, .gate(let word)):
             openGate(word)
-        case (.ended, .signal), (.ended, .windowSize), (.ended, .gate):
+        case (.following, .signal(let signal, _)):
+            // The daemon leads no group of ours (and its pid is not pinned by a zombie): itself only.
+            if let daemon, daemonStatus == nil { try? daemon.signal(signal) }
+        case (.ended, .signal), (.ended, .windowSize), (.ended, .gate), (.following, .windowSize), (.following, .gate):
             break
-        case (.ended, .open(let stream, _)):
+        case (.ended, .open(let stream, _)), (.following, .open(let stream, _)):
             mux.send(ConnectionMessage.resetStream(stream: stream, .cancelled, reason: "the program has exited").frame)
         default:
             throw WireError(.protocolViolation, "unexpected \(frame.type) from the client")
@@ -191,6 +204,11 @@ final class NativeSession: ServerSession {
         process = started.process
         gate = started.gate
         state = .running
+        if let file = request.daemonPidFile {
+            daemonPidFile = String(decoding: file, as: UTF8.self)
+            // Read while it cannot have been reaped: the pid still names our child.
+            programStart = DaemonPidFile.startTime(started.process.pid) ?? UInt64.max
+        }
         core.started(self, pid: started.process.pid)
         let arguments = request.arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
         core.logger.info("pid \(started.process.pid): \(program) \(arguments) for \(peer) via \(via)")
@@ -317,7 +335,17 @@ final class NativeSession: ServerSession {
         gate?.veto()
         gate = nil
         state = .ended
-        if mux.closed { return finish() }
+        if status == .exited(0), let daemonPidFile {
+            switch DaemonPidFile.follow(path: daemonPidFile, programStart: programStart, taken: { [unowned core] in core.owns($0) }) {
+            case .follow(let handle): follow(handle)
+            case .refused(let why): notFollowed(why)
+            }
+        }
+        if mux.closed {
+            // Nobody left to stand for the daemon either.
+            if let daemon { terminateDaemon(daemon) }
+            return finish()
+        }
         if closeWhenFlushed { return progressed() }
         // Whatever the program wrote before it exited is in its pipes now: send that, then EXITED.
         mux.drainSources()
@@ -327,8 +355,19 @@ final class NativeSession: ServerSession {
         if let exitStatus, !exitedSent, !mux.closed, !closeWhenFlushed,
             mux.streams.allSatisfy({ $0.sendState != .open })
         {
+            if let daemon, daemonStatus == nil {
+                // The client leaves its stand-in behind; EXITED follows when the daemon ends.
+                if !daemonizedSent {
+                    daemonizedSent = true
+                    mux.send(.daemonized(pid: daemon.pid, notes: []))
+                    mux.flush()
+                }
+                return
+            }
             exitedSent = true
-            switch exitStatus {
+            // Once the stand-in exists it ends as the daemon did; a daemon gone before that is not news.
+            let reported = daemonizedSent ? daemonStatus ?? exitStatus : exitStatus
+            switch reported {
             case .exited(let code): mux.send(.exited(.exited(code: UInt8(truncatingIfNeeded: code))))
             case .signaled(let signal, let core): mux.send(.exited(.signaled(signal: UInt8(signal), coreDumped: core)))
             }
@@ -353,6 +392,14 @@ final class NativeSession: ServerSession {
     private func connectionClosed(_ error: Error?) {
         if let error, !exitedSent {
             core.logger.notice("\(peer): connection ended: \(error)")
+        }
+        if let daemon, daemonStatus == nil {
+            clientGone = true
+            if killTimer == nil {
+                core.logger.notice("pid \(daemon.pid): the daemon's stand-in \(peer) went away; SIGTERM now, SIGKILL in \(core.settings.grace)")
+                terminateDaemon(daemon)
+            }
+            return
         }
         guard let process, exitStatus == nil else { return finish() }
         clientGone = true
@@ -380,6 +427,60 @@ final class NativeSession: ServerSession {
             core.logger.notice("pid \(process.pid): still running \(core.settings.grace) after SIGTERM; SIGKILL")
             try? process.signalGroup(SIGKILL)
             try? process.signal(SIGKILL)
+        }
+    }
+
+    // MARK: the daemon
+
+    private func follow(_ handle: ProcessHandle) {
+        do {
+            daemonRegistration = try core.loop.register(handle.fd) { [unowned self] _ in daemonEnded() }
+        } catch {
+            handle.close()
+            return notFollowed("the server cannot watch the daemon (pid \(handle.pid)): \(error)")
+        }
+        daemon = handle
+        core.follows(handle.pid, true)
+        state = .following
+        core.logger.info("pid \(handle.pid): the daemon of \(program) (from \(daemonPidFile ?? "")), followed for \(peer)")
+    }
+
+    /// Tells the client at once, before the program's last output and the end of its streams (after
+    /// which the client's stderr may be /dev/null already); EXITED follows as usual.
+    private func notFollowed(_ why: String) {
+        core.logger.notice("\(program): its daemon is not followed: \(why)")
+        if !mux.closed { mux.send(.daemonized(pid: 0, notes: [why])) }
+    }
+
+    private func daemonEnded() {
+        guard let daemon, daemonStatus == nil else { return }
+        // Its status is ours to read only if it was reparented to us; otherwise (ECHILD) all that is
+        // known is that it ended.
+        var status = ExitStatus.exited(0)
+        do {
+            guard let reaped = try daemon.wait(nonBlocking: true) else { return }
+            status = reaped
+        } catch {}
+        daemonStatus = status
+        if let daemonRegistration { core.loop.unregister(daemonRegistration, daemon.fd) }
+        daemonRegistration = nil
+        if let killTimer { core.loop.cancel(killTimer) }
+        killTimer = nil
+        core.follows(daemon.pid, false)
+        core.logger.info("pid \(daemon.pid): the daemon of \(program) ended")
+        state = .ended
+        if mux.closed { return finish() }
+        progressed()
+    }
+
+    private func terminateDaemon(_ daemon: ProcessHandle) {
+        guard killTimer == nil else { return }
+        try? daemon.signal(SIGTERM)
+        try? daemon.signal(SIGCONT)
+        killTimer = core.loop.schedule(after: core.settings.grace) { [weak self] in
+            guard let self, daemonStatus == nil else { return }
+            core.logger.notice("pid \(daemon.pid): the daemon still runs \(core.settings.grace) after SIGTERM; SIGKILL")
+            try? daemon.signal(SIGKILL)
         }
     }
 
@@ -412,16 +513,40 @@ final class NativeSession: ServerSession {
                 clientGone = true
                 if killTimer == nil { terminate(process) }
             }
+        } else if let daemon, daemonStatus == nil {
+            switch policy {
+            case .leave:
+                core.logger.notice("pid \(daemon.pid): the daemon of \(program) left running (stop-policy leave)")
+                reason += "; the daemon of \(program) keeps running on the server as pid \(daemon.pid)"
+                releaseDaemon()
+            case .terminate:
+                reason += "; the daemon of \(program) (pid \(daemon.pid)) is being terminated"
+                clientGone = true
+                terminateDaemon(daemon)
+            }
         }
         if mux.closed { return finish() }
         mux.send(ConnectionMessage.goAway(.shuttingDown, reason: reason).frame)
         closeAfterFlush()
     }
 
+    private func releaseDaemon() {
+        guard let daemon else { return }
+        if let daemonRegistration { core.loop.unregister(daemonRegistration, daemon.fd) }
+        daemonRegistration = nil
+        if let killTimer { core.loop.cancel(killTimer) }
+        killTimer = nil
+        // Once it ended, its pid may already be another session's daemon.
+        if daemonStatus == nil { core.follows(daemon.pid, false) }
+        daemon.close()
+        self.daemon = nil
+    }
+
     /// Releases everything once the connection is closed and no live program is tracked.
     private func finish() {
-        guard !finished, mux.closed, process == nil || exitStatus != nil else { return }
+        guard !finished, mux.closed, process == nil || exitStatus != nil, daemon == nil || daemonStatus != nil else { return }
         finished = true
+        releaseDaemon()
         mux.releaseAll()
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
         processRegistration = nil

@@ -194,6 +194,16 @@ final class ServerCore {
         snapshot.started()
     }
 
+    /// Daemons that sessions follow (`qemu -daemonize`): no other session may claim them.
+    private var followed: Set<pid_t> = []
+
+    func follows(_ pid: pid_t, _ yes: Bool) {
+        if yes { followed.insert(pid) } else { followed.remove(pid) }
+    }
+
+    /// Whether a session already owns `pid` (its program, or a daemon it follows).
+    func owns(_ pid: pid_t) -> Bool { byPID[pid] != nil || followed.contains(pid) }
+
     /// Forgets a finished session — after the current batch of events: it may be deep in its own
     /// callbacks now, and must outlive them.
     func remove(_ session: ServerSession) {
