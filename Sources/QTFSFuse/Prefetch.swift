@@ -28,8 +28,8 @@ final class ListingPrefetch: Sendable {
     }
 
     private enum Slot {
-        /// Waiting for its turn: the directory's path.
-        case queued([UInt8])
+        /// Waiting for its turn: the directory's path, and when it was queued.
+        case queued([UInt8], since: UInt64)
         /// Asked for; an OPENDIR that arrived meanwhile waits for it.
         case pending([Waiter])
         case ready(Listing)
@@ -56,22 +56,28 @@ final class ListingPrefetch: Sendable {
 
     typealias Start = [(dentry: NodeTable.Dentry, path: [UInt8])]
 
-    /// Queues the listings of `directories` (dentry, path on the host); returns those to ask for now.
+    /// Queues the listings of `directories` (dentry, path on the host) ahead of those queued before (a
+    /// walk goes on in the directory it listed last); returns those to ask for now.
     func enqueue(_ directories: Start, now: UInt64, timeout: UInt64) -> Start {
         state.withLock { state in
             if state.slots.count + directories.count > capacity {
-                // Make room: what was never used and is too old to be.
+                // Make room: what was never used, or never asked for, and is too old to be.
                 state.slots = state.slots.filter { _, slot in
-                    if case .ready(let listing) = slot { return listing.asked + timeout > now }
-                    return true
+                    switch slot {
+                    case .ready(let listing): listing.asked + timeout > now
+                    case .queued(_, let since): since + timeout > now
+                    case .pending: true
+                    }
                 }
                 state.ready = state.slots.values.count { if case .ready = $0 { true } else { false } }
                 state.order.removeAll { state.slots[$0] == nil }
             }
+            var added: [NodeTable.Dentry] = []
             for (dentry, path) in directories where state.slots[dentry] == nil && state.slots.count < capacity {
-                state.slots[dentry] = .queued(path)
-                state.order.append(dentry)
+                state.slots[dentry] = .queued(path, since: now)
+                added.append(dentry)
             }
+            state.order.insert(contentsOf: added, at: 0)
             return ListingPrefetch.next(&state)
         }
     }
@@ -129,7 +135,7 @@ final class ListingPrefetch: Sendable {
         var started: Start = []
         while state.running < window, state.running + state.ready < kept, !state.order.isEmpty {
             let dentry = state.order.removeFirst()
-            guard case .queued(let path) = state.slots[dentry] else { continue }
+            guard case .queued(let path, _) = state.slots[dentry] else { continue }
             state.slots[dentry] = .pending([])
             state.running += 1
             started.append((dentry, path))

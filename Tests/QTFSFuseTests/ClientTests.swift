@@ -247,6 +247,24 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(kept == ListingPrefetch.kept)
         // Full: nothing more is queued until the kept ones are too old to be used.
         #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 5, timeout: 10).isEmpty)
-        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 11, timeout: 10).count == ListingPrefetch.window)
+        // Later they (and the ones still queued since then) are too old: the new one goes.
+        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 11, timeout: 10).map(\.path) == [bytes("n")])
+    }
+
+    @Test func theLatestListingsDirectoriesGoFirstAndOldQueuedOnesMakeRoom() {
+        let prefetch = ListingPrefetch(capacity: 10)
+        var running = prefetch.enqueue(directories(10), now: 0, timeout: 10)
+        #expect(running.count == ListingPrefetch.window)
+        let newer = (0..<2).map { (NodeTable.Dentry(parent: 2, name: bytes("e\($0)")), bytes("e\($0)")) }
+        // Full of queued ones not yet too old: nothing is added.
+        #expect(prefetch.enqueue(newer, now: 5, timeout: 10).isEmpty)
+        // Later they are: the new ones take their place and are asked for next.
+        #expect(prefetch.enqueue(newer, now: 20, timeout: 10).isEmpty)
+        var next: [[UInt8]] = []
+        while let (dentry, _) = running.first {
+            running.removeFirst()
+            next += prefetch.finish(dentry, nil).map(\.path)
+        }
+        #expect(next == [bytes("e0"), bytes("e1")])
     }
 }
