@@ -83,6 +83,8 @@ struct Listing: Sendable {
     var resume: (index: Int, cookie: UInt64)?
     /// The change count when the batch was asked for (see `QTFSFilesystem.changes`).
     var version: UInt64 = 0
+    /// When it was asked for (monotonic ns): what it says is trusted for the timeouts from then.
+    var asked: UInt64 = 0
 }
 
 /// The FUSE file system: every kernel request becomes an engine request, answered from the connection's
@@ -105,12 +107,15 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// Attributes of socket nodes, for the MKNOD that binds them.
     private let socketAttributes = Mutex([UInt64: QTFSAttributes]())
     private let nextPollID = Atomic<UInt64>(1)
+    /// Listings of subdirectories fetched ahead of a walk.
+    let prefetch: ListingPrefetch
 
     init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) throws {
         self.client = client
         self.options = options
         self.local = local
         self.logger = logger
+        prefetch = ListingPrefetch(capacity: options.prefetch)
         rootDevice = client.export?.root.device ?? 0
         sockets = options.sockets && !options.proc
             ? try SocketNodes(
@@ -137,9 +142,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     private let changes = Atomic<UInt64>(0)
     private var version: UInt64 { changes.load(ordering: .acquiring) }
 
-    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64) {
+    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64, asked: UInt64? = nil) {
         guard !options.proc, !a.flags.contains(.volatile), options.attributeTimeout > 0 else { return }
-        let until = monotonicNanoseconds() + UInt64(options.attributeTimeout * 1_000_000_000)
+        let until = (asked ?? monotonicNanoseconds()) + UInt64(options.attributeTimeout * 1_000_000_000)
         recentAttributes.withLock { cache in
             guard version == since else { return }
             if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
@@ -147,21 +152,22 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentAttributes(of node: UInt64) -> QTFSAttributes? {
+    /// The attributes of `node` if known and how much longer (seconds) they may be trusted.
+    private func recentAttributes(of node: UInt64) -> (QTFSAttributes, remaining: Double)? {
         let now = monotonicNanoseconds()
-        return recentAttributes.withLock { cache -> QTFSAttributes? in
+        return recentAttributes.withLock { cache -> (QTFSAttributes, remaining: Double)? in
             guard let (a, until) = cache[node] else { return nil }
             guard now < until else {
                 cache[node] = nil
                 return nil
             }
-            return a
+            return (a, Double(until - now) / 1e9)
         }
     }
 
-    private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64) {
+    private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64, asked: UInt64) {
         guard cachesListings else { return }
-        let until = monotonicNanoseconds() + UInt64(options.entryTimeout * 1_000_000_000)
+        let until = asked + UInt64(options.entryTimeout * 1_000_000_000)
         recent.withLock { cache in
             guard version == since else { return }
             if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
@@ -172,17 +178,18 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> QTFSAttributes? {
+    /// What a listing said of `name` in `parent`, and when it was asked for.
+    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> (QTFSAttributes, asked: UInt64)? {
         guard cachesListings else { return nil }
         let now = monotonicNanoseconds()
-        return recent.withLock { cache -> QTFSAttributes? in
+        return recent.withLock { cache -> (QTFSAttributes, asked: UInt64)? in
             let key = NodeTable.Dentry(parent: parent, name: name)
             guard let (a, until) = cache[key] else { return nil }
             guard now < until else {
                 cache[key] = nil
                 return nil
             }
-            return a
+            return (a, until &- UInt64(options.entryTimeout * 1_000_000_000))
         }
     }
 
@@ -264,6 +271,14 @@ final class QTFSFilesystem: @unchecked Sendable {
         _ encode: @escaping (UInt64) -> QTFSRequest, _ done: @escaping (Result<QTFSReply, Errno>) -> Void
     ) {
         let (link, handle) = file.current
+        if handle == 0 {
+            // A directory opened from a listing fetched ahead: it has no handle on the host yet.
+            guard attempt < 3 else { return done(.failure(.ioError)) }
+            return reopen(file, stale: link) { [self] error in
+                if let error { return done(.failure(error == .staleNFSFileHandle ? .ioError : error)) }
+                withHandle(req, file, operation, retry: retry, attempt: attempt + 1, encode, done)
+            }
+        }
         send(req, operation, pinned: link, retry: retry, { _ in encode(handle) }) { [self] result, _ in
             guard case .failure(.staleNFSFileHandle) = result, attempt < 3 else { return done(result) }
             reopen(file, stale: link) { [self] error in
@@ -334,12 +349,17 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     private func replyEntry(
         _ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64,
-        alias: (pid: Int32, hostName: [UInt8])? = nil
+        alias: (pid: Int32, hostName: [UInt8])? = nil, asked: UInt64? = nil
     ) {
         let id = nodes.remember(parent, name, a, alias: alias)
-        remember(attributes: a, of: id, since: since)
+        remember(attributes: a, of: id, since: since, asked: asked)
         let reply = { [self] in
             var e = entry(id, a)
+            if let asked {
+                let age = Double(monotonicNanoseconds() &- asked) / 1e9
+                e.entry_timeout = max(0, e.entry_timeout - age)
+                e.attr_timeout = max(0, e.attr_timeout - age)
+            }
             // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
             if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
         }
@@ -427,7 +447,8 @@ final class QTFSFilesystem: @unchecked Sendable {
             // Nothing is ever found in the hidden directory: binding there must not find an entry.
             if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
         }
-        if let a = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since) }
+        // The kernel may keep it for what is left of the timeout, not for a whole one more.
+        if let (a, asked) = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since, asked: asked) }
         guard let path = path(req, parent, name) else { return }
         call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
             if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
@@ -460,9 +481,9 @@ final class QTFSFilesystem: @unchecked Sendable {
                 replyAttributes(req, node, a, since: since)
             }
         }
-        if let a = recentAttributes(of: node) {
+        if let (a, remaining) = recentAttributes(of: node) {
             var s = stat(a, node: node)
-            return _ = fuse_reply_attr(req, &s, timeouts(a).attributes)
+            return _ = fuse_reply_attr(req, &s, min(timeouts(a).attributes, remaining))
         }
         guard let path = path(req, node) else { return }
         call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
@@ -785,6 +806,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         if let pending = file.pollHandle.withLock({ state -> UInt? in defer { state = nil }; return state }) {
             fuse_pollhandle_destroy(OpaquePointer(bitPattern: pending))
         }
+        guard handle != 0 else { return }
         client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
     }
 
@@ -796,20 +818,79 @@ final class QTFSFilesystem: @unchecked Sendable {
         // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
         // which comes later from another thread, fills in a copy.
         let request = fi.pointee
-        send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
-            guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
-                return fail(req, result)
+        let ask = { [self] in
+            let asked = monotonicNanoseconds()
+            send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
+                guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
+                    return fail(req, result)
+                }
+                opened(req, node, request, link: link, handle: handle, entries, end: end, since: since, asked: asked)
             }
-            let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
-            file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since) }
-            remember(listing: entries, in: node, since: since)
-            var info = request
-            info.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
-            // The kernel may keep what it listed while the directory's mtime says nothing changed.
-            let cache = !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
-            info.cache_readdir = cache ? 1 : 0
-            info.keep_cache = cache ? 1 : 0
-            if fuse_reply_open(req, &info) != 0 { release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue()) }
+        }
+        guard cachesListings, options.prefetch > 0, let names = nodes.node(node)?.names else { return ask() }
+        let timeout = UInt64(options.entryTimeout * 1_000_000_000)
+        let next = prefetch.take(names) { [self] listing in
+            guard let listing, listing.version == version, listing.asked + timeout > monotonicNanoseconds() else { return ask() }
+            opened(req, node, request, link: listing.link, handle: 0, listing.entries, end: listing.end, since: listing.version, asked: listing.asked)
+        }
+        fetchAhead(next)
+    }
+
+    /// Answers an OPENDIR with its first entries (`handle` 0: none on the host yet; `asked`: when they
+    /// were asked for).
+    private func opened(
+        _ req: fuse_req_t, _ node: UInt64, _ request: fuse_file_info, link: Link, handle: UInt64,
+        _ entries: [QTFSDirectoryEntry], end: Bool, since: UInt64, asked: UInt64
+    ) {
+        let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
+        file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since, asked: asked) }
+        remember(listing: entries, in: node, since: since, asked: asked)
+        let fetchedAhead = handle == 0
+        var info = request
+        info.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+        // The kernel may keep what it listed while the directory's mtime says nothing changed; not a
+        // listing fetched ahead, which is already up to an entry timeout old.
+        let cache = !fetchedAhead && !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
+        info.cache_readdir = cache ? 1 : 0
+        info.keep_cache = cache ? 1 : 0
+        if fuse_reply_open(req, &info) != 0 {
+            release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue())
+            return
+        }
+        queueFetchAhead(of: node, entries)
+    }
+
+    /// Queues the listings of the subdirectories in `entries` (a listing of `directory`) to be fetched
+    /// ahead (see `ListingPrefetch`).
+    private func queueFetchAhead(of directory: UInt64, _ entries: [QTFSDirectoryEntry]) {
+        guard cachesListings, options.prefetch > 0 else { return }
+        var directories: ListingPrefetch.Start = []
+        for entry in entries where entry.name != [46] && entry.name != [46, 46] {
+            guard let a = entry.attributes, a.mode & 0o170000 == 0o040000, !a.flags.contains(.volatile),
+                let path = nodes.path(directory, entry.name)
+            else { continue }
+            directories.append((NodeTable.Dentry(parent: directory, name: entry.name), path))
+            if directories.count == options.prefetch { break }
+        }
+        guard !directories.isEmpty else { return }
+        fetchAhead(prefetch.enqueue(directories, now: monotonicNanoseconds(), timeout: UInt64(options.entryTimeout * 1_000_000_000)))
+    }
+
+    /// Asks for listings to keep; the handle is let go at once (a reader that goes past the first
+    /// entries opens the directory again: see `withHandle`).
+    private func fetchAhead(_ directories: ListingPrefetch.Start) {
+        for (dentry, path) in directories {
+            let since = version
+            let asked = monotonicNanoseconds()
+            client.send(Outgoing(.opendir, retry: .resend, encode: { .opendir(QTFSPath(export: $0.export, path: path)) }) {
+                [self] result, link in
+                var listing: ListingPrefetch.Listing?
+                if case .success(.directory(let handle, let entries, let end)) = result, let link {
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                    listing = ListingPrefetch.Listing(entries: entries, end: end, link: link, version: since, asked: asked)
+                }
+                fetchAhead(prefetch.finish(dentry, listing))
+            })
         }
     }
 
@@ -832,19 +913,24 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
         if let start { return emit(req, directory, file, size, start, plus) }
         let attributes = plus || cachesListings
+        let asked = monotonicNanoseconds()
         withHandle(req, file, .readdir, {
             .readdir(handle: $0, cookie: cookie, maximumEntries: QTFSFilesystem.batch, withAttributes: attributes)
         }) { [self] result in
             guard case .success(.entries(let entries, let end)) = result else { return fail(req, result) }
-            file.listing.withLock { $0 = Listing(start: cookie, entries: entries, end: end, loaded: true, version: since) }
-            remember(listing: entries, in: directory, since: since)
+            file.listing.withLock {
+                $0 = Listing(start: cookie, entries: entries, end: end, loaded: true, version: since, asked: asked)
+            }
+            remember(listing: entries, in: directory, since: since, asked: asked)
             emit(req, directory, file, size, 0, plus)
         }
     }
 
     private func emit(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ start: Int, _ plus: Bool) {
         // The array is shared with the listing, not copied (it is replaced, never mutated in place).
-        let (all, since) = file.listing.withLock { ($0.entries, $0.version) }
+        let (all, since, asked) = file.listing.withLock { ($0.entries, $0.version, $0.asked) }
+        // What the entries say holds for the timeouts from when they were asked for.
+        let age = Double(monotonicNanoseconds() &- asked) / 1e9
         let entries = all[start...]
         var buffer = [CChar](repeating: 0, count: size)
         var used = 0
@@ -861,8 +947,10 @@ final class QTFSFilesystem: @unchecked Sendable {
                     var e = fuse_entry_param()
                     if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
                         let id = nodes.remember(directory, entry.name, a)
-                        remember(attributes: a, of: id, since: since)
+                        remember(attributes: a, of: id, since: since, asked: asked)
                         e = self.entry(id, a)
+                        e.entry_timeout = max(0, e.entry_timeout - age)
+                        e.attr_timeout = max(0, e.attr_timeout - age)
                         if a.mode & 0o170000 == 0o140000, let sockets, !sockets.hasListener(id), let path = nodes.path(id) {
                             socketAttributes.withLock { $0[id] = a }
                             sockets.ensureListener(id, path: path) {}
@@ -919,7 +1007,7 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
         // A file known to have none (`ls -l` asks every file for its SELinux label and ACL).
-        if let a = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
+        if let (a, _) = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
             if list && size == 0 {
                 fuse_reply_xattr(req, 0)
             } else if list {

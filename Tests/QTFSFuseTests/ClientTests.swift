@@ -28,6 +28,9 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(options.patience == 5 && options.entryTimeout == 0.5 && options.attributeTimeout == 2)
         #expect(options.localProc == "/lp" && options.localCommands == ["libvirtd", "virsh"])
         #expect(!options.extendedAttributes)
+        #expect(options.prefetch == 1024)
+        try options.apply("prefetch=0")
+        #expect(options.prefetch == 0)
     }
 
     @Test func devicesOnlyWhenAsked() throws {
@@ -44,7 +47,7 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 
     @Test(arguments: ["bogus", "server=", "server=ftp://x", "connections=0", "connections=x", "localproc=relative",
-        "readahead=-1", "timeout=0", "udsproxy=relative"])
+        "readahead=-1", "timeout=0", "udsproxy=relative", "prefetch=-1", "prefetch=x"])
     func badOptionsSayWhat(_ text: String) {
         var options = QTFSMountOptions(hostPath: "/x", mountpoint: "/mnt")
         #expect(throws: MountOptionError.self) { try options.apply(text) }
@@ -168,5 +171,100 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", String(repeating: "7", count: 12)] {
             #expect(translate(text) == nil, "\(text.debugDescription)")
         }
+    }
+}
+
+@Suite struct ListingsFetchedAhead {
+    private func dentry(_ name: String) -> NodeTable.Dentry { NodeTable.Dentry(parent: 1, name: bytes(name)) }
+    private func listing(_ names: [String], asked: UInt64 = 0) -> ListingPrefetch.Listing {
+        ListingPrefetch.Listing(
+            entries: names.enumerated().map { QTFSDirectoryEntry(name: bytes($1), type: 8, inode: UInt64($0), cookie: UInt64($0 + 1)) },
+            end: true, link: Link(slot: 0, generation: 1, export: 1), version: 0, asked: asked)
+    }
+    private func directories(_ count: Int) -> ListingPrefetch.Start {
+        (0..<count).map { (dentry("d\($0)"), bytes("d\($0)")) }
+    }
+
+    @Test func aFewAreAskedForAtOnceAndTheRestAsTheyArrive() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        let first = prefetch.enqueue(directories(10), now: 0, timeout: 1)
+        #expect(first.map(\.path) == ["d0", "d1", "d2", "d3"].map(bytes))
+        let next = prefetch.finish(dentry("d0"), listing(["x"]))
+        #expect(next.map(\.path) == [bytes("d4")])
+        #expect(prefetch.finish(dentry("d1"), nil).map(\.path) == [bytes("d5")])
+    }
+
+    @Test func anOpendirTakesAKeptListingOnce() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(1), now: 0, timeout: 1)
+        _ = prefetch.finish(dentry("d0"), listing(["x", "y"]))
+        var got: [[UInt8]]?
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name) }
+        #expect(got == [bytes("x"), bytes("y")])
+        got = nil
+        var called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(called && got == nil)
+    }
+
+    @Test func anOpendirWaitsForAListingOnItsWay() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(1), now: 0, timeout: 1)
+        var got: [[UInt8]]?
+        var called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(!called)
+        _ = prefetch.finish(dentry("d0"), listing(["z"]))
+        #expect(called && got == [bytes("z")])
+        // Handed over, not kept as well.
+        called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(called && got == nil)
+    }
+
+    @Test func oneNotAskedForYetIsLeftToTheCaller() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(10), now: 0, timeout: 1)
+        var got: ListingPrefetch.Listing?
+        var called = false
+        _ = prefetch.take([dentry("d9")]) { got = $0; called = true }
+        #expect(called && got == nil)
+        // And is not asked for later.
+        var asked: [[UInt8]] = []
+        for index in 0..<8 { asked += prefetch.finish(dentry("d\(index)"), nil).map(\.path) }
+        #expect(!asked.contains(bytes("d9")) && asked.contains(bytes("d8")))
+    }
+
+    @Test func keptListingsAreBoundedAndOldOnesMakeRoom() {
+        let prefetch = ListingPrefetch(capacity: 40)
+        var pending = prefetch.enqueue(directories(40), now: 0, timeout: 10)
+        var kept = 0
+        while let (dentry, _) = pending.first {
+            pending.removeFirst()
+            pending += prefetch.finish(dentry, listing(["x"], asked: 0))
+            kept += 1
+        }
+        #expect(kept == ListingPrefetch.kept)
+        // Full: nothing more is queued until the kept ones are too old to be used.
+        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 5, timeout: 10).isEmpty)
+        // Later they (and the ones still queued since then) are too old: the new one goes.
+        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 11, timeout: 10).map(\.path) == [bytes("n")])
+    }
+
+    @Test func theLatestListingsDirectoriesGoFirstAndOldQueuedOnesMakeRoom() {
+        let prefetch = ListingPrefetch(capacity: 10)
+        var running = prefetch.enqueue(directories(10), now: 0, timeout: 10)
+        #expect(running.count == ListingPrefetch.window)
+        let newer = (0..<2).map { (NodeTable.Dentry(parent: 2, name: bytes("e\($0)")), bytes("e\($0)")) }
+        // Full of queued ones not yet too old: nothing is added.
+        #expect(prefetch.enqueue(newer, now: 5, timeout: 10).isEmpty)
+        // Later they are: the new ones take their place and are asked for next.
+        #expect(prefetch.enqueue(newer, now: 20, timeout: 10).isEmpty)
+        var next: [[UInt8]] = []
+        while let (dentry, _) = running.first {
+            running.removeFirst()
+            next += prefetch.finish(dentry, nil).map(\.path)
+        }
+        #expect(next == [bytes("e0"), bytes("e1")])
     }
 }
