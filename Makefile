@@ -44,11 +44,11 @@ all: build
 
 build: $(STATIC_LIBS)/libstdc++.a
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
+	$(MAKE) --no-print-directory preload
 
 $(STATIC_LIBS)/libstdc++.a:
 	@archive=$$($(CC) -print-file-name=libstdc++.a); [ -f "$$archive" ] || { echo "libstdc++.a not found (make deps installs libstdc++-12-dev)" >&2; exit 1; }; \
 		mkdir -p $(STATIC_LIBS) && ln -sf "$$archive" $@
-	$(MAKE) --no-print-directory preload
 
 # libudsproxy.so is linked with the C compiler, not as SwiftPM's `udsproxy` product: the Swift driver links
 # every product against the Swift runtime (with the toolchain's rpath), which a library preloaded into
