@@ -94,6 +94,10 @@ final class QTFSFilesystem: @unchecked Sendable {
     let options: QTFSMountOptions
     let nodes = NodeTable()
     let local: LocalProcesses?
+    /// The DPU's processes (for every mount: who wrote a pid into a cgroup).
+    let processes: LocalProcesses
+    /// Cgroup placements waiting for a DPU process to become a rexec client.
+    private(set) var placements: DeferredPlacements!
     let logger: Logger
     /// The device of the export root on the host: its files keep their host inode numbers.
     let rootDevice: UInt64
@@ -110,10 +114,11 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// Listings of subdirectories fetched ahead of a walk.
     let prefetch: ListingPrefetch
 
-    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) throws {
+    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, processes: LocalProcesses, logger: Logger) throws {
         self.client = client
         self.options = options
         self.local = local
+        self.processes = processes
         self.logger = logger
         prefetch = ListingPrefetch(capacity: options.prefetch)
         rootDevice = client.export?.root.device ?? 0
@@ -124,6 +129,11 @@ final class QTFSFilesystem: @unchecked Sendable {
             : nil
         client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
         sockets?.pathOf = { [nodes] node in nodes.path(node) }
+        let directory = options.rexecPidDirectory
+        placements = DeferredPlacements(
+            logger: logger, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
+            alive: { [processes] in processes.isAlive($0) },
+            place: { [weak self] pid, remote, paths in self?.place(pid, remote: remote, in: paths) })
     }
 
     /// Attributes of entries a directory listing brought, for the lookups that follow (`ls -l`, `tar`):
@@ -758,8 +768,22 @@ final class QTFSFilesystem: @unchecked Sendable {
         forgetRecent(node: file.node)
         var data = data
         let written = data.readableBytes
-        if file.listsProcesses, let translated = QTFSFilesystem.translatingStandIn(data, directory: options.rexecPidDirectory) {
-            data = translated
+        if file.listsProcesses {
+            let caller = fuse_req_ctx(req)?.pointee.pid ?? 0
+            let directory = options.rexecPidDirectory
+            switch ProcessListWrite.decide(
+                data, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
+                own: { [processes] in caller > 0 && processes.isOwn($0, caller: caller) })
+            {
+            case .asIs: break
+            case .translated(let translated): data = translated
+            case .deferred(let pid):
+                if let path = nodes.path(file.node), placements.add(pid, path: path) {
+                    fuse_reply_write(req, written)
+                    return
+                }
+                logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
+            }
         }
         let sent = data.readableBytes
         withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
@@ -770,22 +794,39 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
+    static func describe(_ result: Result<QTFSReply, Errno>) -> String {
+        if case .failure(let error) = result { return "\(error)" }
+        return "unexpected reply"
+    }
+
     /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
     static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
 
-    /// libvirt (without systemd) puts its VM into the cgroups it made by writing `vm->pid` to the
-    /// hierarchy's process list; through this mount that lands on the host, where the pid must be the
-    /// QEMU that the local rexec client stands in for. A write that is one decimal pid (and an optional
-    /// newline) of a live rexec client becomes its remote pid; any other write is left as it is.
-    static func translatingStandIn(_ data: ByteBuffer, directory: String, remote: (pid_t, String) -> pid_t? = {
-        RexecPidMap.remotePID(of: $0, directory: $1)
-    }) -> ByteBuffer? {
-        guard data.readableBytes > 0, data.readableBytes <= 11 else { return nil }
-        var digits = data.readableBytesView[...]
-        let newline = digits.last == UInt8(ascii: "\n")
-        if newline { digits = digits.dropLast() }
-        guard let pid = LocalProcesses.pid(Array(digits)), let translated = remote(pid, directory) else { return nil }
-        return ByteBuffer(string: "\(translated)" + (newline ? "\n" : ""))
+    /// Writes the remote pid of DPU process `pid`, now a rexec client, into the process lists it was
+    /// written to before (`DeferredPlacements`): open by path, write, release, each through the engine.
+    private func place(_ pid: pid_t, remote: pid_t, in paths: [[UInt8]]) {
+        for path in paths {
+            let name = String(decoding: path, as: UTF8.self)
+            let failed = { [logger] (error: String) in
+                logger.warning("cgroups: cannot place host process \(remote) (DPU process \(pid)) in \(name): \(error)")
+            }
+            client.send(Outgoing(.open, retry: .resend, encode: { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(O_WRONLY)) }) {
+                [self] result, link in
+                guard case .success(.opened(let handle, _, _, _)) = result, let link else {
+                    return failed(Self.describe(result))
+                }
+                client.send(Outgoing(.write, pinned: link, retry: .fail, encode: { _ in
+                    .write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "\(remote)"))
+                }) { [self] result, _ in
+                    if case .success(.written) = result {
+                        logger.info("cgroups: host process \(remote) (DPU process \(pid)) placed in \(name)")
+                    } else {
+                        failed(Self.describe(result))
+                    }
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                })
+            })
+        }
     }
 
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {

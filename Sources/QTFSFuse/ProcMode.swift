@@ -36,9 +36,11 @@ final class LocalProcesses: Sendable {
         var name = ""
         var threadGroup: pid_t = 0
         var parent: pid_t = 0
+        /// Exited, not yet reaped.
+        var zombie = false
     }
 
-    /// Name, Tgid and PPid of process or thread `pid` on the DPU; nil if there is none.
+    /// Name, State, Tgid and PPid of process or thread `pid` on the DPU; nil if there is none.
     func status(_ pid: pid_t) -> Status? {
         guard pid > 0, let fd = try? procfs.open(at: Array("\(pid)/status".utf8), flags: O_RDONLY) else { return nil }
         defer { fd.closeQuietly() }
@@ -53,6 +55,7 @@ final class LocalProcesses: Sendable {
             case "Name:": status.name = String(parts[1])
             case "Tgid:": status.threadGroup = pid_t(parts[1]) ?? 0
             case "PPid:": status.parent = pid_t(parts[1]) ?? 0
+            case "State:": status.zombie = parts[1].hasPrefix("Z") || parts[1].hasPrefix("X")
             default: break
             }
         }
@@ -83,13 +86,32 @@ final class LocalProcesses: Sendable {
             if current == pid { return .local }
             current = status(current)?.parent ?? 0
         }
-        // A descendant of the caller.
-        current = target.parent
+        return isDescendant(target, of: me) ? .local : .hostThenLocal
+    }
+
+    /// Whether the process whose status is `target` descends from process `ancestor` (at most 64
+    /// generations up).
+    private func isDescendant(_ target: Status, of ancestor: pid_t) -> Bool {
+        var current = target.parent
         for _ in 0..<64 where current > 1 {
-            if current == me { return .local }
+            if current == ancestor { return true }
             current = status(current)?.parent ?? 0
         }
-        return .hostThenLocal
+        return false
+    }
+
+    /// Whether `pid` is a live process (not a thread of another) of the DPU that is the caller's own
+    /// process or one of its descendants (`caller`: a thread id, as FUSE gives it).
+    func isOwn(_ pid: pid_t, caller: pid_t) -> Bool {
+        guard let target = status(pid), target.threadGroup == pid, !target.zombie else { return false }
+        let me = threadGroup(of: caller)
+        return pid == me || isDescendant(target, of: me)
+    }
+
+    /// Whether `pid` is a process of the DPU that has not exited.
+    func isAlive(_ pid: pid_t) -> Bool {
+        guard let status = status(pid) else { return false }
+        return status.threadGroup == pid && !status.zombie
     }
 
     /// Where a proc-mode link points for `caller`.

@@ -1,8 +1,10 @@
 import DPUSystem
 import Glibc
+import Logging
 import DPUWire
 import NIOCore
 import SystemPackage
+import Synchronization
 import Testing
 
 @testable import QTFSFuse
@@ -156,21 +158,115 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 }
 
-@Suite struct CgroupWritesOfStandIns {
-    func translate(_ text: String) -> String? {
-        QTFSFilesystem.translatingStandIn(ByteBuffer(string: text), directory: "/unused") { pid, _ in pid == 77 ? 4242 : nil }
-            .map { String(buffer: $0) }
+@Suite struct CgroupWritesOfDPUProcesses {
+    /// 77 stands in for host process 4242; 55 is the writer's own child, not a stand-in yet.
+    func decide(_ text: String) -> ProcessListWrite {
+        ProcessListWrite.decide(ByteBuffer(string: text), remote: { $0 == 77 ? 4242 : nil }, own: { $0 == 55 || $0 == 77 })
     }
 
     @Test func aStandInsPidBecomesItsRemotePid() {
-        #expect(translate("77") == "4242")
-        #expect(translate("77\n") == "4242\n")
+        #expect(decide("77") == .translated(ByteBuffer(string: "4242")))
+        #expect(decide("77\n") == .translated(ByteBuffer(string: "4242\n")))
+    }
+
+    @Test func theWritersOwnProcessThatIsNoStandInYetIsDeferred() {
+        #expect(decide("55") == .deferred(55))
+        #expect(decide("55\n") == .deferred(55))
     }
 
     @Test func everythingElsePassesUnchanged() {
-        for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", String(repeating: "7", count: 12)] {
-            #expect(translate(text) == nil, "\(text.debugDescription)")
+        for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", "055", "55 ", String(repeating: "7", count: 12)] {
+            #expect(decide(text) == .asIs, "\(text.debugDescription)")
         }
+    }
+
+    /// The test process and its children are its own; its parent and init are not.
+    @Test func ownProcessesAreTheWriterAndItsDescendants() throws {
+        let processes = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: "/nonexistent")
+        let me = getpid()
+        let pid = try Spawn.start(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"], environment: []))
+        let child = try ProcessHandle(pid: pid)
+        defer {
+            try? child.signal(SIGKILL)
+            _ = try? child.wait()
+            child.close()
+        }
+        #expect(processes.isOwn(me, caller: OSThread.currentID))
+        #expect(processes.isOwn(pid, caller: OSThread.currentID))
+        #expect(processes.isAlive(pid))
+        #expect(!processes.isOwn(getppid(), caller: OSThread.currentID))
+        #expect(!processes.isOwn(1, caller: OSThread.currentID))
+        // A thread id is not a process to place.
+        if OSThread.currentID != me { #expect(!processes.isOwn(OSThread.currentID, caller: OSThread.currentID)) }
+        // The child is its parent's own, not the other way round.
+        #expect(!processes.isOwn(me, caller: pid))
+    }
+}
+
+@Suite struct DeferredCgroupPlacements {
+    /// The world as the placements see it (set before any watcher runs; `placed` written by it).
+    final class Fake: @unchecked Sendable {
+        var remote: [pid_t: pid_t] = [:]
+        var alive: Set<pid_t> = []
+        let done = Mutex<[(pid_t, pid_t, [String])]>([])
+        var placed: [(pid_t, pid_t, [String])] { done.withLock { $0 } }
+    }
+
+    func placements(_ fake: Fake, patience: Double = 60) -> DeferredPlacements {
+        DeferredPlacements(
+            patience: patience, logger: Logger(label: "test"), remote: { fake.remote[$0] }, alive: { fake.alive.contains($0) },
+            place: { pid, remote, paths in fake.done.withLock { $0.append((pid, remote, paths.map { String(decoding: $0, as: UTF8.self) })) } })
+    }
+
+    @Test func aProcessIsPlacedInEveryFileOnceItStandsIn() {
+        let fake = Fake()
+        fake.alive = [55]
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("fs/cgroup/unified/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(55, path: bytes("fs/cgroup/cpu/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(55, path: bytes("fs/cgroup/cpu/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.check(now: 1))
+        #expect(fake.placed.isEmpty)
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 2))
+        #expect(fake.placed.count == 1)
+        #expect(fake.placed.first?.0 == 55 && fake.placed.first?.1 == 4242)
+        #expect(fake.placed.first?.2 == ["fs/cgroup/unified/vm/cgroup.procs", "fs/cgroup/cpu/vm/cgroup.procs"])
+        #expect(deferred.pending.isEmpty)
+    }
+
+    @Test func aProcessThatExitsOrWaitsTooLongIsDropped() {
+        let fake = Fake()
+        fake.alive = [55, 56]
+        let deferred = placements(fake, patience: 1)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(56, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        fake.alive = [56]
+        #expect(deferred.check(now: 500_000_000))
+        #expect(Set(deferred.pending.keys) == [56])
+        #expect(!deferred.check(now: 1_000_000_000))
+        #expect(deferred.pending.isEmpty && fake.placed.isEmpty)
+    }
+
+    @Test func pendingPlacementsAreBounded() {
+        let deferred = placements(Fake())
+        for pid in 1...pid_t(DeferredPlacements.capacity) { #expect(deferred.add(pid, path: bytes("a/tasks"), watch: false)) }
+        #expect(!deferred.add(pid_t(DeferredPlacements.capacity) + 1, path: bytes("a/tasks"), watch: false))
+        for index in 1..<DeferredPlacements.filesPerProcess { #expect(deferred.add(1, path: bytes("\(index)/tasks"), watch: false)) }
+        #expect(!deferred.add(1, path: bytes("last/tasks"), watch: false))
+        #expect(deferred.add(1, path: bytes("a/tasks"), watch: false))
+    }
+
+    /// The thread that watches runs while something is pending, and places without being asked.
+    @Test func theWatcherPlacesOnItsOwn() async throws {
+        let box = Fake()
+        box.alive = [55]
+        box.remote[55] = 4242
+        let deferred = placements(box)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs")))
+        for _ in 0..<500 where box.placed.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(deferred.pending.isEmpty)
+        #expect(box.placed.count == 1)
     }
 }
 

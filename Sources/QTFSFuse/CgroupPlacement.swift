@@ -1,0 +1,147 @@
+import DPUSystem
+import Glibc
+import Logging
+import NIOCore
+import Synchronization
+
+/// What a write to a cgroup's process list (`cgroup.procs`, `tasks`, `cgroup.threads`) through the mount
+/// becomes. Such a file is the host's, and a pid written to it names a host process; but libvirt on the
+/// DPU writes pids of its own processes:
+///
+/// - `vm->pid` of a running VM, which is the local rexec client standing in for QEMU on the host: the
+///   write carries the remote pid instead;
+/// - before that, while starting the VM, the pid of the child it forked and that has not executed the
+///   emulator (the rexec wrapper) yet: nothing on the host can be placed now, so the write is answered
+///   as done and carried out later, once the child runs as a rexec client (`DeferredPlacements`).
+///
+/// Only a pid of the writer's own process or one of its descendants is deferred: any other pid is a
+/// host pid written by a DPU tool, and goes as it is.
+enum ProcessListWrite: Equatable {
+    case asIs
+    /// A live stand-in's pid, replaced by its remote pid (the newline kept if there was one).
+    case translated(ByteBuffer)
+    /// The writer's own process or descendant, not a stand-in (yet).
+    case deferred(pid_t)
+
+    /// `remote`: the remote pid a local pid stands in for, if it is a live rexec client; `own`: whether
+    /// a pid is the writer's own process or a descendant.
+    static func decide(_ data: ByteBuffer, remote: (pid_t) -> pid_t?, own: (pid_t) -> Bool) -> ProcessListWrite {
+        guard let (pid, newline) = singlePID(data) else { return .asIs }
+        if let translated = remote(pid) { return .translated(ByteBuffer(string: "\(translated)" + (newline ? "\n" : ""))) }
+        return own(pid) ? .deferred(pid) : .asIs
+    }
+
+    /// The pid of a write that is one decimal pid, and whether a newline followed it.
+    static func singlePID(_ data: ByteBuffer) -> (pid_t, newline: Bool)? {
+        guard data.readableBytes > 0, data.readableBytes <= 11 else { return nil }
+        var digits = data.readableBytesView[...]
+        let newline = digits.last == UInt8(ascii: "\n")
+        if newline { digits = digits.dropLast() }
+        guard let pid = LocalProcesses.pid(Array(digits)) else { return nil }
+        return (pid, newline)
+    }
+}
+
+/// Cgroup placements of DPU processes waiting for them to become rexec clients. Each pending process has
+/// the host paths (relative to the export) of the process lists it was written to. While any is
+/// pending, a thread looks every 2 ms: a process that has become a stand-in is written, as its remote
+/// pid, into each of its files on the host (`place`); one that exited, or did not become a stand-in
+/// within `patience`, is dropped with one line in the log. No thread runs while nothing is pending.
+final class DeferredPlacements: Sendable {
+    /// Pending processes at most (libvirt has one per VM being started), and files per process (libvirt
+    /// writes one per hierarchy, about a dozen with cgroup v1).
+    static let capacity = 256
+    static let filesPerProcess = 32
+    static let interval: useconds_t = 2_000
+
+    struct Pending: Sendable {
+        var paths: [[UInt8]]
+        var until: UInt64
+    }
+
+    private let state = Mutex((pending: [pid_t: Pending](), watching: false))
+    private let patience: UInt64
+    private let remote: @Sendable (pid_t) -> pid_t?
+    private let alive: @Sendable (pid_t) -> Bool
+    private let place: @Sendable (_ pid: pid_t, _ remote: pid_t, _ paths: [[UInt8]]) -> Void
+    private let logger: Logger
+
+    init(
+        patience: Double = 60, logger: Logger, remote: @escaping @Sendable (pid_t) -> pid_t?,
+        alive: @escaping @Sendable (pid_t) -> Bool,
+        place: @escaping @Sendable (_ pid: pid_t, _ remote: pid_t, _ paths: [[UInt8]]) -> Void
+    ) {
+        self.patience = UInt64(patience * 1_000_000_000)
+        self.logger = logger
+        self.remote = remote
+        self.alive = alive
+        self.place = place
+    }
+
+    var pending: [pid_t: Pending] { state.withLock { $0.pending } }
+
+    /// Records that `pid` is to be placed in the process list at `path`; false when the bounds are
+    /// reached (the write is then not deferred). `watch`: start the thread that checks (tests check
+    /// themselves).
+    func add(_ pid: pid_t, path: [UInt8], now: UInt64 = monotonicNanoseconds(), watch: Bool = true) -> Bool {
+        let start = state.withLock { state -> Bool? in
+            var entry = state.pending[pid] ?? Pending(paths: [], until: now + patience)
+            if state.pending[pid] == nil, state.pending.count >= Self.capacity { return nil }
+            if !entry.paths.contains(path) {
+                guard entry.paths.count < Self.filesPerProcess else { return nil }
+                entry.paths.append(path)
+            }
+            state.pending[pid] = entry
+            guard watch, !state.watching else { return false }
+            state.watching = true
+            return true
+        }
+        guard let start else { return false }
+        if start { startWatching() }
+        return true
+    }
+
+    /// One look at every pending process; true if some remain.
+    @discardableResult
+    func check(now: UInt64 = monotonicNanoseconds()) -> Bool {
+        let pending = state.withLock { $0.pending }
+        var ready: [(pid_t, pid_t)] = []
+        var dropped: [(pid_t, String)] = []
+        for (pid, entry) in pending {
+            if let remote = remote(pid) {
+                ready.append((pid, remote))
+            } else if !alive(pid) {
+                dropped.append((pid, "it exited before it ran as a rexec client"))
+            } else if now >= entry.until {
+                dropped.append((pid, "it did not run as a rexec client within \(patience / 1_000_000_000) s"))
+            }
+        }
+        // Taken out under the lock: a file added since the look above is placed too.
+        let (placing, remaining) = state.withLock { state -> ([(pid_t, pid_t, [[UInt8]])], Bool) in
+            let placing = ready.compactMap { pid, remote in state.pending.removeValue(forKey: pid).map { (pid, remote, $0.paths) } }
+            for (pid, _) in dropped { state.pending[pid] = nil }
+            if state.pending.isEmpty { state.watching = false }
+            return (placing, !state.pending.isEmpty)
+        }
+        for (pid, remote, paths) in placing { place(pid, remote, paths) }
+        for (pid, reason) in dropped {
+            let files = pending[pid]!.paths.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ", ")
+            logger.warning("cgroups: DPU process \(pid) not placed in \(files): \(reason)")
+        }
+        return remaining
+    }
+
+    /// Forgets every pending placement (the mount ends).
+    func stop() { state.withLock { $0.pending.removeAll() } }
+
+    private func startWatching() {
+        do {
+            _ = try OSThread.start(name: "qtfs-cgroups") { [self] in
+                repeat { usleep(Self.interval) } while check()
+            }
+        } catch {
+            logger.error("cgroups: cannot start the thread that places processes deferred: \(error)")
+            state.withLock { $0.watching = false }
+        }
+    }
+}
