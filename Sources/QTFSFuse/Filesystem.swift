@@ -133,7 +133,10 @@ final class QTFSFilesystem: @unchecked Sendable {
         placements = DeferredPlacements(
             logger: logger, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
             alive: { [processes] in processes.isAlive($0) },
-            place: { [weak self] pid, remote, paths in self?.place(pid, remote: remote, in: paths) })
+            place: { [weak self] pid, remote, paths, done in
+                guard let self else { return done() }
+                place(pid, remote: remote, in: paths, done: done)
+            })
     }
 
     /// Attributes of entries a directory listing brought, for the lookups that follow (`ls -l`, `tar`):
@@ -766,31 +769,64 @@ final class QTFSFilesystem: @unchecked Sendable {
     func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
         file.prefetch.withLock { $0 = nil }
         forgetRecent(node: file.node)
-        var data = data
         let written = data.readableBytes
-        if file.listsProcesses {
-            let caller = fuse_req_ctx(req)?.pointee.pid ?? 0
-            let directory = options.rexecPidDirectory
-            switch ProcessListWrite.decide(
-                data, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
-                own: { [processes] in caller > 0 && processes.isOwn($0, caller: caller) })
-            {
-            case .asIs: break
-            case .translated(let translated): data = translated
-            case .deferred(let pid):
-                if let path = nodes.path(file.node), placements.add(pid, path: path) {
-                    fuse_reply_write(req, written)
-                    return
-                }
-                logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
+        let send = { [self] (data: ByteBuffer) in
+            let sent = data.readableBytes
+            withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
+                [self] result in
+                guard case .success(.written(let count)) = result else { return fail(req, result) }
+                // The caller wrote its own number: all of it went when the translated one did.
+                fuse_reply_write(req, sent != written && Int(count) == sent ? written : Int(count))
             }
         }
-        let sent = data.readableBytes
-        withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
-            [self] result in
-            guard case .success(.written(let count)) = result else { return fail(req, result) }
-            // The caller wrote its own number: all of it went when the translated one did.
-            fuse_reply_write(req, sent != written && Int(count) == sent ? written : Int(count))
+        guard file.listsProcesses else { return send(data) }
+        let caller = fuse_req_ctx(req)?.pointee.pid ?? 0
+        let directory = options.rexecPidDirectory
+        switch ProcessListWrite.decide(
+            data, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
+            own: { [processes] in caller > 0 && processes.isOwn($0, caller: caller) })
+        {
+        case .asIs:
+            send(data)
+        case .translated(let pid, let translated):
+            // After the placements recorded while it was not a stand-in yet, or this one could be undone.
+            placements.afterPlacing(pid) { send(translated) }
+        case .deferred(let pid):
+            if let path = nodes.path(file.node), placements.add(pid, path: path) {
+                fuse_reply_write(req, written)
+            } else {
+                logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
+                send(data)
+            }
+        }
+    }
+
+    /// Writes the remote pid of DPU process `pid`, now a rexec client, into the process lists it was
+    /// written to before (`DeferredPlacements`): open by path, write, release, each through the engine;
+    /// `done` when all are answered.
+    private func place(_ pid: pid_t, remote: pid_t, in paths: [[UInt8]], done: @escaping @Sendable () -> Void) {
+        let left = Atomic<Int>(paths.count)
+        let finished = { if left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done() } }
+        for path in paths {
+            let name = String(decoding: path, as: UTF8.self)
+            let failed = { [logger] (error: String) in
+                logger.warning("cgroups: cannot place host process \(remote) (DPU process \(pid)) in \(name): \(error)")
+                finished()
+            }
+            client.send(Outgoing(.open, retry: .resend, encode: { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(O_WRONLY)) }) {
+                [self] result, link in
+                guard case .success(.opened(let handle, _, _, _)) = result, let link else {
+                    return failed(Self.describe(result))
+                }
+                client.send(Outgoing(.write, pinned: link, retry: .fail, encode: { _ in
+                    .write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "\(remote)"))
+                }) { [self] result, _ in
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                    guard case .success(.written) = result else { return failed(Self.describe(result)) }
+                    logger.info("cgroups: host process \(remote) (DPU process \(pid)) placed in \(name)")
+                    finished()
+                })
+            })
         }
     }
 

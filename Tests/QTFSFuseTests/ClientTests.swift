@@ -165,8 +165,8 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 
     @Test func aStandInsPidBecomesItsRemotePid() {
-        #expect(decide("77") == .translated(ByteBuffer(string: "4242")))
-        #expect(decide("77\n") == .translated(ByteBuffer(string: "4242\n")))
+        #expect(decide("77") == .translated(77, ByteBuffer(string: "4242")))
+        #expect(decide("77\n") == .translated(77, ByteBuffer(string: "4242\n")))
     }
 
     @Test func theWritersOwnProcessThatIsNoStandInYetIsDeferred() {
@@ -210,12 +210,18 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         var alive: Set<pid_t> = []
         let done = Mutex<[(pid_t, pid_t, [String])]>([])
         var placed: [(pid_t, pid_t, [String])] { done.withLock { $0 } }
+        /// Placements not answered yet, when the test answers them itself.
+        var holding = false
+        let held = Mutex<[@Sendable () -> Void]>([])
     }
 
     func placements(_ fake: Fake, patience: Double = 60) -> DeferredPlacements {
         DeferredPlacements(
             patience: patience, logger: Logger(label: "test"), remote: { fake.remote[$0] }, alive: { fake.alive.contains($0) },
-            place: { pid, remote, paths in fake.done.withLock { $0.append((pid, remote, paths.map { String(decoding: $0, as: UTF8.self) })) } })
+            place: { pid, remote, paths, done in
+                fake.done.withLock { $0.append((pid, remote, paths.map { String(decoding: $0, as: UTF8.self) })) }
+                if fake.holding { fake.held.withLock { $0.append(done) } } else { done() }
+            })
     }
 
     @Test func aProcessIsPlacedInEveryFileOnceItStandsIn() {
@@ -255,6 +261,34 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         for index in 1..<DeferredPlacements.filesPerProcess { #expect(deferred.add(1, path: bytes("\(index)/tasks"), watch: false)) }
         #expect(!deferred.add(1, path: bytes("last/tasks"), watch: false))
         #expect(deferred.add(1, path: bytes("a/tasks"), watch: false))
+    }
+
+    /// A write of the pid once it stands in waits for the placements recorded before; a file added while
+    /// they are under way is placed after them.
+    @Test func laterWritesOfThePidWaitForItsPlacements() {
+        let fake = Fake()
+        fake.alive = [55]
+        fake.holding = true
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("v2/vm/cgroup.procs"), now: 0, watch: false))
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 1))
+        #expect(deferred.add(55, path: bytes("cpu/vm/cgroup.procs"), now: 1, watch: false))
+        let wrote = Mutex(false)
+        deferred.afterPlacing(55) { wrote.withLock { $0 = true } }
+        #expect(!wrote.withLock { $0 })
+        let first = fake.held.withLock { held in defer { held.removeAll() }; return held }
+        for done in first { done() }
+        #expect(fake.placed.map(\.2) == [["v2/vm/cgroup.procs"], ["cpu/vm/cgroup.procs"]])
+        #expect(!wrote.withLock { $0 })
+        let second = fake.held.withLock { held in defer { held.removeAll() }; return held }
+        for done in second { done() }
+        #expect(wrote.withLock { $0 })
+        #expect(deferred.pending.isEmpty)
+        // With nothing pending a write goes at once.
+        let direct = Mutex(false)
+        deferred.afterPlacing(55) { direct.withLock { $0 = true } }
+        #expect(direct.withLock { $0 })
     }
 
     /// The thread that watches runs while something is pending, and places without being asked.
