@@ -63,6 +63,8 @@ final class DeferredPlacements: Sendable {
     struct Pending: Sendable {
         var paths: [[UInt8]]
         var until: UInt64
+        /// Which process it was when recorded (`identity`): a later one given the same pid is not it.
+        var identity: UInt64?
         /// Paths handed to `place` so far; set once placing has begun.
         var placed = 0
         var remote: pid_t?
@@ -79,18 +81,18 @@ final class DeferredPlacements: Sendable {
     private let state = Mutex((pending: [pid_t: Pending](), watching: false))
     private let patience: UInt64
     private let remote: @Sendable (pid_t) -> pid_t?
-    private let alive: @Sendable (pid_t) -> Bool
+    private let identity: @Sendable (pid_t) -> UInt64?
     private let place: Place
     private let logger: Logger
 
     init(
         patience: Double = 60, logger: Logger, remote: @escaping @Sendable (pid_t) -> pid_t?,
-        alive: @escaping @Sendable (pid_t) -> Bool, place: @escaping Place
+        identity: @escaping @Sendable (pid_t) -> UInt64?, place: @escaping Place
     ) {
         self.patience = UInt64(patience * 1_000_000_000)
         self.logger = logger
         self.remote = remote
-        self.alive = alive
+        self.identity = identity
         self.place = place
     }
 
@@ -100,8 +102,9 @@ final class DeferredPlacements: Sendable {
     /// reached (the write is then not deferred). `watch`: start the thread that checks (tests check
     /// themselves).
     func add(_ pid: pid_t, path: [UInt8], now: UInt64 = monotonicNanoseconds(), watch: Bool = true) -> Bool {
+        let identity = state.withLock { $0.pending[pid] == nil } ? identity(pid) : nil
         let start = state.withLock { state -> Bool? in
-            var entry = state.pending[pid] ?? Pending(paths: [], until: now + patience)
+            var entry = state.pending[pid] ?? Pending(paths: [], until: now + patience, identity: identity)
             if state.pending[pid] == nil, state.pending.count >= Self.capacity { return nil }
             if !entry.paths.contains(path) {
                 guard entry.paths.count < Self.filesPerProcess else { return nil }
@@ -137,10 +140,10 @@ final class DeferredPlacements: Sendable {
         var ready: [(pid_t, pid_t)] = []
         var dropped: [(pid_t, String)] = []
         for (pid, entry) in waiting {
-            if let remote = remote(pid) {
-                ready.append((pid, remote))
-            } else if !alive(pid) {
+            if entry.identity == nil || identity(pid) != entry.identity {
                 dropped.append((pid, "it exited before it ran as a rexec client"))
+            } else if let remote = remote(pid) {
+                ready.append((pid, remote))
             } else if now >= entry.until {
                 dropped.append((pid, "it did not run as a rexec client within \(patience / 1_000_000_000) s"))
             }

@@ -132,7 +132,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         let directory = options.rexecPidDirectory
         placements = DeferredPlacements(
             logger: logger, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
-            alive: { [processes] in processes.isAlive($0) },
+            identity: { [processes] in processes.identity($0) },
             place: { [weak self] pid, remote, paths, done in
                 guard let self else { return done() }
                 place(pid, remote: remote, in: paths, done: done)
@@ -792,12 +792,13 @@ final class QTFSFilesystem: @unchecked Sendable {
             // After the placements recorded while it was not a stand-in yet, or this one could be undone.
             placements.afterPlacing(pid) { send(translated) }
         case .deferred(let pid):
-            if let path = nodes.path(file.node), placements.add(pid, path: path) {
+            guard let path = nodes.path(file.node) else { return send(data) }
+            if placements.add(pid, path: path) {
                 fuse_reply_write(req, written)
-            } else {
-                logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
-                send(data)
+                return
             }
+            logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
+            send(data)
         }
     }
 

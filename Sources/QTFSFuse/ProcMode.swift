@@ -108,10 +108,19 @@ final class LocalProcesses: Sendable {
         return pid == me || isDescendant(target, of: me)
     }
 
-    /// Whether `pid` is a process of the DPU that has not exited.
-    func isAlive(_ pid: pid_t) -> Bool {
-        guard let status = status(pid) else { return false }
-        return status.threadGroup == pid && !status.zombie
+    /// Which process `pid` is: its start time (clock ticks since boot, /proc/PID/stat field 22), which
+    /// tells it from a later process given the same pid; nil when there is no such process, or it exited.
+    func identity(_ pid: pid_t) -> UInt64? {
+        guard pid > 0, let fd = try? procfs.open(at: Array("\(pid)/stat".utf8), flags: O_RDONLY) else { return nil }
+        defer { fd.closeQuietly() }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(at: 0, into: $0) }), count > 0,
+            let close = buffer[..<count].lastIndex(of: UInt8(ascii: ")"))
+        else { return nil }
+        // After the command: state (field 3) ... starttime (field 22).
+        let fields = buffer[(close + 1)..<count].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19, let state = fields[0].first, state != UInt8(ascii: "Z"), state != UInt8(ascii: "X") else { return nil }
+        return UInt64(String(decoding: fields[19], as: UTF8.self))
     }
 
     /// Where a proc-mode link points for `caller`.

@@ -193,7 +193,9 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         }
         #expect(processes.isOwn(me, caller: OSThread.currentID))
         #expect(processes.isOwn(pid, caller: OSThread.currentID))
-        #expect(processes.isAlive(pid))
+        #expect(processes.identity(pid) != nil && processes.identity(pid) == processes.identity(pid))
+        #expect(processes.identity(me) != nil)
+        #expect(processes.identity(0) == nil && processes.identity(Int32.max) == nil)
         #expect(!processes.isOwn(getppid(), caller: OSThread.currentID))
         #expect(!processes.isOwn(1, caller: OSThread.currentID))
         // A thread id is not a process to place.
@@ -208,6 +210,8 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     final class Fake: @unchecked Sendable {
         var remote: [pid_t: pid_t] = [:]
         var alive: Set<pid_t> = []
+        /// Start times of the live processes (1 unless set).
+        var started: [pid_t: UInt64] = [:]
         let done = Mutex<[(pid_t, pid_t, [String])]>([])
         var placed: [(pid_t, pid_t, [String])] { done.withLock { $0 } }
         /// Placements not answered yet, when the test answers them itself.
@@ -217,7 +221,8 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
     func placements(_ fake: Fake, patience: Double = 60) -> DeferredPlacements {
         DeferredPlacements(
-            patience: patience, logger: Logger(label: "test"), remote: { fake.remote[$0] }, alive: { fake.alive.contains($0) },
+            patience: patience, logger: Logger(label: "test"), remote: { fake.remote[$0] },
+            identity: { fake.alive.contains($0) ? fake.started[$0] ?? 1 : nil },
             place: { pid, remote, paths, done in
                 fake.done.withLock { $0.append((pid, remote, paths.map { String(decoding: $0, as: UTF8.self) })) }
                 if fake.holding { fake.held.withLock { $0.append(done) } } else { done() }
@@ -251,6 +256,18 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(deferred.check(now: 500_000_000))
         #expect(Set(deferred.pending.keys) == [56])
         #expect(!deferred.check(now: 1_000_000_000))
+        #expect(deferred.pending.isEmpty && fake.placed.isEmpty)
+    }
+
+    /// The process exited and another got its pid: even once that one stands in, it is not placed.
+    @Test func aLaterProcessWithTheSamePidIsNotPlaced() {
+        let fake = Fake()
+        fake.alive = [55]
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        fake.started[55] = 2
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 1))
         #expect(deferred.pending.isEmpty && fake.placed.isEmpty)
     }
 
