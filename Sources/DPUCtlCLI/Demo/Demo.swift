@@ -344,11 +344,20 @@ struct Demo {
             // Stop libvirt and wait for it to be gone: its open files would keep the mounts busy.
             _ = try? lab.dpu.run(["/bin/sh", "-c", """
                 pids="$(cat /run/libvirtd.pid 2>/dev/null) $(cat /run/virtlogd.pid 2>/dev/null)"
-                [ -n "${pids# }" ] || exit 0
-                kill $pids 2>/dev/null
-                for i in $(seq 50); do kill -0 $pids 2>/dev/null || exit 0; sleep 0.1; done
-                kill -9 $pids 2>/dev/null
+                if [ -n "${pids# }" ]; then
+                    kill $pids 2>/dev/null
+                    for i in $(seq 50); do kill -0 $pids 2>/dev/null || break; sleep 0.1; done
+                    kill -9 $pids 2>/dev/null
+                fi
+                exit 0
                 """], root: Demo.rootfs, check: false)
+            // VMs outlive libvirtd, and their rexec stand-ins keep the rootfs busy: end them too (their QEMUs
+            // go with them). Outside the rootfs, whose /proc is the host's.
+            _ = try? lab.dpu.run(["/bin/sh", "-c", """
+                pkill -TERM -x rexec || exit 0
+                for i in $(seq 50); do pgrep -x rexec >/dev/null || exit 0; sleep 0.1; done
+                pkill -KILL -x rexec
+                """], check: false)
         }
         if let lab, (try? lab.dpu.run([dpuctl, "mount", "revert", "--root", Demo.rootfs], check: false)) == .exited(0) {
             detail("dpuctl mount revert: everything under \(Demo.rootfs) unmounted")
