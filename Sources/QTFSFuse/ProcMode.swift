@@ -105,7 +105,25 @@ final class LocalProcesses: Sendable {
     func isOwn(_ pid: pid_t, caller: pid_t) -> Bool {
         guard let target = status(pid), target.threadGroup == pid, !target.zombie else { return false }
         let me = threadGroup(of: caller)
-        return pid == me || isDescendant(target, of: me)
+        return pid == me || isDescendant(target, of: me) || isUnexecutedFork(pid, of: me)
+    }
+
+    /// Whether `pid` looks like a fork of `writer` that has not run another program yet: it runs the same
+    /// executable and started later. libvirt daemonizes the QEMU it starts (a double fork: the child is
+    /// no longer its descendant) and places that child into the VM's cgroups before it execs the emulator.
+    func isUnexecutedFork(_ pid: pid_t, of writer: pid_t) -> Bool {
+        guard pid != writer, let image = executable(pid), image == executable(writer),
+            let started = identity(pid), let writerStarted = identity(writer)
+        else { return false }
+        return started >= writerStarted
+    }
+
+    /// The file `pid` runs, as device and inode.
+    func executable(_ pid: pid_t) -> [UInt64]? {
+        guard let fd = try? procfs.open(at: Array("\(pid)/exe".utf8), flags: O_PATH) else { return nil }
+        defer { fd.closeQuietly() }
+        guard let info = try? fd.status() else { return nil }
+        return [UInt64(info.st_dev), UInt64(info.st_ino)]
     }
 
     /// Which process `pid` is: its start time (clock ticks since boot, /proc/PID/stat field 22), which

@@ -203,6 +203,33 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         // The child is its parent's own, not the other way round.
         #expect(!processes.isOwn(me, caller: pid))
     }
+
+    /// libvirt's double-forked child is no descendant: a later process running the writer's executable is
+    /// taken as its fork; an earlier one, another program, or the writer itself is not.
+    @Test func aLaterProcessOfTheSameExecutableIsAnUnexecutedFork() throws {
+        let processes = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: "/nonexistent")
+        var handles: [ProcessHandle] = []
+        defer {
+            for handle in handles {
+                try? handle.signal(SIGKILL)
+                _ = try? handle.wait()
+                handle.close()
+            }
+        }
+        func sleeper() throws -> pid_t {
+            let pid = try Spawn.start(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"], environment: []))
+            handles.append(try ProcessHandle(pid: pid))
+            return pid
+        }
+        let first = try sleeper()
+        usleep(30_000)  // start times are in clock ticks (10 ms)
+        let second = try sleeper()
+        #expect(processes.isUnexecutedFork(second, of: first))
+        #expect(!processes.isUnexecutedFork(first, of: second))
+        #expect(!processes.isUnexecutedFork(first, of: first))
+        #expect(!processes.isUnexecutedFork(first, of: getpid()))
+        #expect(!processes.isUnexecutedFork(getpid(), of: first))
+    }
 }
 
 @Suite struct DeferredCgroupPlacements {
