@@ -83,6 +83,8 @@ struct Listing: Sendable {
     var resume: (index: Int, cookie: UInt64)?
     /// The change count when the batch was asked for (see `QTFSFilesystem.changes`).
     var version: UInt64 = 0
+    /// When it was asked for (monotonic ns): what it says is trusted for the timeouts from then.
+    var asked: UInt64 = 0
 }
 
 /// The FUSE file system: every kernel request becomes an engine request, answered from the connection's
@@ -92,6 +94,10 @@ final class QTFSFilesystem: @unchecked Sendable {
     let options: QTFSMountOptions
     let nodes = NodeTable()
     let local: LocalProcesses?
+    /// The DPU's processes (for every mount: who wrote a pid into a cgroup).
+    let processes: LocalProcesses
+    /// Cgroup placements waiting for a DPU process to become a rexec client.
+    private(set) var placements: DeferredPlacements!
     let logger: Logger
     /// The device of the export root on the host: its files keep their host inode numbers.
     let rootDevice: UInt64
@@ -105,12 +111,16 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// Attributes of socket nodes, for the MKNOD that binds them.
     private let socketAttributes = Mutex([UInt64: QTFSAttributes]())
     private let nextPollID = Atomic<UInt64>(1)
+    /// Listings of subdirectories fetched ahead of a walk.
+    let prefetch: ListingPrefetch
 
-    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, logger: Logger) throws {
+    init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, processes: LocalProcesses, logger: Logger) throws {
         self.client = client
         self.options = options
         self.local = local
+        self.processes = processes
         self.logger = logger
+        prefetch = ListingPrefetch(capacity: options.prefetch)
         rootDevice = client.export?.root.device ?? 0
         sockets = options.sockets && !options.proc
             ? try SocketNodes(
@@ -119,6 +129,14 @@ final class QTFSFilesystem: @unchecked Sendable {
             : nil
         client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
         sockets?.pathOf = { [nodes] node in nodes.path(node) }
+        let directory = options.rexecPidDirectory
+        placements = DeferredPlacements(
+            logger: logger, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
+            identity: { [processes] in processes.identity($0) },
+            place: { [weak self] pid, remote, paths, done in
+                guard let self else { return done() }
+                place(pid, remote: remote, in: paths, done: done)
+            })
     }
 
     /// Attributes of entries a directory listing brought, for the lookups that follow (`ls -l`, `tar`):
@@ -137,9 +155,9 @@ final class QTFSFilesystem: @unchecked Sendable {
     private let changes = Atomic<UInt64>(0)
     private var version: UInt64 { changes.load(ordering: .acquiring) }
 
-    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64) {
+    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64, asked: UInt64? = nil) {
         guard !options.proc, !a.flags.contains(.volatile), options.attributeTimeout > 0 else { return }
-        let until = monotonicNanoseconds() + UInt64(options.attributeTimeout * 1_000_000_000)
+        let until = (asked ?? monotonicNanoseconds()) + UInt64(options.attributeTimeout * 1_000_000_000)
         recentAttributes.withLock { cache in
             guard version == since else { return }
             if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
@@ -147,21 +165,22 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentAttributes(of node: UInt64) -> QTFSAttributes? {
+    /// The attributes of `node` if known and how much longer (seconds) they may be trusted.
+    private func recentAttributes(of node: UInt64) -> (QTFSAttributes, remaining: Double)? {
         let now = monotonicNanoseconds()
-        return recentAttributes.withLock { cache -> QTFSAttributes? in
+        return recentAttributes.withLock { cache -> (QTFSAttributes, remaining: Double)? in
             guard let (a, until) = cache[node] else { return nil }
             guard now < until else {
                 cache[node] = nil
                 return nil
             }
-            return a
+            return (a, Double(until - now) / 1e9)
         }
     }
 
-    private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64) {
+    private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64, asked: UInt64) {
         guard cachesListings else { return }
-        let until = monotonicNanoseconds() + UInt64(options.entryTimeout * 1_000_000_000)
+        let until = asked + UInt64(options.entryTimeout * 1_000_000_000)
         recent.withLock { cache in
             guard version == since else { return }
             if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
@@ -172,17 +191,18 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
     }
 
-    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> QTFSAttributes? {
+    /// What a listing said of `name` in `parent`, and when it was asked for.
+    private func recentEntry(_ parent: UInt64, _ name: [UInt8]) -> (QTFSAttributes, asked: UInt64)? {
         guard cachesListings else { return nil }
         let now = monotonicNanoseconds()
-        return recent.withLock { cache -> QTFSAttributes? in
+        return recent.withLock { cache -> (QTFSAttributes, asked: UInt64)? in
             let key = NodeTable.Dentry(parent: parent, name: name)
             guard let (a, until) = cache[key] else { return nil }
             guard now < until else {
                 cache[key] = nil
                 return nil
             }
-            return a
+            return (a, until &- UInt64(options.entryTimeout * 1_000_000_000))
         }
     }
 
@@ -264,6 +284,14 @@ final class QTFSFilesystem: @unchecked Sendable {
         _ encode: @escaping (UInt64) -> QTFSRequest, _ done: @escaping (Result<QTFSReply, Errno>) -> Void
     ) {
         let (link, handle) = file.current
+        if handle == 0 {
+            // A directory opened from a listing fetched ahead: it has no handle on the host yet.
+            guard attempt < 3 else { return done(.failure(.ioError)) }
+            return reopen(file, stale: link) { [self] error in
+                if let error { return done(.failure(error == .staleNFSFileHandle ? .ioError : error)) }
+                withHandle(req, file, operation, retry: retry, attempt: attempt + 1, encode, done)
+            }
+        }
         send(req, operation, pinned: link, retry: retry, { _ in encode(handle) }) { [self] result, _ in
             guard case .failure(.staleNFSFileHandle) = result, attempt < 3 else { return done(result) }
             reopen(file, stale: link) { [self] error in
@@ -334,12 +362,17 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     private func replyEntry(
         _ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64,
-        alias: (pid: Int32, hostName: [UInt8])? = nil
+        alias: (pid: Int32, hostName: [UInt8])? = nil, asked: UInt64? = nil
     ) {
         let id = nodes.remember(parent, name, a, alias: alias)
-        remember(attributes: a, of: id, since: since)
+        remember(attributes: a, of: id, since: since, asked: asked)
         let reply = { [self] in
             var e = entry(id, a)
+            if let asked {
+                let age = Double(monotonicNanoseconds() &- asked) / 1e9
+                e.entry_timeout = max(0, e.entry_timeout - age)
+                e.attr_timeout = max(0, e.attr_timeout - age)
+            }
             // If the kernel no longer wants the answer (interrupted), it holds no reference: drop ours.
             if fuse_reply_entry(req, &e) != 0 { nodes.forget(id, 1) }
         }
@@ -427,7 +460,8 @@ final class QTFSFilesystem: @unchecked Sendable {
             // Nothing is ever found in the hidden directory: binding there must not find an entry.
             if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
         }
-        if let a = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since) }
+        // The kernel may keep it for what is left of the timeout, not for a whole one more.
+        if let (a, asked) = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since, asked: asked) }
         guard let path = path(req, parent, name) else { return }
         call(req, .lookup, { .lookup(QTFSPath(export: $0.export, path: path)) }) { [self] result in
             if case .failure(.noSuchFileOrDirectory) = result, let sockets, let gone = nodes.child(parent, name) {
@@ -460,9 +494,9 @@ final class QTFSFilesystem: @unchecked Sendable {
                 replyAttributes(req, node, a, since: since)
             }
         }
-        if let a = recentAttributes(of: node) {
+        if let (a, remaining) = recentAttributes(of: node) {
             var s = stat(a, node: node)
-            return _ = fuse_reply_attr(req, &s, timeouts(a).attributes)
+            return _ = fuse_reply_attr(req, &s, min(timeouts(a).attributes, remaining))
         }
         guard let path = path(req, node) else { return }
         call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
@@ -735,36 +769,101 @@ final class QTFSFilesystem: @unchecked Sendable {
     func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
         file.prefetch.withLock { $0 = nil }
         forgetRecent(node: file.node)
-        var data = data
         let written = data.readableBytes
-        if file.listsProcesses, let translated = QTFSFilesystem.translatingStandIn(data, directory: options.rexecPidDirectory) {
-            data = translated
+        let send = { [self] (data: ByteBuffer) in
+            let sent = data.readableBytes
+            withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
+                [self] result in
+                guard case .success(.written(let count)) = result else { return fail(req, result) }
+                // The caller wrote its own number: all of it went when the translated one did.
+                fuse_reply_write(req, sent != written && Int(count) == sent ? written : Int(count))
+            }
         }
-        let sent = data.readableBytes
-        withHandle(req, file, .write, { .write(handle: $0, offset: UInt64(max(offset, 0)), flags: UInt32(bitPattern: flags), data: data) }) {
-            [self] result in
-            guard case .success(.written(let count)) = result else { return fail(req, result) }
-            // The caller wrote its own number: all of it went when the translated one did.
-            fuse_reply_write(req, sent != written && Int(count) == sent ? written : Int(count))
+        guard file.listsProcesses else { return send(data) }
+        let caller = fuse_req_ctx(req)?.pointee.pid ?? 0
+        let directory = options.rexecPidDirectory
+        switch ProcessListWrite.decide(
+            data, remote: { RexecPidMap.remotePID(of: $0, directory: directory) },
+            own: { [processes] in caller > 0 && processes.isOwn($0, caller: caller) })
+        {
+        case .asIs:
+            send(data)
+        case .translated(let pid, let translated):
+            // After the placements recorded while it was not a stand-in yet, or this one could be undone.
+            placements.afterPlacing(pid) { send(translated) }
+        case .deferred(let pid):
+            guard let path = nodes.path(file.node) else { return send(data) }
+            if placements.add(pid, path: path) {
+                fuse_reply_write(req, written)
+                return
+            }
+            logger.warning("cgroups: too many placements pending; DPU process \(pid) written to the host as it is")
+            send(data)
         }
+    }
+
+    /// Writes the remote pid of DPU process `pid`, now a rexec client, into the process lists it was
+    /// written to before (`DeferredPlacements`): open by path, write, release, each through the engine;
+    /// `done` when all are answered.
+    private func place(_ pid: pid_t, remote: pid_t, in paths: [[UInt8]], done: @escaping @Sendable () -> Void) {
+        let left = Atomic<Int>(paths.count)
+        let finished = { if left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done() } }
+        for path in paths {
+            let name = String(decoding: path, as: UTF8.self)
+            let failed = { [logger] (error: String) in
+                logger.warning("cgroups: cannot place host process \(remote) (DPU process \(pid)) in \(name): \(error)")
+                finished()
+            }
+            client.send(Outgoing(.open, retry: .resend, encode: { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(O_WRONLY)) }) {
+                [self] result, link in
+                guard case .success(.opened(let handle, _, _, _)) = result, let link else {
+                    return failed(Self.describe(result))
+                }
+                client.send(Outgoing(.write, pinned: link, retry: .fail, encode: { _ in
+                    .write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "\(remote)"))
+                }) { [self] result, _ in
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                    guard case .success(.written) = result else { return failed(Self.describe(result)) }
+                    logger.info("cgroups: host process \(remote) (DPU process \(pid)) placed in \(name)")
+                    finished()
+                })
+            })
+        }
+    }
+
+    static func describe(_ result: Result<QTFSReply, Errno>) -> String {
+        if case .failure(let error) = result { return "\(error)" }
+        return "unexpected reply"
     }
 
     /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
     static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
 
-    /// libvirt (without systemd) puts its VM into the cgroups it made by writing `vm->pid` to the
-    /// hierarchy's process list; through this mount that lands on the host, where the pid must be the
-    /// QEMU that the local rexec client stands in for. A write that is one decimal pid (and an optional
-    /// newline) of a live rexec client becomes its remote pid; any other write is left as it is.
-    static func translatingStandIn(_ data: ByteBuffer, directory: String, remote: (pid_t, String) -> pid_t? = {
-        RexecPidMap.remotePID(of: $0, directory: $1)
-    }) -> ByteBuffer? {
-        guard data.readableBytes > 0, data.readableBytes <= 11 else { return nil }
-        var digits = data.readableBytesView[...]
-        let newline = digits.last == UInt8(ascii: "\n")
-        if newline { digits = digits.dropLast() }
-        guard let pid = LocalProcesses.pid(Array(digits)), let translated = remote(pid, directory) else { return nil }
-        return ByteBuffer(string: "\(translated)" + (newline ? "\n" : ""))
+    /// Writes the remote pid of DPU process `pid`, now a rexec client, into the process lists it was
+    /// written to before (`DeferredPlacements`): open by path, write, release, each through the engine.
+    private func place(_ pid: pid_t, remote: pid_t, in paths: [[UInt8]]) {
+        for path in paths {
+            let name = String(decoding: path, as: UTF8.self)
+            let failed = { [logger] (error: String) in
+                logger.warning("cgroups: cannot place host process \(remote) (DPU process \(pid)) in \(name): \(error)")
+            }
+            client.send(Outgoing(.open, retry: .resend, encode: { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(O_WRONLY)) }) {
+                [self] result, link in
+                guard case .success(.opened(let handle, _, _, _)) = result, let link else {
+                    return failed(Self.describe(result))
+                }
+                client.send(Outgoing(.write, pinned: link, retry: .fail, encode: { _ in
+                    .write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "\(remote)"))
+                }) { [self] result, _ in
+                    if case .success(.written) = result {
+                        logger.info("cgroups: host process \(remote) (DPU process \(pid)) placed in \(name)")
+                    } else {
+                        failed(Self.describe(result))
+                    }
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                })
+            })
+        }
     }
 
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {
@@ -785,6 +884,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         if let pending = file.pollHandle.withLock({ state -> UInt? in defer { state = nil }; return state }) {
             fuse_pollhandle_destroy(OpaquePointer(bitPattern: pending))
         }
+        guard handle != 0 else { return }
         client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
     }
 
@@ -796,20 +896,79 @@ final class QTFSFilesystem: @unchecked Sendable {
         // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
         // which comes later from another thread, fills in a copy.
         let request = fi.pointee
-        send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
-            guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
-                return fail(req, result)
+        let ask = { [self] in
+            let asked = monotonicNanoseconds()
+            send(req, .opendir, { .opendir(QTFSPath(export: $0.export, path: path)) }) { [self] result, link in
+                guard case .success(.directory(let handle, let entries, let end)) = result, let link else {
+                    return fail(req, result)
+                }
+                opened(req, node, request, link: link, handle: handle, entries, end: end, since: since, asked: asked)
             }
-            let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
-            file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since) }
-            remember(listing: entries, in: node, since: since)
-            var info = request
-            info.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
-            // The kernel may keep what it listed while the directory's mtime says nothing changed.
-            let cache = !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
-            info.cache_readdir = cache ? 1 : 0
-            info.keep_cache = cache ? 1 : 0
-            if fuse_reply_open(req, &info) != 0 { release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue()) }
+        }
+        guard cachesListings, options.prefetch > 0, let names = nodes.node(node)?.names else { return ask() }
+        let timeout = UInt64(options.entryTimeout * 1_000_000_000)
+        let next = prefetch.take(names) { [self] listing in
+            guard let listing, listing.version == version, listing.asked + timeout > monotonicNanoseconds() else { return ask() }
+            opened(req, node, request, link: listing.link, handle: 0, listing.entries, end: listing.end, since: listing.version, asked: listing.asked)
+        }
+        fetchAhead(next)
+    }
+
+    /// Answers an OPENDIR with its first entries (`handle` 0: none on the host yet; `asked`: when they
+    /// were asked for).
+    private func opened(
+        _ req: fuse_req_t, _ node: UInt64, _ request: fuse_file_info, link: Link, handle: UInt64,
+        _ entries: [QTFSDirectoryEntry], end: Bool, since: UInt64, asked: UInt64
+    ) {
+        let file = OpenFile(node: node, flags: O_RDONLY, isDirectory: true, link: link, handle: handle, pollID: 0)
+        file.listing.withLock { $0 = Listing(start: 0, entries: entries, end: end, loaded: true, version: since, asked: asked) }
+        remember(listing: entries, in: node, since: since, asked: asked)
+        let fetchedAhead = handle == 0
+        var info = request
+        info.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(file).toOpaque()))
+        // The kernel may keep what it listed while the directory's mtime says nothing changed; not a
+        // listing fetched ahead, which is already up to an entry timeout old.
+        let cache = !fetchedAhead && !options.proc && !(client.export?.root.flags.contains(.volatile) ?? false)
+        info.cache_readdir = cache ? 1 : 0
+        info.keep_cache = cache ? 1 : 0
+        if fuse_reply_open(req, &info) != 0 {
+            release(Unmanaged<OpenFile>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(info.fh))!).takeRetainedValue())
+            return
+        }
+        queueFetchAhead(of: node, entries)
+    }
+
+    /// Queues the listings of the subdirectories in `entries` (a listing of `directory`) to be fetched
+    /// ahead (see `ListingPrefetch`).
+    private func queueFetchAhead(of directory: UInt64, _ entries: [QTFSDirectoryEntry]) {
+        guard cachesListings, options.prefetch > 0 else { return }
+        var directories: ListingPrefetch.Start = []
+        for entry in entries where entry.name != [46] && entry.name != [46, 46] {
+            guard let a = entry.attributes, a.mode & 0o170000 == 0o040000, !a.flags.contains(.volatile),
+                let path = nodes.path(directory, entry.name)
+            else { continue }
+            directories.append((NodeTable.Dentry(parent: directory, name: entry.name), path))
+            if directories.count == options.prefetch { break }
+        }
+        guard !directories.isEmpty else { return }
+        fetchAhead(prefetch.enqueue(directories, now: monotonicNanoseconds(), timeout: UInt64(options.entryTimeout * 1_000_000_000)))
+    }
+
+    /// Asks for listings to keep; the handle is let go at once (a reader that goes past the first
+    /// entries opens the directory again: see `withHandle`).
+    private func fetchAhead(_ directories: ListingPrefetch.Start) {
+        for (dentry, path) in directories {
+            let since = version
+            let asked = monotonicNanoseconds()
+            client.send(Outgoing(.opendir, retry: .resend, encode: { .opendir(QTFSPath(export: $0.export, path: path)) }) {
+                [self] result, link in
+                var listing: ListingPrefetch.Listing?
+                if case .success(.directory(let handle, let entries, let end)) = result, let link {
+                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
+                    listing = ListingPrefetch.Listing(entries: entries, end: end, link: link, version: since, asked: asked)
+                }
+                fetchAhead(prefetch.finish(dentry, listing))
+            })
         }
     }
 
@@ -832,19 +991,24 @@ final class QTFSFilesystem: @unchecked Sendable {
         }
         if let start { return emit(req, directory, file, size, start, plus) }
         let attributes = plus || cachesListings
+        let asked = monotonicNanoseconds()
         withHandle(req, file, .readdir, {
             .readdir(handle: $0, cookie: cookie, maximumEntries: QTFSFilesystem.batch, withAttributes: attributes)
         }) { [self] result in
             guard case .success(.entries(let entries, let end)) = result else { return fail(req, result) }
-            file.listing.withLock { $0 = Listing(start: cookie, entries: entries, end: end, loaded: true, version: since) }
-            remember(listing: entries, in: directory, since: since)
+            file.listing.withLock {
+                $0 = Listing(start: cookie, entries: entries, end: end, loaded: true, version: since, asked: asked)
+            }
+            remember(listing: entries, in: directory, since: since, asked: asked)
             emit(req, directory, file, size, 0, plus)
         }
     }
 
     private func emit(_ req: fuse_req_t, _ directory: UInt64, _ file: OpenFile, _ size: Int, _ start: Int, _ plus: Bool) {
         // The array is shared with the listing, not copied (it is replaced, never mutated in place).
-        let (all, since) = file.listing.withLock { ($0.entries, $0.version) }
+        let (all, since, asked) = file.listing.withLock { ($0.entries, $0.version, $0.asked) }
+        // What the entries say holds for the timeouts from when they were asked for.
+        let age = Double(monotonicNanoseconds() &- asked) / 1e9
         let entries = all[start...]
         var buffer = [CChar](repeating: 0, count: size)
         var used = 0
@@ -861,8 +1025,10 @@ final class QTFSFilesystem: @unchecked Sendable {
                     var e = fuse_entry_param()
                     if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
                         let id = nodes.remember(directory, entry.name, a)
-                        remember(attributes: a, of: id, since: since)
+                        remember(attributes: a, of: id, since: since, asked: asked)
                         e = self.entry(id, a)
+                        e.entry_timeout = max(0, e.entry_timeout - age)
+                        e.attr_timeout = max(0, e.attr_timeout - age)
                         if a.mode & 0o170000 == 0o140000, let sockets, !sockets.hasListener(id), let path = nodes.path(id) {
                             socketAttributes.withLock { $0[id] = a }
                             sockets.ensureListener(id, path: path) {}
@@ -919,7 +1085,7 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
         // A file known to have none (`ls -l` asks every file for its SELinux label and ACL).
-        if let a = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
+        if let (a, _) = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
             if list && size == 0 {
                 fuse_reply_xattr(req, 0)
             } else if list {

@@ -23,8 +23,10 @@ public enum QTFSMount {
         ready: @escaping @Sendable () -> Void
     ) async throws {
         var options = options
-        let local: LocalProcesses? = options.proc ? try LocalProcesses(
-            localProc: options.localProc, commands: options.localCommands, standIns: options.rexecPidDirectory) : nil
+        // Opened before the mount, which may cover /proc.
+        let processes = try LocalProcesses(
+            localProc: options.localProc, commands: options.localCommands, standIns: options.rexecPidDirectory)
+        let local = options.proc ? processes : nil
         let client = EngineClient(
             endpoint: endpoint, key: key, hostPath: Array(options.hostPath.utf8), connections: options.connections,
             patience: .seconds(options.patience), logger: logger)
@@ -38,7 +40,7 @@ public enum QTFSMount {
             throw QTFSMountError("\(options.hostPath) is not a directory on the host")
         }
         if export.readOnly && !options.kernelOptions.contains("ro") { options.kernelOptions.append("ro") }
-        let filesystem = try QTFSFilesystem(client: client, options: options, local: local, logger: logger)
+        let filesystem = try QTFSFilesystem(client: client, options: options, local: local, processes: processes, logger: logger)
         QTFSFilesystem.current = filesystem
         let session = try FuseSession(filesystem: filesystem, options: options)
         defer { session.destroy() }
@@ -46,6 +48,7 @@ public enum QTFSMount {
         ready()
         await session.serve(logger: logger) { filesystem.sockets?.stop() }
         filesystem.sockets?.stop()
+        filesystem.placements.stop()
         client.stop()
         logger.info("unmounted \(options.mountpoint)")
     }

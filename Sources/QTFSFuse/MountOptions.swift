@@ -29,6 +29,9 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// `entry_timeout=`, `attr_timeout=` (seconds) for normal exports; proc mode and pseudo files use 0.
     public var entryTimeout = 1.0
     public var attributeTimeout = 1.0
+    /// `prefetch=N`: when a directory is listed, the listings of up to N of its subdirectories are fetched
+    /// ahead, a few at a time, for a walk (`find`, `ls -R`, `du`) to find them here; 0 turns it off.
+    public var prefetch = 1024
     /// `noxattr`: no extended attributes (the kernel then stops asking, which saves `ls -l` two requests
     /// per file; libvirt's ownership labels need them, so they are on by default).
     public var extendedAttributes = true
@@ -116,6 +119,11 @@ public struct QTFSMountOptions: Sendable, Equatable {
                     throw MountOptionError("readahead=\(value ?? "") must be a number of KiB from 0 to 65536")
                 }
                 readAheadKB = kilobytes
+            case "prefetch":
+                guard let count = Int(try need()), (0...65536).contains(count) else {
+                    throw MountOptionError("prefetch=\(value ?? "") must be a number of directories from 0 to 65536")
+                }
+                prefetch = count
             case "timeout":
                 guard let seconds = Int(try need()), (1...86400).contains(seconds) else {
                     throw MountOptionError("timeout=\(value ?? "") must be a number of seconds from 1 to 86400")
@@ -130,7 +138,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -84,12 +84,12 @@ extension QTFSFilesystem {
         }
         // Every write already reached the host when it returned: close has nothing left to send.
         ops.flush = { req, _, _ in _ = fuse_reply_err(req, 0) }
+        // Answered before the engine is told: the caller's close(2) need not wait for a socket write.
         ops.release = { req, _, fi in
-            if let fi, fi.pointee.fh != 0, let pointer = UnsafeRawPointer(bitPattern: UInt(fi.pointee.fh)) {
-                let file = Unmanaged<OpenFile>.fromOpaque(pointer).takeRetainedValue()
-                filesystem(req).release(file)
-            }
+            let filesystem = filesystem(req)
+            let pointer = fi.flatMap { UnsafeRawPointer(bitPattern: UInt($0.pointee.fh)) }
             fuse_reply_err(req, 0)
+            if let pointer { filesystem.release(Unmanaged<OpenFile>.fromOpaque(pointer).takeRetainedValue()) }
         }
         ops.fsync = { req, _, dataOnly, fi in
             guard let file = QTFSFilesystem.file(fi) else { return _ = fuse_reply_err(req, EBADF) }

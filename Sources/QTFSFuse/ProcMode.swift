@@ -36,9 +36,11 @@ final class LocalProcesses: Sendable {
         var name = ""
         var threadGroup: pid_t = 0
         var parent: pid_t = 0
+        /// Exited, not yet reaped.
+        var zombie = false
     }
 
-    /// Name, Tgid and PPid of process or thread `pid` on the DPU; nil if there is none.
+    /// Name, State, Tgid and PPid of process or thread `pid` on the DPU; nil if there is none.
     func status(_ pid: pid_t) -> Status? {
         guard pid > 0, let fd = try? procfs.open(at: Array("\(pid)/status".utf8), flags: O_RDONLY) else { return nil }
         defer { fd.closeQuietly() }
@@ -53,6 +55,7 @@ final class LocalProcesses: Sendable {
             case "Name:": status.name = String(parts[1])
             case "Tgid:": status.threadGroup = pid_t(parts[1]) ?? 0
             case "PPid:": status.parent = pid_t(parts[1]) ?? 0
+            case "State:": status.zombie = parts[1].hasPrefix("Z") || parts[1].hasPrefix("X")
             default: break
             }
         }
@@ -83,13 +86,59 @@ final class LocalProcesses: Sendable {
             if current == pid { return .local }
             current = status(current)?.parent ?? 0
         }
-        // A descendant of the caller.
-        current = target.parent
+        return isDescendant(target, of: me) ? .local : .hostThenLocal
+    }
+
+    /// Whether the process whose status is `target` descends from process `ancestor` (at most 64
+    /// generations up).
+    private func isDescendant(_ target: Status, of ancestor: pid_t) -> Bool {
+        var current = target.parent
         for _ in 0..<64 where current > 1 {
-            if current == me { return .local }
+            if current == ancestor { return true }
             current = status(current)?.parent ?? 0
         }
-        return .hostThenLocal
+        return false
+    }
+
+    /// Whether `pid` is a live process (not a thread of another) of the DPU that is the caller's own
+    /// process or one of its descendants (`caller`: a thread id, as FUSE gives it).
+    func isOwn(_ pid: pid_t, caller: pid_t) -> Bool {
+        guard let target = status(pid), target.threadGroup == pid, !target.zombie else { return false }
+        let me = threadGroup(of: caller)
+        return pid == me || isDescendant(target, of: me) || isUnexecutedFork(pid, of: me)
+    }
+
+    /// Whether `pid` looks like a fork of `writer` that has not run another program yet: it runs the same
+    /// executable and started later. libvirt daemonizes the QEMU it starts (a double fork: the child is
+    /// no longer its descendant) and places that child into the VM's cgroups before it execs the emulator.
+    func isUnexecutedFork(_ pid: pid_t, of writer: pid_t) -> Bool {
+        guard pid != writer, let image = executable(pid), image == executable(writer),
+            let started = identity(pid), let writerStarted = identity(writer)
+        else { return false }
+        return started >= writerStarted
+    }
+
+    /// The file `pid` runs, as device and inode.
+    func executable(_ pid: pid_t) -> [UInt64]? {
+        guard let fd = try? procfs.open(at: Array("\(pid)/exe".utf8), flags: O_PATH) else { return nil }
+        defer { fd.closeQuietly() }
+        guard let info = try? fd.status() else { return nil }
+        return [UInt64(info.st_dev), UInt64(info.st_ino)]
+    }
+
+    /// Which process `pid` is: its start time (clock ticks since boot, /proc/PID/stat field 22), which
+    /// tells it from a later process given the same pid; nil when there is no such process, or it exited.
+    func identity(_ pid: pid_t) -> UInt64? {
+        guard pid > 0, let fd = try? procfs.open(at: Array("\(pid)/stat".utf8), flags: O_RDONLY) else { return nil }
+        defer { fd.closeQuietly() }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        guard let count = try? buffer.withUnsafeMutableBytes({ try fd.read(at: 0, into: $0) }), count > 0,
+            let close = buffer[..<count].lastIndex(of: UInt8(ascii: ")"))
+        else { return nil }
+        // After the command: state (field 3) ... starttime (field 22).
+        let fields = buffer[(close + 1)..<count].split(separator: UInt8(ascii: " "))
+        guard fields.count > 19, let state = fields[0].first, state != UInt8(ascii: "Z"), state != UInt8(ascii: "X") else { return nil }
+        return UInt64(String(decoding: fields[19], as: UTF8.self))
     }
 
     /// Where a proc-mode link points for `caller`.

@@ -1,8 +1,10 @@
 import DPUSystem
 import Glibc
+import Logging
 import DPUWire
 import NIOCore
 import SystemPackage
+import Synchronization
 import Testing
 
 @testable import QTFSFuse
@@ -28,6 +30,9 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(options.patience == 5 && options.entryTimeout == 0.5 && options.attributeTimeout == 2)
         #expect(options.localProc == "/lp" && options.localCommands == ["libvirtd", "virsh"])
         #expect(!options.extendedAttributes)
+        #expect(options.prefetch == 1024)
+        try options.apply("prefetch=0")
+        #expect(options.prefetch == 0)
     }
 
     @Test func devicesOnlyWhenAsked() throws {
@@ -44,7 +49,7 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 
     @Test(arguments: ["bogus", "server=", "server=ftp://x", "connections=0", "connections=x", "localproc=relative",
-        "readahead=-1", "timeout=0", "udsproxy=relative"])
+        "readahead=-1", "timeout=0", "udsproxy=relative", "prefetch=-1", "prefetch=x"])
     func badOptionsSayWhat(_ text: String) {
         var options = QTFSMountOptions(hostPath: "/x", mountpoint: "/mnt")
         #expect(throws: MountOptionError.self) { try options.apply(text) }
@@ -153,20 +158,287 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
     }
 }
 
-@Suite struct CgroupWritesOfStandIns {
-    func translate(_ text: String) -> String? {
-        QTFSFilesystem.translatingStandIn(ByteBuffer(string: text), directory: "/unused") { pid, _ in pid == 77 ? 4242 : nil }
-            .map { String(buffer: $0) }
+@Suite struct CgroupWritesOfDPUProcesses {
+    /// 77 stands in for host process 4242; 55 is the writer's own child, not a stand-in yet.
+    func decide(_ text: String) -> ProcessListWrite {
+        ProcessListWrite.decide(ByteBuffer(string: text), remote: { $0 == 77 ? 4242 : nil }, own: { $0 == 55 || $0 == 77 })
     }
 
     @Test func aStandInsPidBecomesItsRemotePid() {
-        #expect(translate("77") == "4242")
-        #expect(translate("77\n") == "4242\n")
+        #expect(decide("77") == .translated(77, ByteBuffer(string: "4242")))
+        #expect(decide("77\n") == .translated(77, ByteBuffer(string: "4242\n")))
+    }
+
+    @Test func theWritersOwnProcessThatIsNoStandInYetIsDeferred() {
+        #expect(decide("55") == .deferred(55))
+        #expect(decide("55\n") == .deferred(55))
     }
 
     @Test func everythingElsePassesUnchanged() {
-        for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", String(repeating: "7", count: 12)] {
-            #expect(translate(text) == nil, "\(text.debugDescription)")
+        for text in ["78", "", "\n", "077", "+77", "77 78", "77\n78", "0", "77\n\n", "-77", "055", "55 ", String(repeating: "7", count: 12)] {
+            #expect(decide(text) == .asIs, "\(text.debugDescription)")
         }
+    }
+
+    /// The test process and its children are its own; its parent and init are not.
+    @Test func ownProcessesAreTheWriterAndItsDescendants() throws {
+        let processes = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: "/nonexistent")
+        let me = getpid()
+        let pid = try Spawn.start(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"], environment: []))
+        let child = try ProcessHandle(pid: pid)
+        defer {
+            try? child.signal(SIGKILL)
+            _ = try? child.wait()
+            child.close()
+        }
+        #expect(processes.isOwn(me, caller: OSThread.currentID))
+        #expect(processes.isOwn(pid, caller: OSThread.currentID))
+        #expect(processes.identity(pid) != nil && processes.identity(pid) == processes.identity(pid))
+        #expect(processes.identity(me) != nil)
+        #expect(processes.identity(0) == nil && processes.identity(Int32.max) == nil)
+        #expect(!processes.isOwn(getppid(), caller: OSThread.currentID))
+        #expect(!processes.isOwn(1, caller: OSThread.currentID))
+        // A thread id is not a process to place.
+        if OSThread.currentID != me { #expect(!processes.isOwn(OSThread.currentID, caller: OSThread.currentID)) }
+        // The child is its parent's own, not the other way round.
+        #expect(!processes.isOwn(me, caller: pid))
+    }
+
+    /// libvirt's double-forked child is no descendant: a later process running the writer's executable is
+    /// taken as its fork; an earlier one, another program, or the writer itself is not.
+    @Test func aLaterProcessOfTheSameExecutableIsAnUnexecutedFork() throws {
+        let processes = try LocalProcesses(localProc: "/local_proc", commands: [], standIns: "/nonexistent")
+        var handles: [ProcessHandle] = []
+        defer {
+            for handle in handles {
+                try? handle.signal(SIGKILL)
+                _ = try? handle.wait()
+                handle.close()
+            }
+        }
+        func sleeper() throws -> pid_t {
+            let pid = try Spawn.start(SpawnRequest(path: "/bin/sleep", arguments: ["sleep", "30"], environment: []))
+            handles.append(try ProcessHandle(pid: pid))
+            return pid
+        }
+        let first = try sleeper()
+        usleep(30_000)  // start times are in clock ticks (10 ms)
+        let second = try sleeper()
+        #expect(processes.isUnexecutedFork(second, of: first))
+        #expect(!processes.isUnexecutedFork(first, of: second))
+        #expect(!processes.isUnexecutedFork(first, of: first))
+        #expect(!processes.isUnexecutedFork(first, of: getpid()))
+        #expect(!processes.isUnexecutedFork(getpid(), of: first))
+    }
+}
+
+@Suite struct DeferredCgroupPlacements {
+    /// The world as the placements see it (set before any watcher runs; `placed` written by it).
+    final class Fake: @unchecked Sendable {
+        var remote: [pid_t: pid_t] = [:]
+        var alive: Set<pid_t> = []
+        /// Start times of the live processes (1 unless set).
+        var started: [pid_t: UInt64] = [:]
+        let done = Mutex<[(pid_t, pid_t, [String])]>([])
+        var placed: [(pid_t, pid_t, [String])] { done.withLock { $0 } }
+        /// Placements not answered yet, when the test answers them itself.
+        var holding = false
+        let held = Mutex<[@Sendable () -> Void]>([])
+    }
+
+    func placements(_ fake: Fake, patience: Double = 60) -> DeferredPlacements {
+        DeferredPlacements(
+            patience: patience, logger: Logger(label: "test"), remote: { fake.remote[$0] },
+            identity: { fake.alive.contains($0) ? fake.started[$0] ?? 1 : nil },
+            place: { pid, remote, paths, done in
+                fake.done.withLock { $0.append((pid, remote, paths.map { String(decoding: $0, as: UTF8.self) })) }
+                if fake.holding { fake.held.withLock { $0.append(done) } } else { done() }
+            })
+    }
+
+    @Test func aProcessIsPlacedInEveryFileOnceItStandsIn() {
+        let fake = Fake()
+        fake.alive = [55]
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("fs/cgroup/unified/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(55, path: bytes("fs/cgroup/cpu/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(55, path: bytes("fs/cgroup/cpu/vm/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.check(now: 1))
+        #expect(fake.placed.isEmpty)
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 2))
+        #expect(fake.placed.count == 1)
+        #expect(fake.placed.first?.0 == 55 && fake.placed.first?.1 == 4242)
+        #expect(fake.placed.first?.2 == ["fs/cgroup/unified/vm/cgroup.procs", "fs/cgroup/cpu/vm/cgroup.procs"])
+        #expect(deferred.pending.isEmpty)
+    }
+
+    @Test func aProcessThatExitsOrWaitsTooLongIsDropped() {
+        let fake = Fake()
+        fake.alive = [55, 56]
+        let deferred = placements(fake, patience: 1)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        #expect(deferred.add(56, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        fake.alive = [56]
+        #expect(deferred.check(now: 500_000_000))
+        #expect(Set(deferred.pending.keys) == [56])
+        #expect(!deferred.check(now: 1_000_000_000))
+        #expect(deferred.pending.isEmpty && fake.placed.isEmpty)
+    }
+
+    /// The process exited and another got its pid: even once that one stands in, it is not placed.
+    @Test func aLaterProcessWithTheSamePidIsNotPlaced() {
+        let fake = Fake()
+        fake.alive = [55]
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs"), now: 0, watch: false))
+        fake.started[55] = 2
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 1))
+        #expect(deferred.pending.isEmpty && fake.placed.isEmpty)
+    }
+
+    @Test func pendingPlacementsAreBounded() {
+        let deferred = placements(Fake())
+        for pid in 1...pid_t(DeferredPlacements.capacity) { #expect(deferred.add(pid, path: bytes("a/tasks"), watch: false)) }
+        #expect(!deferred.add(pid_t(DeferredPlacements.capacity) + 1, path: bytes("a/tasks"), watch: false))
+        for index in 1..<DeferredPlacements.filesPerProcess { #expect(deferred.add(1, path: bytes("\(index)/tasks"), watch: false)) }
+        #expect(!deferred.add(1, path: bytes("last/tasks"), watch: false))
+        #expect(deferred.add(1, path: bytes("a/tasks"), watch: false))
+    }
+
+    /// A write of the pid once it stands in waits for the placements recorded before; a file added while
+    /// they are under way is placed after them.
+    @Test func laterWritesOfThePidWaitForItsPlacements() {
+        let fake = Fake()
+        fake.alive = [55]
+        fake.holding = true
+        let deferred = placements(fake)
+        #expect(deferred.add(55, path: bytes("v2/vm/cgroup.procs"), now: 0, watch: false))
+        fake.remote[55] = 4242
+        #expect(!deferred.check(now: 1))
+        #expect(deferred.add(55, path: bytes("cpu/vm/cgroup.procs"), now: 1, watch: false))
+        let wrote = Mutex(false)
+        deferred.afterPlacing(55) { wrote.withLock { $0 = true } }
+        #expect(!wrote.withLock { $0 })
+        let first = fake.held.withLock { held in defer { held.removeAll() }; return held }
+        for done in first { done() }
+        #expect(fake.placed.map(\.2) == [["v2/vm/cgroup.procs"], ["cpu/vm/cgroup.procs"]])
+        #expect(!wrote.withLock { $0 })
+        let second = fake.held.withLock { held in defer { held.removeAll() }; return held }
+        for done in second { done() }
+        #expect(wrote.withLock { $0 })
+        #expect(deferred.pending.isEmpty)
+        // With nothing pending a write goes at once.
+        let direct = Mutex(false)
+        deferred.afterPlacing(55) { direct.withLock { $0 = true } }
+        #expect(direct.withLock { $0 })
+    }
+
+    /// The thread that watches runs while something is pending, and places without being asked.
+    @Test func theWatcherPlacesOnItsOwn() async throws {
+        let box = Fake()
+        box.alive = [55]
+        box.remote[55] = 4242
+        let deferred = placements(box)
+        #expect(deferred.add(55, path: bytes("a/cgroup.procs")))
+        for _ in 0..<500 where box.placed.isEmpty { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(deferred.pending.isEmpty)
+        #expect(box.placed.count == 1)
+    }
+}
+
+@Suite struct ListingsFetchedAhead {
+    private func dentry(_ name: String) -> NodeTable.Dentry { NodeTable.Dentry(parent: 1, name: bytes(name)) }
+    private func listing(_ names: [String], asked: UInt64 = 0) -> ListingPrefetch.Listing {
+        ListingPrefetch.Listing(
+            entries: names.enumerated().map { QTFSDirectoryEntry(name: bytes($1), type: 8, inode: UInt64($0), cookie: UInt64($0 + 1)) },
+            end: true, link: Link(slot: 0, generation: 1, export: 1), version: 0, asked: asked)
+    }
+    private func directories(_ count: Int) -> ListingPrefetch.Start {
+        (0..<count).map { (dentry("d\($0)"), bytes("d\($0)")) }
+    }
+
+    @Test func aFewAreAskedForAtOnceAndTheRestAsTheyArrive() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        let first = prefetch.enqueue(directories(10), now: 0, timeout: 1)
+        #expect(first.map(\.path) == ["d0", "d1", "d2", "d3"].map(bytes))
+        let next = prefetch.finish(dentry("d0"), listing(["x"]))
+        #expect(next.map(\.path) == [bytes("d4")])
+        #expect(prefetch.finish(dentry("d1"), nil).map(\.path) == [bytes("d5")])
+    }
+
+    @Test func anOpendirTakesAKeptListingOnce() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(1), now: 0, timeout: 1)
+        _ = prefetch.finish(dentry("d0"), listing(["x", "y"]))
+        var got: [[UInt8]]?
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name) }
+        #expect(got == [bytes("x"), bytes("y")])
+        got = nil
+        var called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(called && got == nil)
+    }
+
+    @Test func anOpendirWaitsForAListingOnItsWay() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(1), now: 0, timeout: 1)
+        var got: [[UInt8]]?
+        var called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(!called)
+        _ = prefetch.finish(dentry("d0"), listing(["z"]))
+        #expect(called && got == [bytes("z")])
+        // Handed over, not kept as well.
+        called = false
+        _ = prefetch.take([dentry("d0")]) { got = $0?.entries.map(\.name); called = true }
+        #expect(called && got == nil)
+    }
+
+    @Test func oneNotAskedForYetIsLeftToTheCaller() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        _ = prefetch.enqueue(directories(10), now: 0, timeout: 1)
+        var got: ListingPrefetch.Listing?
+        var called = false
+        _ = prefetch.take([dentry("d9")]) { got = $0; called = true }
+        #expect(called && got == nil)
+        // And is not asked for later.
+        var asked: [[UInt8]] = []
+        for index in 0..<8 { asked += prefetch.finish(dentry("d\(index)"), nil).map(\.path) }
+        #expect(!asked.contains(bytes("d9")) && asked.contains(bytes("d8")))
+    }
+
+    @Test func keptListingsAreBoundedAndOldOnesMakeRoom() {
+        let prefetch = ListingPrefetch(capacity: 40)
+        var pending = prefetch.enqueue(directories(40), now: 0, timeout: 10)
+        var kept = 0
+        while let (dentry, _) = pending.first {
+            pending.removeFirst()
+            pending += prefetch.finish(dentry, listing(["x"], asked: 0))
+            kept += 1
+        }
+        #expect(kept == ListingPrefetch.kept)
+        // Full: nothing more is queued until the kept ones are too old to be used.
+        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 5, timeout: 10).isEmpty)
+        // Later they (and the ones still queued since then) are too old: the new one goes.
+        #expect(prefetch.enqueue([(NodeTable.Dentry(parent: 2, name: bytes("n")), bytes("n"))], now: 11, timeout: 10).map(\.path) == [bytes("n")])
+    }
+
+    @Test func theLatestListingsDirectoriesGoFirstAndOldQueuedOnesMakeRoom() {
+        let prefetch = ListingPrefetch(capacity: 10)
+        var running = prefetch.enqueue(directories(10), now: 0, timeout: 10)
+        #expect(running.count == ListingPrefetch.window)
+        let newer = (0..<2).map { (NodeTable.Dentry(parent: 2, name: bytes("e\($0)")), bytes("e\($0)")) }
+        // Full of queued ones not yet too old: nothing is added.
+        #expect(prefetch.enqueue(newer, now: 5, timeout: 10).isEmpty)
+        // Later they are: the new ones take their place and are asked for next.
+        #expect(prefetch.enqueue(newer, now: 20, timeout: 10).isEmpty)
+        var next: [[UInt8]] = []
+        while let (dentry, _) = running.first {
+            running.removeFirst()
+            next += prefetch.finish(dentry, nil).map(\.path)
+        }
+        #expect(next == [bytes("e0"), bytes("e1")])
     }
 }

@@ -66,6 +66,10 @@ host_qemu=$(host pgrep -f "$QEMU.*guest=$DOM")
 dpu_qemu=$("$DPUCTL" demo exec dpu -- pgrep -f "$QEMU.*guest=$DOM")
 expect_eq "and not in the DPU's (only its rexec stand-in)" "" "$dpu_qemu"
 
+# libvirt put QEMU into the VM's cgroups through the host's /sys (the DPU pid it wrote became the host's).
+expect_match "QEMU is in the VM's cgroup on the host" "machine/qemu-[0-9]+-$DOM" "$(host cat /proc/$host_qemu/cgroup)"
+expect_match "virsh cpu-stats reads it" "cpu_time" "$(virsh cpu-stats $DOM --total)"
+
 status=$(virsh qemu-monitor-command --pretty $DOM '{"execute":"query-status"}')
 expect_match "QMP through the forwarded monitor socket: running" '"status": "running"' "$status"
 

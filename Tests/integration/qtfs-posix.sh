@@ -34,6 +34,21 @@ expect_eq "a file written on the DPU is on the host" "from-dpu" "$(lab_host cat 
 lab_host sh -c "echo from-host > '$EXPORT/shared'"
 expect_eq "a change on the host is seen on the DPU within the attribute timeout" "from-host" \
     "$(sleep 1.2; lab_dpu cat "$MNT/shared")"
+# Walks: listings of subdirectories are fetched ahead (prefetch=); what they show stays as fresh as the
+# entry timeout, a change made through the mount is seen at once, and a directory larger than one
+# listing reads on past what was fetched ahead.
+lab_host sh -c "mkdir -p '$EXPORT/walk/a' '$EXPORT/walk/b' '$EXPORT/walk/big' && touch '$EXPORT/walk/a/1' '$EXPORT/walk/b/1' &&
+    cd '$EXPORT/walk/big' && seq 1500 | xargs touch"
+expect_eq "ls -R of a tree is the host's" "$(lab_host sh -c "cd '$EXPORT/walk' && ls -R")" "$(lab_dpu sh -c "cd '$MNT/walk' && ls -R")"
+lab_dpu ls "$MNT/walk" >/dev/null
+lab_dpu touch "$MNT/walk/b/made-here"
+expect_eq "a file made through the mount is listed at once" "1 made-here" "$(lab_dpu ls "$MNT/walk/b" | xargs)"
+lab_dpu ls "$MNT/walk" >/dev/null
+lab_host touch "$EXPORT/walk/a/made-there"
+expect_eq "a file made on the host is listed within the entry timeout" "1 made-there" \
+    "$(sleep 1.2; lab_dpu ls "$MNT/walk/a" | xargs)"
+expect_eq "a large directory opened from a listing fetched ahead is read to its end" 1500 \
+    "$(lab_dpu ls "$MNT/walk" >/dev/null; lab_dpu ls -f "$MNT/walk/big" | grep -c '^[0-9]')"
 lab_dpu chown 4242:4343 "$MNT/shared"
 expect_eq "ownership set on the DPU is the host's" "4242:4343" "$(lab_host stat -c %u:%g "$EXPORT/shared")"
 chmod 755 "$W" "$W/dpu"

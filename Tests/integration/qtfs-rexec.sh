@@ -3,7 +3,8 @@
 # standing in for QEMU. Through the `-o proc` mount, /proc/<that pid> is the host's process (status,
 # stat, threads, exe), also for the client's own parent (libvirtd starts it); writing that pid into a
 # host cgroup's cgroup.procs through the /sys mount moves the host's process; once the client is gone
-# (even killed, leaving its pid file behind) the pid no longer means the host's process.
+# (even killed, leaving its pid file behind) the pid no longer means the host's process. libvirt's start
+# of a VM: the pid of its child written into a cgroup before the child execs rexec is placed once it has.
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/qtfs.sh"
@@ -97,6 +98,59 @@ if [ -n "$CGROOT" ]; then
         expect_match "a host pid written goes as it is" ":/dpuctl-rexec-$$\$" "$(lab_host cat "/proc/$hostpid/cgroup")"
     fi
     lab_host kill "$hostpid"
+
+    # Starting a VM, libvirt forks a child, writes its pid into the VM's cgroups and only then lets it
+    # exec the emulator (rexec): at the write there is no host process yet. The write succeeds, and the
+    # host's process is placed once the child runs as a rexec client.
+    VMCG=$CGROOT/dpuctl-rexec-vm-$$
+    on_exit "lab_host rmdir '$VMCG' 2>/dev/null"
+    lab_dpu mkdir "$SYS${VMCG#/sys}"
+    lab_dpu mkfifo "$W/release"
+    out=$(lab_dpu sh -c "
+        ( read go < '$W/release'; exec env CMD_NET_ADDR='$REXEC_URL' rexec --key '$W/key' /bin/sleep 603 ) >/dev/null 2>&1 &
+        child=\$!
+        printf %s \$child > '$SYS${VMCG#/sys}/cgroup.procs' && echo written
+        echo go > '$W/release'
+        i=0; while [ ! -s /var/run/rexec/pids/\$child ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+        echo \$child; cat /var/run/rexec/pids/\$child; echo")
+    expect_eq "the child's pid written before it execs rexec: the write succeeds" "written" "$(echo "$out" | head -1)"
+    vm_child=$(echo "$out" | sed -n 2p)
+    vm_remote=$(echo "$out" | sed -n 3p)
+    on_exit "lab_host kill -KILL $vm_remote 2>/dev/null; lab_dpu kill -KILL $vm_child 2>/dev/null"
+    wait_for "lab_host grep -q ':/dpuctl-rexec-vm-$$\$' /proc/$vm_remote/cgroup" 10
+    expect_match "once it runs as a rexec client, the host's process is in the cgroup" ":/dpuctl-rexec-vm-$$\$" \
+        "$(lab_host cat "/proc/$vm_remote/cgroup")"
+    expect_eq "the cgroup lists the host pid" "$vm_remote" "$(lab_dpu cat "$SYS${VMCG#/sys}/cgroup.procs")"
+    lab_dpu kill "$vm_child"
+    wait_for "! lab_host kill -0 $vm_remote 2>/dev/null" 10
+
+    # The same from the process itself: it writes its own pid, then execs rexec.
+    out=$(lab_dpu sh -c "
+        sh -c 'printf %s \$\$ > \"$SYS${VMCG#/sys}/cgroup.procs\" && exec env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sleep 604' \
+            >/dev/null 2>&1 &
+        child=\$!
+        i=0; while [ ! -s /var/run/rexec/pids/\$child ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+        echo \$child; cat /var/run/rexec/pids/\$child; echo")
+    self_child=$(echo "$out" | sed -n 1p)
+    self_remote=$(echo "$out" | sed -n 2p)
+    on_exit "lab_host kill -KILL $self_remote 2>/dev/null; lab_dpu kill -KILL $self_child 2>/dev/null"
+    wait_for "lab_host grep -q ':/dpuctl-rexec-vm-$$\$' /proc/$self_remote/cgroup" 10
+    expect_match "a process that writes its own pid, then execs rexec, is placed too" ":/dpuctl-rexec-vm-$$\$" \
+        "$(lab_host cat "/proc/$self_remote/cgroup")"
+    lab_dpu kill "$self_child"
+    wait_for "! lab_host kill -0 $self_remote 2>/dev/null" 10
+
+    # A DPU process that is not the writer's own is not deferred: its pid means the host's process of
+    # that number, and with none the write fails as the same write on the host does.
+    other=$(lab_dpu sh -c 'sleep 600 >/dev/null 2>&1 & echo $!')
+    on_exit "lab_dpu kill $other 2>/dev/null"
+    if ! lab_host kill -0 "$other" 2>/dev/null; then
+        out=$(lab_dpu sh -c "printf %s $other > '$SYS${VMCG#/sys}/cgroup.procs'" 2>&1; echo "status $?")
+        expect_match "another DPU process's pid: the write fails" "status [1-9]" "$out"
+        expect_eq "... as the same write on the host does" \
+            "$(lab_host sh -c "printf %s $other > '$VMCG/cgroup.procs'" 2>&1; echo "status $?")" "$out"
+    fi
+    lab_dpu kill "$other"
 else
     skip "no writable cgroup hierarchy on this machine"
 fi

@@ -98,8 +98,9 @@ struct QTFSMountCommand: AsyncParsableCommand {
                 unix sockets on the mount are connectable through udsproxyd (udsproxy=PATH for its control \
                 socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). Other \
                 options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
-                readahead=KB, entry_timeout=S, attr_timeout=S, noxattr, and ro, nosuid, nodev (the default), \
-                dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in the \
+                readahead=KB, entry_timeout=S and attr_timeout=S (default 1: a change made on the host shows \
+                within them; 0: at once), prefetch=N (listings of up to N subdirectories fetched ahead of a \
+                walk, default 1024; 0: off), noxattr, and ro, nosuid, nodev (the default), dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in the \
                 configuration, or vsock://2:12345. The client detaches once the mount is live; `umount` or \
                 SIGTERM unmounts it.
                 """)

@@ -1,6 +1,7 @@
 import DPUConfig
 import DPUSystem
 import Glibc
+import MountPlan
 import Synchronization
 import SystemPackage
 
@@ -140,6 +141,7 @@ struct Demo {
         let host = lab.host
         say("host \(host.address): qtfs_engine, rexec_server and udsproxyd")
         try privatize(host, overlays: ["/etc", "/var/lib", "/usr/bin"])
+        try host.sh(try Demo.cgroupMounts())
         let exports = ["/home/VMs", "/var/lib/libvirt", "/proc", "/sys", "/dev/pts"].joined(separator: ";")
         var whitelist = ""
         for kind in ["Open", "Write", "Read", "Readdir", "Mkdir", "Rmdir", "Create", "Unlink", "Rename", "Setattr", "Setxattr", "Mount"] {
@@ -165,6 +167,26 @@ struct Demo {
             try waitForListener(host, port: port, name: name)
         }
         detail("listening on \(address): qtfs \(Demo.enginePort), rexec \(Demo.rexecPort), udsproxy \(Demo.udsproxyPort); key /etc/dpuctl/key")
+    }
+
+    /// `ip netns exec` gives a machine a fresh sysfs, without this machine's cgroup mounts under it. A host
+    /// has them (libvirt on the DPU puts the VM's QEMU into cgroups through the host's /sys): the same
+    /// hierarchies, mounted again (a cgroup v1 mount with the same controllers is the same hierarchy).
+    static func cgroupMounts() throws -> String {
+        switch try SystemFacts.read().cgroups {
+        case .none:
+            return ""
+        case .unified:
+            return "mount -n -t cgroup2 cgroup2 /sys/fs/cgroup"
+        case .legacy(let hierarchies):
+            var script = "mount -n -t tmpfs -o mode=0755 cgroup /sys/fs/cgroup"
+            for hierarchy in hierarchies {
+                let path = "'/sys/fs/cgroup/\(hierarchy.name)'"
+                let options = hierarchy.options.isEmpty ? "" : " -o '\(hierarchy.options.joined(separator: ","))'"
+                script += "\nmkdir -p \(path) && mount -n -t \(hierarchy.type)\(options) \(hierarchy.type) \(path)"
+            }
+            return script
+        }
     }
 
     func waitForListener(_ machine: DemoMachine, port: Int, name: String) throws {
@@ -344,11 +366,20 @@ struct Demo {
             // Stop libvirt and wait for it to be gone: its open files would keep the mounts busy.
             _ = try? lab.dpu.run(["/bin/sh", "-c", """
                 pids="$(cat /run/libvirtd.pid 2>/dev/null) $(cat /run/virtlogd.pid 2>/dev/null)"
-                [ -n "${pids# }" ] || exit 0
-                kill $pids 2>/dev/null
-                for i in $(seq 50); do kill -0 $pids 2>/dev/null || exit 0; sleep 0.1; done
-                kill -9 $pids 2>/dev/null
+                if [ -n "${pids# }" ]; then
+                    kill $pids 2>/dev/null
+                    for i in $(seq 50); do kill -0 $pids 2>/dev/null || break; sleep 0.1; done
+                    kill -9 $pids 2>/dev/null
+                fi
+                exit 0
                 """], root: Demo.rootfs, check: false)
+            // VMs outlive libvirtd, and their rexec stand-ins keep the rootfs busy: end them too (their QEMUs
+            // go with them). Outside the rootfs, whose /proc is the host's.
+            _ = try? lab.dpu.run(["/bin/sh", "-c", """
+                pkill -TERM -x rexec || exit 0
+                for i in $(seq 50); do pgrep -x rexec >/dev/null || exit 0; sleep 0.1; done
+                pkill -KILL -x rexec
+                """], check: false)
         }
         if let lab, (try? lab.dpu.run([dpuctl, "mount", "revert", "--root", Demo.rootfs], check: false)) == .exited(0) {
             detail("dpuctl mount revert: everything under \(Demo.rootfs) unmounted")
