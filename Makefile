@@ -21,8 +21,9 @@ SWIFT ?= swift
 # libstdc++ (which the Swift runtime needs) linked statically: its 5,000 symbol relocations were the
 #   largest part of what remained. The toolchain's link arguments say `-lstdc++`; a directory holding
 #   only libstdc++.a, searched first, makes that the archive.
-# -static-libgcc: the unwinder (_Unwind_*, all dpuctl takes from libgcc_s.so) linked from libgcc_eh.a:
-#   one shared library fewer to find, map and relocate, and no libgcc_s constructor (CPUID probing).
+# libgcc_s stays a shared library: glibc's pthread_exit/pthread_cancel dlopen it for unwinding when it is
+#   not loaded yet, which fails (abort) where dpuctl has left this machine's /lib behind (rootfs
+#   prepare's threads); -static-libgcc did that.
 # --disable-local-rpath: no RUNPATH $ORIGIN (the Swift libraries are linked in), so the loader does not
 #   first probe a dozen hwcaps/tls paths next to the binary for every library.
 # -disable-concrete-type-metadata-mangled-name-accessors: the metadata of concrete generic types
@@ -32,7 +33,7 @@ SWIFT ?= swift
 # Measured with bench/rexec.sh and perf stat (bench/RESULTS.md, rexec).
 STATIC_LIBS = $(CURDIR)/.build/static-libs
 SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
-	-Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS) -Xswiftc -Xclang-linker -Xswiftc -static-libgcc \
+	-Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS) \
 	-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors
 RELEASE_BIN = .build/release/dpuctl
 # Man pages carry this date, so regenerating them changes nothing unless the commands changed.
