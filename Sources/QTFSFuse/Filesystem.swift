@@ -839,33 +839,6 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
     static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
 
-    /// Writes the remote pid of DPU process `pid`, now a rexec client, into the process lists it was
-    /// written to before (`DeferredPlacements`): open by path, write, release, each through the engine.
-    private func place(_ pid: pid_t, remote: pid_t, in paths: [[UInt8]]) {
-        for path in paths {
-            let name = String(decoding: path, as: UTF8.self)
-            let failed = { [logger] (error: String) in
-                logger.warning("cgroups: cannot place host process \(remote) (DPU process \(pid)) in \(name): \(error)")
-            }
-            client.send(Outgoing(.open, retry: .resend, encode: { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(O_WRONLY)) }) {
-                [self] result, link in
-                guard case .success(.opened(let handle, _, _, _)) = result, let link else {
-                    return failed(Self.describe(result))
-                }
-                client.send(Outgoing(.write, pinned: link, retry: .fail, encode: { _ in
-                    .write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "\(remote)"))
-                }) { [self] result, _ in
-                    if case .success(.written) = result {
-                        logger.info("cgroups: host process \(remote) (DPU process \(pid)) placed in \(name)")
-                    } else {
-                        failed(Self.describe(result))
-                    }
-                    client.send(Outgoing(.release, pinned: link, retry: .fail, encode: { _ in .release(handle: handle) }) { _, _ in })
-                })
-            })
-        }
-    }
-
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {
         withHandle(req, file, .fsync, { .fsync(handle: $0, dataOnly: dataOnly) }) { [self] result in
             guard case .success = result else { return fail(req, result) }
