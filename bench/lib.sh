@@ -16,3 +16,12 @@ median_table() {
         (.results[] | "| `\(.command)` | \(.median * 1000 | . * 100 | round / 100) ms | \(.min * 1000 | . * 100 | round / 100) ms | \(.max * 1000 | . * 100 | round / 100) ms | \(if $b then (.median / $b | . * 100 | round / 100 | tostring) + "×" else "-" end) |")
     ' "$json"
 }
+
+# A free TCP port on loopback (in the current network namespace).
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }
+    done
+}

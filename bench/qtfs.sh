@@ -37,13 +37,6 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p "$B/data" "$B/qtfs" "$B/qtfs-noxattr" "$B/sshfs" "$B/ssh" "$B/out"
 mount -t tmpfs -o size=3g tmpfs "$B/data"
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 30000))
-        ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }
-    done
-}
 
 # The data: one 1 GiB file to read, a tree of 10,000 files of 1 KiB in 100 directories.
 fio --name=prepare --filename="$B/data/read.dat" --rw=write --bs=1M --size=1G --output=/dev/null

@@ -23,7 +23,6 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-free_port() { local p; while :; do p=$((20000 + RANDOM % 30000)); ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }; done; }
 
 # rexec_server on loopback: TCP with a key, and a unix socket.
 ln -s "$bin" "$T/rexec"
