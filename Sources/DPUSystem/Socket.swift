@@ -256,10 +256,11 @@ extension FileDescriptor {
         return SocketAddress(storage: storage, length: length)
     }
 
-    /// Sends `bytes` with `fds` attached as one SCM_RIGHTS message (`sendmsg(2)`, MSG_NOSIGNAL).
-    /// Returns the number of bytes sent; nil when a non-blocking socket is full.
+    /// Sends `bytes` with `fds` attached as one SCM_RIGHTS message (`sendmsg(2)`, MSG_NOSIGNAL, plus
+    /// `flags`: MSG_DONTWAIT for a socket whose open file description is shared). Returns the number of
+    /// bytes sent; nil when a non-blocking socket is full.
     public func send(
-        _ bytes: UnsafeRawBufferPointer, fds: [FileDescriptor] = []
+        _ bytes: UnsafeRawBufferPointer, fds: [FileDescriptor] = [], flags: Int32 = 0
     ) throws(SystemError) -> Int? {
         var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
         var message = msghdr()
@@ -272,18 +273,19 @@ extension FileDescriptor {
                 message.msg_iov = iovPointer
                 message.msg_iovlen = 1
                 rawFDs.withUnsafeBufferPointer { cdpu_cmsg_put_fds(&message, control, $0.baseAddress, rawFDs.count) }
-                return try syscall("sendmsg") { sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL)) }
+                return try syscall("sendmsg") { sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL) | flags) }
             }
         } catch where error.errno == .wouldBlock {
             return nil
         }
     }
 
-    /// Receives into `buffer` and up to `maxFDs` SCM_RIGHTS descriptors (installed close-on-exec).
-    /// Returns nil when a non-blocking socket has nothing; `bytes == 0` with no fds is end of stream.
-    /// Descriptors beyond `maxFDs` are closed and reported through `truncated`.
+    /// Receives into `buffer` and up to `maxFDs` SCM_RIGHTS descriptors (installed close-on-exec;
+    /// `flags` adds to `recvmsg(2)`'s, MSG_DONTWAIT say). Returns nil when a non-blocking socket has
+    /// nothing; `bytes == 0` with no fds is end of stream. Descriptors beyond `maxFDs` are closed (by the
+    /// kernel, or here) and reported through `truncated`.
     public func receive(
-        into buffer: UnsafeMutableRawBufferPointer, maxFDs: Int = 0
+        into buffer: UnsafeMutableRawBufferPointer, maxFDs: Int = 0, flags: Int32 = 0
     ) throws(SystemError) -> (bytes: Int, fds: [FileDescriptor], truncated: Bool)? {
         var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
         var message = msghdr()
@@ -297,7 +299,7 @@ extension FileDescriptor {
                 message.msg_iovlen = 1
                 message.msg_control = space > 0 ? control : nil
                 message.msg_controllen = space
-                return try syscall("recvmsg") { recvmsg(rawValue, &message, Int32(MSG_CMSG_CLOEXEC)) }
+                return try syscall("recvmsg") { recvmsg(rawValue, &message, Int32(MSG_CMSG_CLOEXEC) | flags) }
             }
             var raw = [Int32](repeating: -1, count: max(maxFDs, 1))
             var truncated: Int32 = 0

@@ -11,8 +11,15 @@ import NIOCore
 //   DATA(stdin...), SIGNAL, WINSIZE ─────────►            (any order, any time)
 //   OPEN(stream, listener fd)       ─────────►            (a connection accepted on a carried listener)
 //                                   ◄───────── DATA(stdout, stderr...), STOPPED, CONTINUED
+//   PASS(stream, descriptors), DATA ◄────────►            (fds passed on a carried unix socket)
 //                                   ◄───────── EXITED(status)
 // ```
+//
+// PASS (only when both hellos have `RexecCapability.passDescriptors`): a program passed descriptors with
+// SCM_RIGHTS on a carried unix stream socket. They are described, in a PASS on that socket's stream, just
+// before the DATA frame with the bytes they came with; each travels as EXEC's descriptors do (a file by
+// path, or a pipe or socket of its own on a new stream, numbered by the sender: the client below 2^31,
+// the server from 2^31). The receiver makes them and hands them on with the first byte that follows.
 //
 // A program that daemonizes (EXEC with a daemon pid file, e.g. `qemu -daemonize -pidfile PATH`): when it
 // exits 0 and PATH on the server names a live descendant of it, the server answers DAEMONIZED(daemon pid)
@@ -59,6 +66,18 @@ public enum RexecFrame {
     /// S→C: the program exited 0 and left the daemon its pid file names (u32 pid, 0 if none could be
     /// followed; notes); the session goes on with the daemon. Only for an EXEC with a daemon pid file.
     public static let daemonized = FrameType(rawValue: 0x1b)
+    /// Both ways, on a carried socket's stream: the descriptors passed with the next DATA bytes of that
+    /// stream (u8 count, then each as an EXEC descriptor's kind and fields, without fd numbers). Only with
+    /// `RexecCapability.passDescriptors`.
+    public static let pass = FrameType(rawValue: 0x1c)
+}
+
+/// rexec's bits in `Hello.capabilities`; what both hellos have may be used on the connection.
+public enum RexecCapability {
+    /// PASS frames: descriptors passed with SCM_RIGHTS on a carried unix socket travel with its bytes.
+    public static let passDescriptors: UInt64 = 1 << 0
+    /// What this build speaks.
+    public static let supported: UInt64 = passDescriptors
 }
 
 /// Hard limits on what a peer may ask for; checked before anything is allocated.
@@ -76,6 +95,14 @@ public enum RexecLimits {
     /// Notes in STARTED, and the length of each note or message.
     public static let maximumNotes = 64
     public static let maximumText = 4096
+    /// Descriptors passed with one message on a carried socket (the kernel allows 253, SCM_MAX_FD; a
+    /// QMP client passes one at a time).
+    public static let maximumPassed = 16
+    /// Passed descriptors one carried socket may hold waiting for the bytes they came with.
+    public static let maximumPassedWaiting = 64
+    /// Streams a side numbers from here on (the server's, for descriptors it passes); the client's are
+    /// below.
+    public static let serverStreams: UInt32 = 1 << 31
 }
 
 /// How one inherited fd is carried.
@@ -242,6 +269,9 @@ public enum RexecMessage: Equatable, Sendable {
     case gate(UInt8)
     /// pid 0: the program exited 0 but left no daemon that can be followed (the notes say why).
     case daemonized(pid: Int32, notes: [String])
+    /// Descriptors passed on the carried socket `stream` with its next DATA bytes: files, inputs,
+    /// outputs and sockets only (1 to `RexecLimits.maximumPassed`, each new stream once).
+    case pass(stream: UInt32, descriptors: [RexecDescriptorKind])
 
     /// The frame carrying this message.
     public var frame: Frame {
@@ -296,6 +326,11 @@ public enum RexecMessage: Equatable, Sendable {
             type = RexecFrame.daemonized
             payload.writeInteger(UInt32(bitPattern: pid), endianness: .big)
             payload.writeWireByteStrings(notes.map { Array($0.utf8) })
+        case .pass(let carrier, let descriptors):
+            type = RexecFrame.pass
+            stream = carrier
+            payload.writeInteger(UInt8(truncatingIfNeeded: descriptors.count))
+            for kind in descriptors { kind.encode(into: &payload) }
         }
         return Frame(type: type, stream: stream, payload: payload)
     }
@@ -304,7 +339,7 @@ public enum RexecMessage: Equatable, Sendable {
     public init(_ frame: Frame) throws(WireError) {
         var payload = frame.payload
         let type = frame.type
-        if type != RexecFrame.open && type != RexecFrame.data && frame.stream != 0 {
+        if type != RexecFrame.open && type != RexecFrame.data && type != RexecFrame.pass && frame.stream != 0 {
             throw WireError(.malformed, "rexec control frame \(type) on stream \(frame.stream)")
         }
         switch type {
@@ -363,10 +398,77 @@ public enum RexecMessage: Equatable, Sendable {
                 "DAEMONIZED notes", maximumCount: RexecLimits.maximumNotes,
                 maximumTotal: RexecLimits.maximumNotes * RexecLimits.maximumText)
             self = .daemonized(pid: pid, notes: notes.map { String(decoding: $0, as: UTF8.self) })
+        case RexecFrame.pass:
+            guard frame.stream != 0 else { throw WireError(.malformed, "PASS on stream 0") }
+            let count = Int(try payload.readWireInteger(as: UInt8.self, "PASS count"))
+            guard count >= 1, count <= RexecLimits.maximumPassed else {
+                throw WireError(count == 0 ? .malformed : .oversized, "PASS of \(count) descriptors (1 to \(RexecLimits.maximumPassed))")
+            }
+            var descriptors: [RexecDescriptorKind] = []
+            var streams: Set<UInt32> = [frame.stream]
+            for _ in 0..<count {
+                let kind = try RexecDescriptorKind(decoding: &payload, "PASS", streams: &streams)
+                switch kind {
+                case .file, .input, .output, .socket: descriptors.append(kind)
+                case .listener, .terminal: throw WireError(.malformed, "PASS of a listener or terminal")
+                }
+            }
+            self = .pass(stream: frame.stream, descriptors: descriptors)
         default:
             throw WireError(.unknownMessage, "unknown rexec frame \(type)")
         }
         if payload.readableBytes > 0 { try payload.expectFullyRead("rexec \(type)") }
+    }
+}
+
+extension RexecDescriptorKind {
+    /// The tag and the kind's fields (PASS).
+    func encode(into buffer: inout ByteBuffer) {
+        buffer.writeInteger(tag)
+        encodeFields(into: &buffer)
+    }
+
+    /// The fields after the tag (EXEC puts the fd numbers between them).
+    func encodeFields(into buffer: inout ByteBuffer) {
+        switch self {
+        case .file(let path, let flags, let offset):
+            buffer.writeWireBytes(path)
+            buffer.writeInteger(flags, endianness: .big)
+            buffer.writeInteger(offset, endianness: .big)
+        case .input(let stream), .output(let stream), .socket(let stream), .terminal(let stream):
+            buffer.writeInteger(stream, endianness: .big)
+        case .listener:
+            break
+        }
+    }
+
+    /// Reads a tag and its fields (PASS).
+    init(decoding buffer: inout ByteBuffer, _ message: StaticString, streams: inout Set<UInt32>) throws(WireError) {
+        let tag: UInt8 = try buffer.readWireInteger("descriptor kind")
+        try self.init(fieldsOf: tag, from: &buffer, message, streams: &streams)
+    }
+
+    /// Reads the fields of a kind with `tag`; a stream in `streams` already (or 0) is refused, a new one
+    /// is added.
+    init(fieldsOf tag: UInt8, from buffer: inout ByteBuffer, _ message: StaticString, streams: inout Set<UInt32>) throws(WireError) {
+        switch tag {
+        case 1:
+            let path = try buffer.readWireBytes("descriptor file path", maximum: RexecLimits.maximumPath)
+            guard path.first == UInt8(ascii: "/"), !path.contains(0) else {
+                throw WireError(.malformed, "\(message) file path is not absolute")
+            }
+            self = .file(path: path, flags: try buffer.readWireInteger("descriptor file flags"), offset: try buffer.readWireInteger("descriptor file offset"))
+        case 2, 3, 4, 6:
+            let stream: UInt32 = try buffer.readWireInteger("descriptor stream")
+            guard stream != 0, streams.insert(stream).inserted else {
+                throw WireError(.malformed, "\(message) uses stream \(stream) twice or stream 0")
+            }
+            self = tag == 2 ? .input(stream: stream) : tag == 3 ? .output(stream: stream) : tag == 4 ? .socket(stream: stream) : .terminal(stream: stream)
+        case 5:
+            self = .listener
+        default:
+            throw WireError(.malformed, "\(message) descriptor kind \(tag) is unknown")
+        }
     }
 }
 
@@ -408,16 +510,7 @@ extension RexecExecRequest {
             buffer.writeInteger(descriptor.kind.tag)
             buffer.writeInteger(UInt32(descriptor.targets.count), endianness: .big)
             for target in descriptor.targets { buffer.writeInteger(UInt32(bitPattern: target), endianness: .big) }
-            switch descriptor.kind {
-            case .file(let path, let flags, let offset):
-                buffer.writeWireBytes(path)
-                buffer.writeInteger(flags, endianness: .big)
-                buffer.writeInteger(offset, endianness: .big)
-            case .input(let stream), .output(let stream), .socket(let stream), .terminal(let stream):
-                buffer.writeInteger(stream, endianness: .big)
-            case .listener:
-                break
-            }
+            descriptor.kind.encodeFields(into: &buffer)
         }
         if let daemonPidFile { buffer.writeWireBytes(daemonPidFile) }
     }
@@ -481,25 +574,7 @@ extension RexecExecRequest {
                 }
                 targets.append(Int32(target))
             }
-            let kind: RexecDescriptorKind
-            switch tag {
-            case 1:
-                let path = try buffer.readWireBytes("EXEC file path", maximum: RexecLimits.maximumPath)
-                guard path.first == UInt8(ascii: "/"), !path.contains(0) else {
-                    throw WireError(.malformed, "EXEC file path is not absolute")
-                }
-                kind = .file(path: path, flags: try buffer.readWireInteger("EXEC file flags"), offset: try buffer.readWireInteger("EXEC file offset"))
-            case 2, 3, 4, 6:
-                let stream: UInt32 = try buffer.readWireInteger("EXEC descriptor stream")
-                guard stream != 0, seenStreams.insert(stream).inserted else {
-                    throw WireError(.malformed, "EXEC uses stream \(stream) twice or stream 0")
-                }
-                kind = tag == 2 ? .input(stream: stream) : tag == 3 ? .output(stream: stream) : tag == 4 ? .socket(stream: stream) : .terminal(stream: stream)
-            case 5:
-                kind = .listener
-            default:
-                throw WireError(.malformed, "EXEC descriptor kind \(tag) is unknown")
-            }
+            let kind = try RexecDescriptorKind(fieldsOf: tag, from: &buffer, "EXEC", streams: &seenStreams)
             if case .terminal = kind, terminal == nil {
                 throw WireError(.malformed, "EXEC places a terminal without asking for TTY mode")
             }

@@ -27,6 +27,9 @@ final class LocalEnd {
     /// Called when readiness changed.
     var onReady: (() -> Void)?
     private(set) var closed = false
+    /// A carried unix socket on which descriptors may be passed (SCM_RIGHTS): reads and writes go through
+    /// it, so that descriptors travel with their bytes.
+    var passing: DescriptorPassing?
 
     init(fd: FileDescriptor, owned: Bool, isSharedSocket: Bool = false) {
         self.fd = fd
@@ -65,6 +68,7 @@ final class LocalEnd {
     /// Reads into `buffer`. EIO from a pseudo-terminal controller whose terminal side is closed is end of
     /// file (that is how ptys say it).
     func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        if let passing { return passing.read(self, into: buffer) }
         while true {
             let count = isSharedSocket
                 ? recv(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
@@ -87,6 +91,7 @@ final class LocalEnd {
     /// Writes `buffer`. `more`: on a socket, more follows at once (MSG_MORE: a frame header is not sent
     /// as a packet of its own ahead of its spliced payload).
     func write(_ buffer: UnsafeRawBufferPointer, more: Bool = false) -> IOResult {
+        if let passing { return passing.write(self, buffer) }
         while true {
             let count = isSharedSocket || more
                 ? send(fd.rawValue, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
@@ -110,6 +115,8 @@ final class LocalEnd {
         if let registration { loop.unregister(registration, fd) }
         registration = nil
         onReady = nil
+        passing?.discard()
+        passing = nil
         if owned { fd.closeQuietly() }
     }
 }
@@ -178,6 +185,9 @@ final class Multiplexer {
     /// A DATA frame whose header is queued and whose payload the kernel moves from a pipe to the
     /// connection (splice): `before` queued bytes go first, then `remaining` bytes from the pipe.
     private var splicing: (stream: CarriedStream, source: LocalEnd, remaining: Int, before: Int, closeAfter: Bool)?
+    /// Descriptors passed on carried unix sockets travel (both sides have the capability); see
+    /// PassedDescriptors.swift.
+    var descriptorPassing: PassingPolicy?
     /// Splice pipes into the connection (TCP: the pages travel by reference, measured ~30% faster for
     /// 1 GiB on loopback). Not for unix sockets: there the reader's copies got slower than ours saved.
     var spliceToLink = false
@@ -212,6 +222,7 @@ final class Multiplexer {
         streams.append(stream)
         stream.source?.onReady = { [unowned self] in pump() }
         stream.sink?.onReady = { [unowned self] in pump() }
+        if descriptorPassing != nil { enablePassing(stream) }
     }
 
     func stream(_ id: UInt32) -> CarriedStream? {
@@ -226,6 +237,22 @@ final class Multiplexer {
     }
 
     func send(_ message: RexecMessage) { send(message.frame) }
+
+    /// Resets `stream` both ways: the peer is told why, its local ends are released.
+    func reset(_ stream: CarriedStream, _ code: CloseCode, reason: String) {
+        send(ConnectionMessage.resetStream(stream: stream.id, code, reason: reason).frame)
+        resetLocally(stream)
+    }
+
+    /// Puts `frame` ahead of the DATA frame queued last, from `headerIndex` on (the descriptors that came
+    /// with its bytes are described first); nil drops that DATA frame.
+    func precede(dataAt headerIndex: Int, with frame: Frame?) {
+        let data = outbound.getBytes(at: headerIndex, length: outbound.writerIndex - headerIndex) ?? []
+        outbound.moveWriterIndex(to: headerIndex)
+        guard let frame else { return }
+        frame.encode(into: &outbound)
+        outbound.writeBytes(data)
+    }
 
     /// Queues bytes as they are (the end of a handshake).
     func sendRaw(_ bytes: ByteBuffer) {
@@ -328,6 +355,8 @@ final class Multiplexer {
             case .goAway:
                 try onControl?(frame)
             }
+        case RexecFrame.pass:
+            try receivePass(frame)
         default:
             try onControl?(frame)
         }
@@ -516,6 +545,7 @@ final class Multiplexer {
             case .bytes(let count):
                 outbound.setInteger(UInt32(count), at: headerIndex, endianness: .big)
                 stream.sendWindow.consume(count)
+                if source.passing?.hasNews == true { describePassed(stream, source, dataAt: headerIndex) }
             case .wouldBlock:
                 outbound.moveWriterIndex(to: headerIndex)
                 if stream.drainOnly { endSource(stream) }

@@ -38,6 +38,15 @@ import Testing
             descriptors: [RexecDescriptor(targets: [2], kind: .output(stream: 1))],
             daemonPidFile: Array("/var/lib/libvirt/qemu/qmp-x/qmp.pid".utf8))),
         .daemonized(pid: 4243, notes: ["a note"]), .daemonized(pid: 0, notes: []),
+    ] + passes
+
+    static let passes: [RexecMessage] = [
+        .pass(stream: 17, descriptors: [RexecDescriptorKind.output(stream: 18)]),
+        .pass(stream: 0x8000_0004, descriptors: [
+            RexecDescriptorKind.file(path: Array("/var/lib/libvirt/qemu/save/vm.save".utf8), flags: 0o1, offset: 4096),
+            RexecDescriptorKind.input(stream: 0x8000_0005), RexecDescriptorKind.socket(stream: 0x8000_0006),
+            RexecDescriptorKind.output(stream: 0x8000_0007),
+        ]),
     ]
 
     func encoded(_ messages: [RexecMessage]) -> ByteBuffer {
@@ -141,6 +150,33 @@ import Testing
         #expect((try? RexecMessage(Frame(type: RexecFrame.signal, stream: 5, payload: ByteBuffer(bytes: [0, 0, 0, 9, 0])))) == nil)
     }
 
+    @Test func passedDescriptorsAreBoundedAndValidated() {
+        func refused(_ kinds: [RexecDescriptorKind], on stream: UInt32 = 3) -> WireError.Code? {
+            do {
+                _ = try RexecMessage(RexecMessage.pass(stream: stream, descriptors: kinds).frame)
+                return nil
+            } catch {
+                return error.code
+            }
+        }
+        let most = (0..<RexecLimits.maximumPassed).map { RexecDescriptorKind.input(stream: UInt32(10 + $0)) }
+        #expect(refused(most) == nil)
+        #expect(refused(most + [.input(stream: 99)]) == .oversized)
+        #expect(refused([]) == .malformed)
+        #expect(refused([.listener]) == .malformed)
+        #expect(refused([.terminal(stream: 4)]) == .malformed)
+        #expect(refused([.input(stream: 0)]) == .malformed)
+        #expect(refused([.input(stream: 4), .socket(stream: 4)]) == .malformed)  // one stream twice
+        #expect(refused([.output(stream: 3)], on: 3) == .malformed)  // the carrier itself
+        #expect(refused([.output(stream: 4)], on: 0) == .malformed)  // on stream 0
+        #expect(refused([.file(path: Array("relative".utf8), flags: 0, offset: 0)]) == .malformed)
+        #expect(refused([.file(path: Array("/a\0b".utf8), flags: 0, offset: 0)]) == .malformed)
+        #expect(refused([.file(path: [UInt8](repeating: 0x2f, count: RexecLimits.maximumPath + 1), flags: 0, offset: 0)]) == .oversized)
+        // A count byte that promises more than the payload holds, and an unknown kind.
+        #expect(throws: WireError.self) { try RexecMessage(Frame(type: RexecFrame.pass, stream: 3, payload: ByteBuffer(bytes: [16, 2, 0, 0, 0, 9]))) }
+        #expect(throws: WireError.self) { try RexecMessage(Frame(type: RexecFrame.pass, stream: 3, payload: ByteBuffer(bytes: [1, 9, 0, 0, 0, 9]))) }
+    }
+
     @Test func unknownTypesAreNamedAsSuch() {
         #expect { try RexecMessage(Frame(type: FrameType(rawValue: 0x7f))) } throws: { ($0 as? WireError)?.code == .unknownMessage }
         #expect { try RexecMessage(Frame(type: RexecFrame.data, stream: 1)) } throws: { ($0 as? WireError)?.code == .unknownMessage }
@@ -148,7 +184,7 @@ import Testing
 
     @Test func garbageNeverCrashesTheDecoder() {
         var generator = SystemRandomNumberGenerator()
-        let types = (0x10...0x1b).map { FrameType(rawValue: UInt8($0)) }
+        let types = (0x10...0x1c).map { FrameType(rawValue: UInt8($0)) }
         for _ in 0..<5000 {
             let length = Int.random(in: 0..<96, using: &generator)
             let payload = ByteBuffer(bytes: (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) })

@@ -33,12 +33,14 @@ final class ClientSession {
     private var savedTerminal: termios?
     private var nextStream: UInt32
     private var nullDevice: FileDescriptor?
+    private let capabilities: UInt64
 
     init(
-        connection: FileDescriptor, leftover: ByteBuffer, endpoint: Endpoint, plan: DescriptorPlan,
+        connection: FileDescriptor, leftover: ByteBuffer, capabilities: UInt64, endpoint: Endpoint, plan: DescriptorPlan,
         signals: SignalDescriptor, gate: StartGate?, program: String, daemonPidFile: [UInt8]?, warn: @escaping (String) -> Void
     ) throws(SystemError) {
         self.daemonPidFile = daemonPidFile
+        self.capabilities = capabilities
         loop = try IOLoop()
         mux = Multiplexer(loop: loop, link: LocalEnd(fd: connection, owned: true), leftover: leftover)
         self.endpoint = endpoint
@@ -57,6 +59,13 @@ final class ClientSession {
     func run() throws(RexecError) -> RexecOutcome {
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
         mux.onClosed = { [unowned self] error in connectionClosed(error) }
+        if capabilities & RexecCapability.passDescriptors != 0 {
+            // Passed descriptors get streams from the counter accepted connections use.
+            mux.descriptorPassing = PassingPolicy(client: { [unowned self] in
+                defer { nextStream += 1 }
+                return nextStream
+            }, note: warn)
+        }
         do {
             _ = try loop.register(signals.fd) { [unowned self] _ in readSignals() }
             try mux.start()

@@ -14,8 +14,9 @@ enum Connector {
     }
 
     enum Opened {
-        /// The bytes that arrived after the handshake (the start of the session).
-        case opened(ByteBuffer)
+        /// The bytes that arrived after the handshake (the start of the session), and the capabilities
+        /// both sides have (`RexecCapability`).
+        case opened(ByteBuffer, capabilities: UInt64)
         case signaled(Int32)
     }
 
@@ -77,7 +78,8 @@ enum Connector {
     static func handshake(
         _ fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, exec: ByteBuffer, signals: SignalDescriptor
     ) throws(RexecError) -> Opened {
-        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: key, nonce: randomBytes(Hello.nonceSize))
+        var handshake = Handshake(
+            role: .client, service: .rexec, capabilities: RexecCapability.supported, key: key, nonce: randomBytes(Hello.nonceSize))
         var output = handshake.clientOpening
         var execSent = false
         if key == nil {
@@ -144,7 +146,7 @@ enum Connector {
                     output.writeBuffer(&exec)
                     execSent = true
                 }
-            case .finished(let send, _):
+            case .finished(let send, let result):
                 var send = send
                 output.writeBuffer(&send)
                 if !execSent {
@@ -157,7 +159,7 @@ enum Connector {
                     }
                     output.moveReaderIndex(forwardBy: count)
                 }
-                return .opened(input)
+                return .opened(input, capabilities: result.capabilities)
             case .rejected(_, let error):
                 throw RexecError(.authentication, "\(endpoint): \(error.message)")
             }

@@ -7,9 +7,10 @@ import SystemPackage
 ///
 /// - 0, 1, 2: streamed (stdin as input, stdout and stderr as output), `/dev/null` reopened by path, a
 ///   terminal given to the remote pseudo-terminal in TTY mode; a closed one stays closed.
-/// - above 2: regular files, directories and devices reopened by path with the same flags and offset
-///   (paths are shared by qtfs); pipes and FIFOs streamed in the direction of their access mode;
-///   connected stream sockets streamed both ways; listening sockets carried as listeners.
+/// - above 2: regular files on qtfs mounts (`SharedFiles`: the host's own files), directories and
+///   devices reopened by path with the same flags and offset; other regular files (the DPU's alone),
+///   pipes and FIFOs streamed in the direction of their access mode; connected stream sockets streamed
+///   both ways; listening sockets carried as listeners.
 /// - fds that name one object (stdout and stderr on one pipe) travel as one stream placed at every
 ///   number, so their order is kept.
 ///
@@ -114,13 +115,38 @@ enum InheritedDescriptors {
         // a handful of fds, and no generic metadata to instantiate at start-up.
         var groups: [(GroupKey, Int)] = []
         var listenerGroups: [(GroupKey, Int)] = []
+        var sharedFiles = SharedFiles()
         for entry in entries where !terminalTargets.contains(entry.number) {
             let number = entry.number
             let fd = FileDescriptor(rawValue: number)
             let status = entry.status
             switch status.kind {
+            case .regularFile where number > 2:
+                if let path = sharedFiles.hostPath(of: fd) {
+                    plan.descriptors.append(RexecDescriptor(
+                        targets: [number],
+                        kind: .file(path: Array(path.utf8), flags: UInt32(bitPattern: entry.flags), offset: UInt64(fd.currentOffset() ?? 0))))
+                    continue
+                }
+                // Only this machine has it (a host file of the same name would be another file): its
+                // bytes travel, read from or written at its offset here (`virsh restore` of a file on
+                // the DPU's own disk).
+                guard entry.accessMode != O_RDWR else {
+                    plan.notes.append("fd \(number) is not carried: its file is open for reading and writing and only this machine has it (files on qtfs mounts are opened by path on the server)")
+                    continue
+                }
+                let reading = entry.accessMode == O_RDONLY
+                let id = UInt32(plan.streams.count + 1)
+                // One stream per fd: two fds on one file may be at different offsets.
+                let key = GroupKey(device: status.device, inode: status.inode, role: reading ? .input : .output)
+                let end = LocalEnd(fd: fd, owned: false)
+                if reading {
+                    addStream(&plan, &groups, key, number, .input(stream: id), source: end, sink: nil, duplex: false)
+                } else {
+                    addStream(&plan, &groups, key, number, .output(stream: id), source: nil, sink: end, duplex: false)
+                }
             case .characterDevice where status.isNullDevice,
-                .regularFile where number > 2, .directory where number > 2, .blockDevice where number > 2,
+                .directory where number > 2, .blockDevice where number > 2,
                 .characterDevice where number > 2 && !fd.isTerminal:
                 guard let path = try? fd.linkTarget(), path.hasPrefix("/"), !path.hasSuffix(" (deleted)") else {
                     plan.notes.append("fd \(number) is not carried: its file has no path the peer could open (deleted?)")

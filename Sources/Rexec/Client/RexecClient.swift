@@ -70,8 +70,11 @@ public enum RexecClient {
         case .signaled(let signal): return .signal(signal)
         }
         let leftover: ByteBuffer
+        let capabilities: UInt64
         switch try Connector.handshake(connection, endpoint: endpoint, key: key, exec: exec, signals: signals) {
-        case .opened(let bytes): leftover = bytes
+        case .opened(let bytes, let both):
+            leftover = bytes
+            capabilities = both
         case .signaled(let signal):
             connection.closeQuietly()
             return .signal(signal)
@@ -79,7 +82,7 @@ public enum RexecClient {
         let session: ClientSession
         do {
             session = try ClientSession(
-                connection: connection, leftover: leftover, endpoint: endpoint, plan: plan, signals: signals,
+                connection: connection, leftover: leftover, capabilities: capabilities, endpoint: endpoint, plan: plan, signals: signals,
                 gate: gate, program: String(decoding: program, as: UTF8.self), daemonPidFile: daemonPidFile, warn: warn)
         } catch {
             throw RexecError(.local, "\(error)")

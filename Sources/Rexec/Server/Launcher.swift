@@ -95,14 +95,19 @@ enum Launcher {
     /// Reopens a file the client has open, by path, with its status flags (creation flags are not among
     /// them) and offset. Returns nil and a note when that is not possible here.
     static func reopen(path: [UInt8], flags: Int32, offset: Int64, target: Int32) -> (FileDescriptor?, String?) {
-        let text = String(decoding: path, as: UTF8.self)
-        let allowed = flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY
         do {
-            let fd = try FileDescriptor.openPath(text, flags: allowed)
-            if offset > 0, (try? fd.descriptorStatus())?.kind == .regularFile { try? fd.seek(to: offset) }
-            return (fd, nil)
+            return (try open(path: path, flags: flags, offset: offset), nil)
         } catch {
-            return (nil, "fd \(target) (\(text)) is not carried: the server cannot open it (\(error.errno)); the program runs without it")
+            return (nil, "fd \(target) (\(String(decoding: path, as: UTF8.self))) is not carried: the server cannot open it (\(error.errno)); the program runs without it")
         }
+    }
+
+    /// Opens a file the client has open (at exec or passed on a carried socket) by path, with its status
+    /// flags and offset.
+    static func open(path: [UInt8], flags: Int32, offset: Int64) throws(SystemError) -> FileDescriptor {
+        let allowed = flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY
+        let fd = try FileDescriptor.openPath(String(decoding: path, as: UTF8.self), flags: allowed)
+        if offset > 0, (try? fd.descriptorStatus())?.kind == .regularFile { try? fd.seek(to: offset) }
+        return fd
     }
 }

@@ -47,7 +47,7 @@ final class NativeSession: ServerSession {
 
     var pid: pid_t? { process?.pid }
 
-    init(core: ServerCore, end: LocalEnd, leftover: ByteBuffer, greeting: ByteBuffer, peer: String, via: Endpoint) {
+    init(core: ServerCore, end: LocalEnd, leftover: ByteBuffer, greeting: ByteBuffer, capabilities: UInt64, peer: String, via: Endpoint) {
         self.core = core
         id = core.sessionID()
         self.peer = peer
@@ -61,6 +61,9 @@ final class NativeSession: ServerSession {
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
         mux.onClosed = { [unowned self] error in connectionClosed(error) }
         mux.onProgress = { [unowned self] in progressed() }
+        if capabilities & RexecCapability.passDescriptors != 0 {
+            mux.descriptorPassing = PassingPolicy(serverNote: { [unowned core] in core.logger.notice("\(peer): \($0)") })
+        }
         do { try mux.start() } catch {
             core.logger.error("\(peer): cannot watch the connection: \(error)")
             mux.close(error)

@@ -303,7 +303,8 @@ final class PendingConnection {
                 return handOver { LegacySession(core: core, end: end, peer: peer) }
             }
             guard first == Hello.magic[0] else { return fail("does not speak the rexec protocol (first byte 0x\(String(first, radix: 16)))") }
-            handshake = Handshake(role: .server, service: .rexec, capabilities: 0, key: listener.key, nonce: randomBytes(Hello.nonceSize))
+            handshake = Handshake(
+                role: .server, service: .rexec, capabilities: RexecCapability.supported, key: listener.key, nonce: randomBytes(Hello.nonceSize))
         }
         while end.readable && !done {
             var outcome = LocalEnd.IOResult.wouldBlock
@@ -327,7 +328,7 @@ final class PendingConnection {
                     var send = send
                     output.writeBuffer(&send)
                     flush()
-                case .finished(let send, _):
+                case .finished(let send, let result):
                     var send = send
                     output.writeBuffer(&send)
                     if let refusal {
@@ -339,7 +340,9 @@ final class PendingConnection {
                     let leftover = input
                     let greeting = output
                     return handOver {
-                        NativeSession(core: core, end: end, leftover: leftover, greeting: greeting, peer: peer, via: listener.endpoint)
+                        NativeSession(
+                            core: core, end: end, leftover: leftover, greeting: greeting, capabilities: result.capabilities, peer: peer,
+                            via: listener.endpoint)
                     }
                 case .rejected(let send, let error):
                     var send = send
