@@ -10,7 +10,9 @@
 require_command python3
 rexec_lab_up
 
-# Regular files: same path on both machines here (qtfs shares them in the offload).
+# Regular files. $W is the same directory on both machines here, but not through qtfs: rexec cannot know
+# the host's file of that name is this one, so these travel as streams (qtfs-rexec.sh has files on a
+# qtfs mount, which are reopened by path).
 echo first >"$W/log"
 lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo appended >&7'"
 expect_eq "a file open for append at fd 7 is appended to" "first appended" "$(tr '\n' ' ' <"$W/log" | sed 's/ $//')"
@@ -19,10 +21,21 @@ out=$(lab_dpu bash -c "exec 8<'$W/numbers'; read -r a <&8; read -r b <&8; env CM
 expect_eq "a file read partway continues at its offset" "3" "$out"
 out=$(lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key --exclude-fd 7 /bin/sh -c 'echo x >&7' 2>&1")
 expect_match "--exclude-fd leaves one out" "Bad file descriptor" "$out"
-lab_dpu sh -c 'echo dpu-only >/run/rexec/dpu-only.txt'
-out=$(lab_dpu bash -c "exec 9</run/rexec/dpu-only.txt; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo ran; test -e /dev/fd/9 || echo no-fd-9'" 2>&1)
-expect_match "a file the host cannot open is not carried, and the program still runs" "ran.*no-fd-9" "$(echo $out)"
-expect_match "with a note naming the fd and path" "rexec: fd 9 \\(/run/rexec/dpu-only.txt\\) is not carried: the server cannot open it" "$out"
+# A file only the DPU has (no qtfs mount shares it; a host file of the same name would be another file)
+# travels as a stream: read from its offset here, or written at it (virsh restore / save of a file on
+# the DPU's own disk).
+lab_dpu sh -c 'printf "skipped\ndpu-only\n" >/run/rexec/dpu-only.txt'
+lab_host sh -c 'echo host-file >/run/rexec/dpu-only.txt'
+out=$(lab_dpu bash -c "exec 9</run/rexec/dpu-only.txt; read -r skip <&9; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'cat <&9'" 2>&1)
+expect_eq "a file only the DPU has is streamed from its offset (not the host's file of that name)" "dpu-only" "$out"
+lab_dpu sh -c 'echo "header:" >/run/rexec/dpu-out.txt'
+out=$(lab_dpu bash -c "exec 9>>/run/rexec/dpu-out.txt; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'test -p /dev/fd/9 && echo written by the program >&9'" 2>&1)
+expect_eq "(no note)" "" "$out"
+expect_eq "one written by the program lands in the DPU's file" "header: written by the program" "$(lab_dpu cat /run/rexec/dpu-out.txt | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "(the host has no such file)" "absent" "$(lab_host sh -c 'test -e /run/rexec/dpu-out.txt && echo present || echo absent')"
+out=$(lab_dpu bash -c "exec 9<>/run/rexec/dpu-only.txt; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo ran; test -e /dev/fd/9 || echo no-fd-9'" 2>&1)
+expect_match "one open for reading and writing cannot be, and the program still runs" "ran.*no-fd-9" "$(echo $out)"
+expect_match "with a note naming the fd" "rexec: fd 9 is not carried: its file is open for reading and writing and only this machine has it" "$out"
 
 # Pipes, both directions, at their numbers.
 expect_eq "a pipe written by the program at fd 5" "via-fd5" \

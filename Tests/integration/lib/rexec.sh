@@ -2,6 +2,7 @@
 # and lab.sh.
 #
 #   rexec_lab_up [SERVER ARGS...]   lab, key, whitelist, private /run/rexec on both machines, the server
+#   rexec_setup [SERVER ARGS...]    the same in a lab that is up already (qtfs_lab_up's: $W/key is kept)
 #   rexec_server_start [ARGS...]    (re)start the server as background process "server"
 #   rexec_server_stop [SIGNAL]      stop it (TERM) and wait until it is gone
 #   server_pid                      the server's pid
@@ -20,7 +21,11 @@ REXEC_WHITELIST=(/bin/sh /bin/echo /bin/cat /usr/bin/env /bin/pwd /usr/bin/yes /
 rexec_lab_up() {
     lab_up
     make_links
-    "$DPUCTL" key generate "$W/key" >/dev/null || { echo "key generate failed" >&2; exit 1; }
+    rexec_setup "$@"
+}
+
+rexec_setup() {
+    [ -e "$W/key" ] || "$DPUCTL" key generate "$W/key" >/dev/null || { echo "key generate failed" >&2; exit 1; }
     printf '%s\n' "${REXEC_WHITELIST[@]}" "$W/not-executable" >"$W/whitelist"
     chmod 644 "$W/whitelist"
     printf '#!/bin/sh\necho never\n' >"$W/not-executable"
