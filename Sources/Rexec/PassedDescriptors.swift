@@ -355,29 +355,17 @@ enum PassedDescriptors {
             return (try Launcher.open(path: path, flags: Int32(bitPattern: flags), offset: Int64(bitPattern: offset)), nil)
         case .input(let id):
             let (read, write) = try FileDescriptor.makePipe()
-            do { try write.setNonBlocking() } catch {
-                read.closeQuietly()
-                write.closeQuietly()
-                throw error
-            }
+            try makeNonBlocking(write, else: read)
             return (read, CarriedStream(id: id, source: nil, sink: LocalEnd(fd: write, owned: true)))
         case .output(let id):
             let (read, write) = try FileDescriptor.makePipe()
-            do { try read.setNonBlocking() } catch {
-                read.closeQuietly()
-                write.closeQuietly()
-                throw error
-            }
+            try makeNonBlocking(read, else: write)
             let source = LocalEnd(fd: read, owned: true)
             source.canSplice = true
             return (write, CarriedStream(id: id, source: source, sink: nil))
         case .socket(let id):
             let (ours, theirs) = try FileDescriptor.socketPair()
-            do { try ours.setNonBlocking() } catch {
-                ours.closeQuietly()
-                theirs.closeQuietly()
-                throw error
-            }
+            try makeNonBlocking(ours, else: theirs)
             let end = LocalEnd(fd: ours, owned: true)
             let stream = CarriedStream(id: id, source: end, sink: end)
             stream.halfCloseSink = true
@@ -385,6 +373,15 @@ enum PassedDescriptors {
         case .listener, .terminal:
             // The decoder refuses these in PASS.
             throw SystemError(.invalidArgument, "pass", "a listener or terminal")
+        }
+    }
+
+    /// Makes our end of a new pair non-blocking; if that fails, both ends are closed.
+    private static func makeNonBlocking(_ ours: FileDescriptor, else theirs: FileDescriptor) throws(SystemError) {
+        do { try ours.setNonBlocking() } catch {
+            ours.closeQuietly()
+            theirs.closeQuietly()
+            throw error
         }
     }
 }

@@ -71,6 +71,17 @@ import Testing
             throw Errno.timedOut
         }
 
+        /// Passes `fd` (then closes it here) with `command` from one program to the other; returns what
+        /// the other program received with the command.
+        func pass(_ fd: FD, with command: String, from: FD, to: FD) throws -> FD {
+            try PassedDescriptorsRelay.send(from, command, fds: [fd])
+            fd.closeQuietly()
+            let message = try until("the command") { try PassedDescriptorsRelay.receive(to) }
+            #expect(message.text == command, "the command and its fd in one recvmsg")
+            #expect(message.fds.count == 1)
+            return try #require(message.fds.first)
+        }
+
         func close() {
             for fd in dpu + host { fd.closeQuietly() }
             client.close(nil)
@@ -135,12 +146,8 @@ import Testing
         defer { link.close() }
         let (read, write) = try FD.makePipe(nonBlocking: true)
         defer { read.closeQuietly() }
-        try Self.send(link.dpu[0], #"{"execute":"getfd","arguments":{"fdname":"migrate"}}"#, fds: [write])
-        write.closeQuietly()
-        let message = try link.until("the command") { try Self.receive(link.host[0]) }
-        #expect(message.text == #"{"execute":"getfd","arguments":{"fdname":"migrate"}}"#, "the command and the fd in one recvmsg")
-        #expect(message.fds.count == 1)
-        let passed = try #require(message.fds.first)
+        let getfd = #"{"execute":"getfd","arguments":{"fdname":"migrate"}}"#
+        let passed = try link.pass(write, with: getfd, from: link.dpu[0], to: link.host[0])
         #expect(try passed.descriptorStatus().kind == .fifo)
         #expect(try passed.isCloseOnExec(), "received close-on-exec (MSG_CMSG_CLOEXEC)")
         try Self.write(passed, "migration stream")
@@ -157,10 +164,7 @@ import Testing
         defer { unlink(path) }
         let file = try FD.openPath(path, flags: O_WRONLY)
         try Self.write(file, "HEADER:")
-        try Self.send(link.dpu[0], "save", fds: [file])
-        file.closeQuietly()
-        let message = try link.until("the command") { try Self.receive(link.host[0]) }
-        let passed = try #require(message.fds.first)
+        let passed = try link.pass(file, with: "save", from: link.dpu[0], to: link.host[0])
         #expect(try passed.descriptorStatus().kind == .fifo, "streamed: the host gets a pipe")
         try Self.write(passed, "guest memory")
         passed.closeQuietly()
@@ -178,10 +182,7 @@ import Testing
         defer { unlink(path) }
         let file = try FD.openPath(path, flags: O_RDONLY)
         try file.seek(to: 7)
-        try Self.send(link.dpu[0], "restore", fds: [file])
-        file.closeQuietly()
-        let message = try link.until("the command") { try Self.receive(link.host[0]) }
-        let passed = try #require(message.fds.first)
+        let passed = try link.pass(file, with: "restore", from: link.dpu[0], to: link.host[0])
         #expect(try passed.descriptorStatus().kind == .fifo)
         try passed.setNonBlocking()
         #expect(try Self.readAll(passed, link) == "saved state")
@@ -193,10 +194,7 @@ import Testing
         defer { link.close() }
         let (ours, theirs) = try FD.socketPair(nonBlocking: true)
         defer { ours.closeQuietly() }
-        try Self.send(link.dpu[0], "socket", fds: [theirs])
-        theirs.closeQuietly()
-        let message = try link.until("the command") { try Self.receive(link.host[0]) }
-        let passed = try #require(message.fds.first)
+        let passed = try link.pass(theirs, with: "socket", from: link.dpu[0], to: link.host[0])
         defer { passed.closeQuietly() }
         #expect(try passed.descriptorStatus().kind == .socket)
         try passed.setNonBlocking()
@@ -213,11 +211,7 @@ import Testing
         defer { link.close() }
         let (read, write) = try FD.makePipe(nonBlocking: true)
         defer { read.closeQuietly() }
-        try Self.send(link.host[0], "reply", fds: [write])
-        write.closeQuietly()
-        let message = try link.until("the reply") { try Self.receive(link.dpu[0]) }
-        #expect(message.text == "reply")
-        let passed = try #require(message.fds.first)
+        let passed = try link.pass(write, with: "reply", from: link.host[0], to: link.dpu[0])
         try Self.write(passed, "back")
         passed.closeQuietly()
         #expect(try Self.readAll(read, link) == "back")
