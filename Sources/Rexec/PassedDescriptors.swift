@@ -22,7 +22,6 @@ final class PassingPolicy {
     /// One line: stderr for the client (rexec: ...), the log for the server.
     let note: (String) -> Void
     private let allocate: () -> UInt32
-    private var sharedFiles = SharedFiles()
 
     /// The client's: new streams from `allocate` (the session's own counter, shared with accepted
     /// connections).
@@ -45,8 +44,13 @@ final class PassingPolicy {
 
     func newStream() -> UInt32 { allocate() }
 
-    /// The host's path for a local file it shares (client only).
-    func hostPath(of fd: FileDescriptor) -> String? { isClient ? sharedFiles.hostPath(of: fd) : nil }
+    /// The host's path for a local file it shares (client only). The mount table is read each time: a
+    /// session lasts as long as its VM, mounts may change meanwhile, and passing a file is rare.
+    func hostPath(of fd: FileDescriptor) -> String? {
+        guard isClient else { return nil }
+        var files = SharedFiles()
+        return files.hostPath(of: fd)
+    }
 
     /// The other side, for notes.
     var peer: String { isClient ? "server" : "client" }
