@@ -210,8 +210,11 @@ final class NativeSession: ServerSession {
             programStart = DaemonPidFile.startTime(started.process.pid) ?? UInt64.max
         }
         core.started(self, pid: started.process.pid)
-        let arguments = request.arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
-        core.logger.info("pid \(started.process.pid): \(program) \(arguments) for \(peer) via \(via)")
+        // Logged once the client has its answer: formatting and writing the line is not on its path.
+        core.loop.later { [core, program, peer, via, pid = started.process.pid, arguments = request.arguments] in
+            let text = arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+            core.logger.info("pid \(pid): \(program) \(text) for \(peer) via \(via)")
+        }
         mux.send(.started(pid: started.process.pid, notes: notes))
         do {
             processRegistration = try core.loop.register(started.process.fd) { [unowned self] _ in reap() }
@@ -331,7 +334,8 @@ final class NativeSession: ServerSession {
         if let processRegistration { core.loop.unregister(processRegistration, process.fd) }
         processRegistration = nil
         if let killTimer { core.loop.cancel(killTimer) }
-        core.logger.info("pid \(process.pid): \(program) \(status)")
+        // After this batch of events, so after EXITED has gone out.
+        core.loop.later { [core, program, pid = process.pid] in core.logger.info("pid \(pid): \(program) \(status)") }
         gate?.veto()
         gate = nil
         state = .ended
