@@ -55,6 +55,15 @@ final class LocalEnd {
         }
     }
 
+    private var readingWatched = true
+
+    /// Stops (or resumes) being woken when there is something to read (`IOLoop.watchReading`).
+    func watchReading(_ on: Bool, _ loop: IOLoop) {
+        guard let registration, readingWatched != on else { return }
+        readingWatched = on
+        loop.watchReading(registration, fd, on)
+    }
+
     enum IOResult {
         case bytes(Int)
         case wouldBlock
@@ -433,7 +442,9 @@ final class Multiplexer {
             let message = try ConnectionMessage(frame)
             switch message {
             case .windowUpdate(let id, let increment):
-                try stream(id)?.sendWindow.grant(increment)
+                guard let stream = stream(id) else { break }
+                try stream.sendWindow.grant(increment)
+                stream.source?.watchReading(true, loop)
             case .resetStream(let id, _, _):
                 if let stream = stream(id) { resetLocally(stream) }
             case .ping(let value):
@@ -572,6 +583,8 @@ final class Multiplexer {
         if let current = splicing, current.closeAfter { current.source.close(loop) }
         splicing = nil
         for stream in streams {
+            // Sources that go on being drained are read whatever credit they had.
+            stream.source?.watchReading(true, loop)
             if !discardSourcesAfterClose || stream.source === stream.sink { releaseSource(stream) }
             if !keepSinksAfterClose || stream.queuedBytes == 0 { releaseSink(stream) }
         }
@@ -624,7 +637,12 @@ final class Multiplexer {
         guard stream.sendState == .open, let source = stream.source else { return }
         while source.readable && !closed && stream.sendState == .open && splicing?.stream !== stream {
             let allowance = stream.sendWindow.allowance(Multiplexer.chunk)
-            guard allowance > 0, outbound.readableBytes < Multiplexer.outboundHighWater else { return }
+            guard allowance > 0 else {
+                // Nothing may be sent before credit comes: not woken by every write into the source
+                // meanwhile (a writer such as head writes 8 KiB at a time).
+                return source.watchReading(false, loop)
+            }
+            guard outbound.readableBytes < Multiplexer.outboundHighWater else { return }
             if spliceLink && source.canSplice && splicing == nil {
                 // What is in the pipe goes to the connection through the kernel: no copy in and out of
                 // our memory. (An empty pipe falls through to read(), which tells EAGAIN from the end.)
