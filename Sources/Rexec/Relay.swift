@@ -166,16 +166,16 @@ final class CarriedStream {
 /// A private pipe that holds received payload by reference (spliced from the connection) while a sink
 /// pipe is full: the connection keeps being read — the frames behind, other streams' data, credit and
 /// signals, must not wait for one slow reader — and the payload still moves without a copy (pipe to pipe
-/// later). Created on first need; as large as the stream's window where the kernel allows.
+/// later). Created on first need, `Multiplexer.spliceWindow` large where the kernel allows.
 struct SpillPipe {
     let read: FileDescriptor
     let write: FileDescriptor
     /// Bytes in it.
     var count = 0
 
-    init(size: Int) throws(SystemError) {
+    init() throws(SystemError) {
         (read, write) = try FileDescriptor.makePipe(nonBlocking: true)
-        if write.setPipeCapacity(Int32(size)) < size { write.setPipeCapacity(1 << 20) }
+        write.setPipeCapacity(Int32(Multiplexer.spliceWindow))
     }
 
     func close() {
@@ -380,7 +380,7 @@ final class Multiplexer {
                 guard link.fd.bytesAvailable() > 0 else { return false }
             }
             // No pipe to be had (fd limit...): the payload is read into the buffer instead.
-            if stream.spill == nil { stream.spill = try? SpillPipe(size: stream.receiveWindow.size) }
+            if stream.spill == nil { stream.spill = try? SpillPipe() }
             guard let spill = stream.spill else { return false }
             guard let moved = try link.fd.splice(to: spill.write, count: current.remaining), moved > 0 else {
                 return false
@@ -756,7 +756,7 @@ final class Multiplexer {
     /// Moves what the stream's buffer holds into its spill pipe, as far as it takes it.
     private func spill(_ stream: CarriedStream) {
         do {
-            if stream.spill == nil { stream.spill = try SpillPipe(size: stream.receiveWindow.size) }
+            if stream.spill == nil { stream.spill = try SpillPipe() }
             guard let written = try stream.pending.readableBytesView.withUnsafeBytes({ raw throws(SystemError) in
                 try stream.spill!.write.writeSome(raw)
             }) else { return }
