@@ -19,12 +19,13 @@ import SystemPackage
 ///   relative (`.qtfs-ptys/0`, `../.qtfs-ptys/0` one directory down), so it holds wherever the mount is
 ///   seen, inside a chroot too.
 /// - When: a terminal is allocated when the link is read (a path lookup reads it just before it opens),
-///   and let go 5 s later unless it was opened. Its opening is noticed through inotify (IN_OPEN on the
-///   devpts instance); only then is the host's pty opened: a QEMU whose console pty has a reader waits
-///   for it, so a host pty opened and not read would stall the guest's serial output. The relay runs
-///   while the local terminal is open; after its last close (the controlling side reports POLLHUP) the
-///   host's pty is closed and the terminal let go. When the host's end goes (QEMU closed its side: the
-///   host read gives end of file), the local terminal is hung up: the DPU reader gets end of file.
+///   and let go once nobody has it open and its link was not read for 5 s. Its opening is noticed
+///   through inotify (IN_OPEN on the devpts instance); only then is the host's pty opened: a QEMU whose
+///   console pty has a reader waits for it, so a host pty opened and not read would stall the guest's
+///   serial output. The relay runs while the local terminal is open; after its last close (the
+///   controlling side reports POLLHUP) the host's pty is closed. When the host's end goes (QEMU closed
+///   its side: the host read gives end of file), the local terminal is hung up (the DPU reader gets end
+///   of file) and let go at once.
 /// - How: one thread (`qtfs-ptys`) polls the controlling sides, inotify and a wake-up counter; the host
 ///   side is the engine's READ (one waiting at a time, on its blocking pool) and WRITE (one at a time) on
 ///   the pty's handle. A terminal costs one descriptor (its controlling side) and nothing else; every
@@ -286,6 +287,7 @@ final class TerminalBridges: @unchecked Sendable {
         }
         let context = try FileSystemContext(type: "devpts")
         // Only the client allocates terminals here; each gets the host pty's owner and mode.
+        try context.set("source", "devpts")
         try context.set("ptmxmode", "0600")
         try context.set("mode", "0600")
         try context.set("max", "\(TerminalBridges.limit)")
@@ -417,96 +419,119 @@ final class TerminalBridges: @unchecked Sendable {
         return true
     }
 
-    /// Moves each session on: asks the host for more, gives the local terminal what came, ends what is
-    /// over, lets idle terminals go.
+    /// Moves each session on as far as it goes now: asks the host for more, gives the local terminal what
+    /// came, ends what is over, lets idle terminals go.
     private func advance(_ buffer: UnsafeMutableRawBufferPointer) {
-        enum Step {
-            case nothing, drainLocal, writeLocal
-            case read(Outgoing)
-            case free(String?)
-            case end(Session, String)
-        }
-        let now = monotonicNanoseconds()
         for bridge in state.withLock({ Array($0.bridges.values) }) {
-            let step = state.withLock { _ -> Step in
-                guard let session = bridge.session else { return bridge.idleUntil <= now ? .free(nil) : .nothing }
-                if let failure = session.failure {
-                    return .free("cannot open the host's terminal \(describe(bridge.path)): \(failure)")
-                }
-                guard let host = session.host else { return .nothing }
-                if session.localEnded && session.write == nil { return .end(session, "closed on this side") }
-                if session.localClosed && session.write == nil { return .drainLocal }
-                if session.hostEnded && session.write == nil && (session.toLocal.readableBytes == 0 || session.localClosed) {
-                    return .end(session, "closed on the host")
-                }
-                if session.toLocal.readableBytes > 0 && !session.localClosed { return .writeLocal }
-                if !session.hostEnded && !session.localClosed && session.read == nil {
-                    let read = Outgoing(.read, pinned: host.link, retry: .fail, encode: { _ in
-                        .read(handle: host.handle, offset: 0, size: UInt32(TerminalBridges.chunk), flags: 0)
-                    }) { [self] result, _ in
-                        state.withLock { _ in
-                            session.read = nil
-                            switch result {
-                            case .success(.data(var data)) where data.readableBytes > 0:
-                                session.toLocal.writeBuffer(&data)
-                            default:
-                                // End of file (the host's side closed), an error, or our own cancel.
-                                session.hostEnded = true
-                            }
-                        }
-                        wakeup.signal()
-                    }
-                    session.read = read
-                    return .read(read)
-                }
-                return .nothing
-            }
-            switch step {
-            case .nothing:
-                break
-            case .read(let read):
-                client.send(read)
-            case .drainLocal:
-                // What the local side wrote just before its last close still goes; then the session ends.
-                if !readLocal(bridge, buffer) { state.withLock { _ in bridge.session?.localEnded = true } }
-            case .writeLocal:
-                writeLocal(bridge)
-            case .free(let reason):
-                if let reason { logger.warning("\(reason)") }
-                close(bridge)
-            case .end(let session, let reason):
-                logger.info("host terminal \(describe(bridge.path)) \(reason): relay ended")
-                end(bridge, session)
-            }
+            while step(bridge, buffer) {}
         }
     }
 
-    /// Gives the local terminal what the host sent, as much as it takes now.
-    private func writeLocal(_ bridge: Bridge) {
+    /// One step of `bridge`; true if it changed something that may allow another.
+    private func step(_ bridge: Bridge, _ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        enum Step {
+            case wait, drainLocal, writeLocal
+            case read(Outgoing)
+            case free(String?)
+            case endHere(Session), endOnHost(Session)
+        }
+        let now = monotonicNanoseconds()
+        let next = state.withLock { _ -> Step in
+            guard let session = bridge.session else { return bridge.idleUntil <= now ? .free(nil) : .wait }
+            if let failure = session.failure {
+                return .free("cannot open the host's terminal \(describe(bridge.path)): \(failure)")
+            }
+            guard let host = session.host else { return .wait }
+            if session.hostEnded && session.write == nil && (session.toLocal.readableBytes == 0 || session.localClosed) {
+                return .endOnHost(session)
+            }
+            if session.localEnded && session.write == nil { return .endHere(session) }
+            if session.localClosed && session.write == nil { return .drainLocal }
+            if session.toLocal.readableBytes > 0 && !session.localClosed { return .writeLocal }
+            guard !session.hostEnded, !session.localClosed, session.read == nil else { return .wait }
+            let read = Outgoing(.read, pinned: host.link, retry: .fail, encode: { _ in
+                .read(handle: host.handle, offset: 0, size: UInt32(TerminalBridges.chunk), flags: 0)
+            }) { [self] result, _ in
+                state.withLock { _ in
+                    session.read = nil
+                    switch result {
+                    case .success(.data(var data)) where data.readableBytes > 0:
+                        session.toLocal.writeBuffer(&data)
+                    default:
+                        // End of file (the host's side closed), an error, or our own cancel.
+                        session.hostEnded = true
+                    }
+                }
+                wakeup.signal()
+            }
+            session.read = read
+            return .read(read)
+        }
+        switch next {
+        case .wait:
+            return false
+        case .read(let read):
+            client.send(read)
+            return false
+        case .drainLocal:
+            // What the local side wrote just before its last close still goes; then the session ends.
+            if !readLocal(bridge, buffer) { state.withLock { _ in bridge.session?.localEnded = true } }
+            return true
+        case .writeLocal:
+            return writeLocal(bridge)
+        case .free(let reason):
+            if let reason { logger.warning("\(reason)") }
+            close(bridge)
+            return false
+        case .endHere(let session):
+            // Someone may have opened it again since the POLLHUP: then the session goes on.
+            if TerminalBridges.isOpen(bridge.controller) {
+                state.withLock { _ in
+                    session.localClosed = false
+                    session.localEnded = false
+                }
+                return true
+            }
+            logger.info("host terminal \(describe(bridge.path)) closed here: relay ended")
+            stopHostSide(session)
+            // The terminal stays while its link was read lately (an opener may be on its way).
+            state.withLock { _ in bridge.session = nil }
+            return true
+        case .endOnHost(let session):
+            logger.info("host terminal \(describe(bridge.path)) closed on the host: relay ended, local terminal hung up")
+            stopHostSide(session)
+            close(bridge)
+            return false
+        }
+    }
+
+    /// Gives the local terminal what the host sent, as much as it takes now; true if it took some.
+    private func writeLocal(_ bridge: Bridge) -> Bool {
         guard let (session, pending) = state.withLock({ _ -> (Session, ByteBuffer)? in
             guard let session = bridge.session else { return nil }
             return (session, session.toLocal)
-        }), pending.readableBytes > 0 else { return }
+        }), pending.readableBytes > 0 else { return false }
         let written = pending.withUnsafeReadableBytes { raw in
             Result { () throws(SystemError) -> Int? in try bridge.controller.writeSome(raw) }
         }
         switch written {
         case .success(nil):
-            return
+            return false
         case .success(let count?):
             // No READ is out while anything waits here, so nothing was added meanwhile.
             state.withLock { _ in
                 session.toLocal.moveReaderIndex(forwardBy: count)
                 if session.toLocal.readableBytes == 0 { session.toLocal.clear() }
             }
+            return count > 0
         case .failure:
             state.withLock { _ in session.localClosed = true }
+            return true
         }
     }
 
-    /// Ends a session: the host's pty is closed (its waiting READ given up first) and the local terminal
-    /// hung up and let go.
-    private func end(_ bridge: Bridge, _ session: Session) {
+    /// The host's side of a session: its waiting READ given up, the pty closed (RELEASE).
+    private func stopHostSide(_ session: Session) {
         let (read, write, host) = state.withLock { _ in
             session.abandoned = true
             return (session.read, session.write, session.host)
@@ -514,7 +539,6 @@ final class TerminalBridges: @unchecked Sendable {
         if let read { client.cancel(read) }
         if let write { client.cancel(write) }
         if let host { release(host.handle, on: host.link) }
-        close(bridge)
     }
 
     /// Forgets `bridge` and closes its controlling side (a reader on the terminal side gets end of file).
@@ -534,7 +558,8 @@ final class TerminalBridges: @unchecked Sendable {
         }
         for request in requests { request.reply(.failure(.ioError)) }
         for bridge in bridges {
-            if let session = state.withLock({ _ in bridge.session }) { end(bridge, session) } else { close(bridge) }
+            if let session = state.withLock({ _ in bridge.session }) { stopHostSide(session) }
+            close(bridge)
         }
         releaseDevptsIfUnused()
         state.withLock { $0.finished = true }
