@@ -115,6 +115,8 @@ final class QTFSFilesystem: @unchecked Sendable {
     private let nextPollID = Atomic<UInt64>(1)
     /// Listings of subdirectories fetched ahead of a walk.
     let prefetch: ListingPrefetch
+    /// Which extended attributes travel (`acl`, `seclabel`).
+    let xattrPolicy: ExtendedAttributePolicy
 
     init(client: EngineClient, options: QTFSMountOptions, local: LocalProcesses?, processes: LocalProcesses, logger: Logger) throws {
         self.client = client
@@ -123,6 +125,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         self.processes = processes
         self.logger = logger
         prefetch = ListingPrefetch(capacity: options.prefetch)
+        xattrPolicy = ExtendedAttributePolicy(acl: options.carryACLs, securityLabels: options.carrySecurityLabels)
         rootDevice = client.export?.root.device ?? 0
         sockets = options.sockets && !options.proc
             ? try SocketNodes(
@@ -1102,7 +1105,8 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
-        // A file known to have none (`ls -l` asks every file for its SELinux label and ACL).
+        if !list && !xattrPolicy.carries(name) { return _ = fuse_reply_err(req, EOPNOTSUPP) }
+        // A file known to have none.
         if let (a, _) = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
             if list && size == 0 {
                 fuse_reply_xattr(req, 0)
@@ -1118,16 +1122,19 @@ final class QTFSFilesystem: @unchecked Sendable {
         call(req, list ? .listxattr : .getxattr, { link in
             list ? .listxattr(target(link), size: size) : .getxattr(target(link), name: name, size: size)
         }) { [self] result in
-            guard case .success(.xattr(let count, let value)) = result else { return fail(req, result) }
+            guard case .success(.xattr(let count, var value)) = result else { return fail(req, result) }
             if size == 0 {
+                // For a list, the size of the host's: a little more than what is shown is fine.
                 fuse_reply_xattr(req, Int(count))
             } else {
+                if list { value = xattrPolicy.filter(list: value) }
                 value.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
             }
         }
     }
 
     func setxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ value: [UInt8]?, _ flags: Int32) {
+        guard xattrPolicy.carries(name) else { return _ = fuse_reply_err(req, EOPNOTSUPP) }
         forgetRecent(node: node)
         guard let target = target(req, node) else { return }
         call(req, value == nil ? .removexattr : .setxattr, { link in

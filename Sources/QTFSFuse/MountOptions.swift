@@ -35,6 +35,9 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// `noxattr`: no extended attributes (the kernel then stops asking, which saves `ls -l` two requests
     /// per file; libvirt's ownership labels need them, so they are on by default).
     public var extendedAttributes = true
+    /// `acl`, `seclabel`: also carry POSIX ACLs and LSM labels (see `ExtendedAttributePolicy`).
+    public var carryACLs = false
+    public var carrySecurityLabels = false
     /// `readahead=KB`: how far the kernel reads ahead of a sequential reader, in large requests sent
     /// several at a time (the kernel's default for FUSE is 128 KiB, which leaves the link idle between
     /// requests).
@@ -87,6 +90,10 @@ public struct QTFSMountOptions: Sendable, Equatable {
             case "localfifo": localFIFOs = true
             case "noxattr": extendedAttributes = false
             case "xattr": extendedAttributes = true
+            case "acl": carryACLs = true
+            case "noacl": carryACLs = false
+            case "seclabel": carrySecurityLabels = true
+            case "noseclabel": carrySecurityLabels = false
             case "nosockets": sockets = false
             case "sockets": sockets = true
             case "ptybridge": ptyBridge = true
@@ -144,7 +151,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, nosockets, ptybridge, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, acl, seclabel, nosockets, ptybridge, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -35,6 +35,15 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(options.prefetch == 0)
     }
 
+    @Test func aclsAndSecurityLabelsOnlyWhenAsked() throws {
+        var options = QTFSMountOptions(hostPath: "/home/VMs", mountpoint: "/mnt")
+        #expect(!options.carryACLs && !options.carrySecurityLabels)
+        try options.apply("acl,seclabel")
+        #expect(options.carryACLs && options.carrySecurityLabels)
+        try options.apply("noacl,noseclabel")
+        #expect(!options.carryACLs && !options.carrySecurityLabels)
+    }
+
     @Test func devicesOnlyWhenAsked() throws {
         var options = QTFSMountOptions(hostPath: "/dev/vfio", mountpoint: "/mnt")
         #expect(options.fuseOptions.contains("nodev"))
@@ -467,5 +476,32 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(TerminalBridges.target(index: 0, path: bytes("3")) == bytes(".qtfs-ptys/0"))
         #expect(TerminalBridges.target(index: 12, path: bytes("pts/7")) == bytes("../.qtfs-ptys/12"))
         #expect(TerminalBridges.target(index: 1, path: bytes("a/b/4")) == bytes("../../.qtfs-ptys/1"))
+    }
+}
+
+@Suite struct ExtendedAttributeSelection {
+    @Test func aclsAndLabelsStayOutByDefault() {
+        let policy = ExtendedAttributePolicy()
+        for name in ["system.posix_acl_access", "system.posix_acl_default", "security.selinux", "security.apparmor",
+            "security.SMACK64", "security.SMACK64EXEC"]
+        {
+            #expect(!policy.carries(bytes(name)), "\(name)")
+        }
+        for name in ["trusted.libvirt.security.dac", "user.colour", "security.capability", "security.selinuxx",
+            "system.posix_acl", ""]
+        {
+            #expect(policy.carries(bytes(name)), "\(name)")
+        }
+        #expect(ExtendedAttributePolicy(acl: true, securityLabels: false).carries(bytes("system.posix_acl_access")))
+        #expect(!ExtendedAttributePolicy(acl: true, securityLabels: false).carries(bytes("security.selinux")))
+        #expect(ExtendedAttributePolicy(acl: false, securityLabels: true).carries(bytes("security.SMACK64")))
+    }
+
+    @Test func listsLoseOnlyWhatDoesNotTravel() {
+        let list = bytes("user.a\0system.posix_acl_access\0security.selinux\0trusted.b\0")
+        #expect(ExtendedAttributePolicy().filter(list: list) == bytes("user.a\0trusted.b\0"))
+        #expect(ExtendedAttributePolicy(acl: true, securityLabels: true).filter(list: list) == list)
+        #expect(ExtendedAttributePolicy().filter(list: []) == [])
+        #expect(ExtendedAttributePolicy().filter(list: bytes("security.selinux\0")) == [])
     }
 }

@@ -103,7 +103,11 @@ struct QTFSMountCommand: AsyncParsableCommand {
                 options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
                 readahead=KB, entry_timeout=S and attr_timeout=S (default 1: a change made on the host shows \
                 within them; 0: at once), prefetch=N (listings of up to N subdirectories fetched ahead of a \
-                walk, default 1024; 0: off), noxattr, and ro, nosuid, nodev (the default), dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in the \
+                walk, default 1024; 0: off), noxattr (no extended attributes at all), acl and seclabel (also \
+                carry POSIX ACLs and SELinux/Smack/AppArmor labels, which are left out by default: the DPU \
+                checks the host's mode bits, not its ACLs, and the labels are the host's policy's), and ro, \
+                nosuid, nodev (the default), dev, noexec. The engine's address comes from server=, --connect, \
+                [qtfs] connect = URL in the \
                 configuration, or vsock://2:12345. The client detaches once the mount is live; `umount` or \
                 SIGTERM unmounts it.
                 """)
