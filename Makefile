@@ -51,12 +51,12 @@ MAN_DATE = 2026-11-26
 # Debian packages: to build; to run the tests (namespaces, FUSE, systemd tools, shells for the
 # completions, man to render the pages, socat as a real peer, python3 for the udsproxy tests' real
 # server and client, binutils to check what libudsproxy.so exports; for the rootfs tests: setcap/getcap,
-# getfattr/setfattr, sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images). gcc links
+# getfattr/setfattr (and getfacl/setfacl for qtfs), sfdisk, mkfs.ext4 and qemu-img/qemu-nbd to build and read disk images). gcc links
 # libudsproxy.so.
 DEB_BUILD = libsystemd-dev libfuse3-dev pkg-config gcc libc6-dev libstdc++-12-dev
 DEB_TEST = fuse3 iproute2 util-linux procps systemd man-db groff-base zsh fish socat \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
-	libcap2-bin attr fdisk e2fsprogs qemu-utils python3 binutils
+	libcap2-bin attr acl fdisk e2fsprogs qemu-utils python3 binutils
 DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 
 .PHONY: all build preload deps test unit integration e2e demo man completions install uninstall dist clean check-generated

@@ -35,6 +35,9 @@ public struct QTFSMountOptions: Sendable, Equatable {
     /// `noxattr`: no extended attributes (the kernel then stops asking, which saves `ls -l` two requests
     /// per file; libvirt's ownership labels need them, so they are on by default).
     public var extendedAttributes = true
+    /// `acl`, `seclabel`: also carry POSIX ACLs and LSM labels (see `ExtendedAttributePolicy`).
+    public var carryACLs = false
+    public var carrySecurityLabels = false
     /// `readahead=KB`: how far the kernel reads ahead of a sequential reader, in large requests sent
     /// several at a time (the kernel's default for FUSE is 128 KiB, which leaves the link idle between
     /// requests).
@@ -45,6 +48,10 @@ public struct QTFSMountOptions: Sendable, Equatable {
     public var localFIFOs = false
     /// Host unix sockets become connectable here through udsproxyd (`nosockets` turns it off).
     public var sockets = true
+    /// `ptybridge`: the host's pseudo-terminals (the numbered entries of a devpts export, /dev/pts) are
+    /// shown as symbolic links to terminals of this machine that the client relays to them, so that a
+    /// DPU program can open a host pty as a real terminal (termios included): `virsh console`.
+    public var ptyBridge = false
     /// udsproxyd's control socket on this machine (`udsproxy=PATH`).
     public var udsproxyControl = UDSProxySettings.defaultControlPath
     /// Kernel mount flags handed to libfuse (ro, nosuid, nodev, noexec, ...). `nodev` unless `dev`.
@@ -83,8 +90,14 @@ public struct QTFSMountOptions: Sendable, Equatable {
             case "localfifo": localFIFOs = true
             case "noxattr": extendedAttributes = false
             case "xattr": extendedAttributes = true
+            case "acl": carryACLs = true
+            case "noacl": carryACLs = false
+            case "seclabel": carrySecurityLabels = true
+            case "noseclabel": carrySecurityLabels = false
             case "nosockets": sockets = false
             case "sockets": sockets = true
+            case "ptybridge": ptyBridge = true
+            case "noptybridge": ptyBridge = false
             case "udsproxy":
                 let path = try need()
                 guard path.hasPrefix("/"), path.utf8.count <= Endpoint.maximumUnixPathLength else {
@@ -138,7 +151,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, acl, seclabel, nosockets, ptybridge, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

@@ -35,11 +35,29 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(options.prefetch == 0)
     }
 
+    @Test func aclsAndSecurityLabelsOnlyWhenAsked() throws {
+        var options = QTFSMountOptions(hostPath: "/home/VMs", mountpoint: "/mnt")
+        #expect(!options.carryACLs && !options.carrySecurityLabels)
+        try options.apply("acl,seclabel")
+        #expect(options.carryACLs && options.carrySecurityLabels)
+        try options.apply("noacl,noseclabel")
+        #expect(!options.carryACLs && !options.carrySecurityLabels)
+    }
+
     @Test func devicesOnlyWhenAsked() throws {
         var options = QTFSMountOptions(hostPath: "/dev/vfio", mountpoint: "/mnt")
         #expect(options.fuseOptions.contains("nodev"))
         try options.apply("dev")
         #expect(!options.fuseOptions.contains("nodev"))
+    }
+
+    @Test func ptyBridgeOnlyWhenAsked() throws {
+        var options = QTFSMountOptions(hostPath: "/dev/pts", mountpoint: "/another_rootfs/dev/pts")
+        #expect(!options.ptyBridge)
+        try options.apply("ptybridge")
+        #expect(options.ptyBridge && options.fuseOptions.contains("nodev"))
+        try options.apply("noptybridge")
+        #expect(!options.ptyBridge)
     }
 
     @Test func fstabOnlyOptionsAreIgnored() throws {
@@ -440,5 +458,50 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             next += prefetch.finish(dentry, nil).map(\.path)
         }
         #expect(next == [bytes("e0"), bytes("e1")])
+    }
+}
+
+@Suite struct TerminalLinks {
+    @Test func onlyPtySlavesAreShownAsLinks() {
+        let slave = QTFSAttributes(mode: 0o020620, rdev: 136 << 8 | 3)
+        #expect(TerminalBridges.presents(slave))
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o020666, rdev: 5 << 8 | 2)))  // ptmx
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o020666, rdev: 1 << 8 | 3)))  // null
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o060660, rdev: 136 << 8 | 3)))  // a block device
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o100644, rdev: 136 << 8 | 3)))
+    }
+
+    /// Relative, so that the link holds wherever the mount is seen (a chroot included).
+    @Test func linksAreRelativeToTheirDirectory() {
+        #expect(TerminalBridges.target(index: 0, path: bytes("3")) == bytes(".qtfs-ptys/0"))
+        #expect(TerminalBridges.target(index: 12, path: bytes("pts/7")) == bytes("../.qtfs-ptys/12"))
+        #expect(TerminalBridges.target(index: 1, path: bytes("a/b/4")) == bytes("../../.qtfs-ptys/1"))
+    }
+}
+
+@Suite struct ExtendedAttributeSelection {
+    @Test func aclsAndLabelsStayOutByDefault() {
+        let policy = ExtendedAttributePolicy()
+        for name in ["system.posix_acl_access", "system.posix_acl_default", "security.selinux", "security.apparmor",
+            "security.SMACK64", "security.SMACK64EXEC"]
+        {
+            #expect(!policy.carries(bytes(name)), "\(name)")
+        }
+        for name in ["trusted.libvirt.security.dac", "user.colour", "security.capability", "security.selinuxx",
+            "system.posix_acl", ""]
+        {
+            #expect(policy.carries(bytes(name)), "\(name)")
+        }
+        #expect(ExtendedAttributePolicy(acl: true, securityLabels: false).carries(bytes("system.posix_acl_access")))
+        #expect(!ExtendedAttributePolicy(acl: true, securityLabels: false).carries(bytes("security.selinux")))
+        #expect(ExtendedAttributePolicy(acl: false, securityLabels: true).carries(bytes("security.SMACK64")))
+    }
+
+    @Test func listsLoseOnlyWhatDoesNotTravel() {
+        let list = bytes("user.a\0system.posix_acl_access\0security.selinux\0trusted.b\0")
+        #expect(ExtendedAttributePolicy().filter(list: list) == bytes("user.a\0trusted.b\0"))
+        #expect(ExtendedAttributePolicy(acl: true, securityLabels: true).filter(list: list) == list)
+        #expect(ExtendedAttributePolicy().filter(list: []) == [])
+        #expect(ExtendedAttributePolicy().filter(list: bytes("security.selinux\0")) == [])
     }
 }

@@ -5,6 +5,7 @@
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/qtfs.sh"
 require_command setfattr
+require_command setfacl
 
 qtfs_lab_up
 qtfs_whitelist "$EXPORT"
@@ -61,6 +62,29 @@ MNT2=$W/dpu/mnt2
 lab_dpu mkdir -p "$MNT2"
 expect_status "dpuctl qtfs mount" 0 lab_dpu "$DPUCTL" qtfs mount -o "server=$ENGINE_URL,key=$W/key" "$EXPORT" "$MNT2"
 expect_eq "both mounts show the same file" "from-host" "$(lab_dpu cat "$MNT2/shared")"
+
+# Extended attributes: libvirt's (trusted.*) travel; POSIX ACLs and LSM labels only with acl, seclabel
+# (the DPU's kernel does not enforce the host's ACLs, the host's labels are its own policy's).
+lab_host sh -c "touch '$EXPORT/labelled' && setfacl -m u:4242:r '$EXPORT/labelled' &&
+    setfattr -n security.selinux -v host_t '$EXPORT/labelled' && setfattr -n trusted.libvirt.security.dac -v +0:+0 '$EXPORT/labelled'"
+expect_eq "trusted.* attributes travel" "+0:+0" "$(lab_dpu getfattr --only-values -n trusted.libvirt.security.dac "$MNT/labelled")"
+expect_match "a host ACL is not shown by default" "Operation not supported" \
+    "$(lab_dpu getfattr -n system.posix_acl_access "$MNT/labelled" 2>&1)"
+expect_eq "ls -l shows no ACL mark by default" "-rw-r--r--" "$(lab_dpu ls -l "$MNT/labelled" | cut -c1-11 | xargs)"
+expect_match "an SELinux label is not read by default" "Operation not supported" \
+    "$(lab_dpu getfattr -n security.selinux "$MNT/labelled" 2>&1)"
+expect_match "nor set on the host from the DPU" "Operation not supported" \
+    "$(lab_dpu setfattr -n security.selinux -v dpu_t "$MNT/labelled" 2>&1)"
+expect_eq "the host's label is untouched" "host_t" "$(lab_host getfattr --only-values -n security.selinux "$EXPORT/labelled")"
+expect_eq "listxattr shows only what travels" "trusted.libvirt.security.dac" \
+    "$(lab_dpu getfattr -d -m - --absolute-names "$MNT/labelled" | sed -n 's/=.*//p' | xargs)"
+MNT3=$W/dpu/mnt3
+lab_dpu mkdir -p "$MNT3"
+expect_status "a mount with acl,seclabel" 0 lab_dpu "$DPUCTL" qtfs mount -o "server=$ENGINE_URL,key=$W/key,acl,seclabel" "$EXPORT" "$MNT3"
+expect_match "with acl the host's ACL is shown" "user:4242:r--" "$(lab_dpu getfacl -p "$MNT3/labelled")"
+expect_match "and ls -l marks it" "^-rw-r--r--\+" "$(lab_dpu ls -l "$MNT3/labelled")"
+expect_eq "with seclabel the label is read" "host_t" "$(lab_dpu getfattr --only-values -n security.selinux "$MNT3/labelled")"
+lab_dpu umount "$MNT3"
 
 # Unmounting: umount ends the client; SIGTERM unmounts.
 client2=$(lab_dpu pgrep -f "qtfs mount --foreground.* $MNT2\$")

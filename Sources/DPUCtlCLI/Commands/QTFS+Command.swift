@@ -96,11 +96,18 @@ struct QTFSMountCommand: AsyncParsableCommand {
                 to a cgroup's cgroup.procs, tasks or cgroup.threads through any qtfs mount is written as the \
                 host's pid. Host \
                 unix sockets on the mount are connectable through udsproxyd (udsproxy=PATH for its control \
-                socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). Other \
+                socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). \
+                With ptybridge, the host's ptys (the numbered entries of /dev/pts) are links to terminals of \
+                this machine that the client relays to them, so that `virsh console` opens one as a real \
+                terminal; other device nodes are shown, not opened. Other \
                 options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
                 readahead=KB, entry_timeout=S and attr_timeout=S (default 1: a change made on the host shows \
                 within them; 0: at once), prefetch=N (listings of up to N subdirectories fetched ahead of a \
-                walk, default 1024; 0: off), noxattr, and ro, nosuid, nodev (the default), dev, noexec. The engine's address comes from server=, --connect, [qtfs] connect = URL in the \
+                walk, default 1024; 0: off), noxattr (no extended attributes at all), acl and seclabel (also \
+                carry POSIX ACLs and SELinux/Smack/AppArmor labels, which are left out by default: the DPU \
+                checks the host's mode bits, not its ACLs, and the labels are the host's policy's), and ro, \
+                nosuid, nodev (the default), dev, noexec. The engine's address comes from server=, --connect, \
+                [qtfs] connect = URL in the \
                 configuration, or vsock://2:12345. The client detaches once the mount is live; `umount` or \
                 SIGTERM unmounts it.
                 """)

@@ -55,7 +55,7 @@ final class NativeSession: ServerSession {
         mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
         mux.sendRaw(greeting)
         mux.discardSourcesAfterClose = true
-        if case .tcp = via { mux.spliceToLink = true }
+        mux.spliceLink = Multiplexer.splices(over: via)
         // The carried fds, plus connections on carried listeners at once: each may hold a window of data.
         mux.maximumStreams = RexecLimits.maximumDescriptors + 256
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
@@ -139,7 +139,9 @@ final class NativeSession: ServerSession {
                     write.setPipeCapacity(1 << 20)
                     try write.setNonBlocking()
                     for target in descriptor.targets { descriptors[target] = read }
-                    streams.append(CarriedStream(id: stream, source: nil, sink: LocalEnd(fd: write, owned: true)))
+                    let sink = LocalEnd(fd: write, owned: true)
+                    sink.canSplice = true
+                    streams.append(CarriedStream(id: stream, source: nil, sink: sink))
                 case .output(let stream):
                     let (read, write) = try FileDescriptor.makePipe()
                     programEnds.append(write)

@@ -41,12 +41,14 @@ lab_up() {
     _lab_start_init dpu "${LAB_ID}d"
 }
 
-# The machine's init: pid 1 of a new pid namespace with its own mount namespace and /proc. It is bash
-# in a loop, so orphans re-parented to it are reaped. Its pid here goes to $LAB_DIR/<machine>.init.
+# The machine's init: pid 1 of a new pid namespace with its own mount namespace, /proc and /run (so the
+# daemons' default sockets and pid files, /run/qtfs/remote_uds.sock, /run/rexec/..., are the machine's
+# own and two labs never meet there). It is bash in a loop, so orphans re-parented to it are reaped. Its pid here goes to $LAB_DIR/<machine>.init.
 _lab_start_init() {
     local machine=$1 netns=$2
     ip netns exec "$netns" unshare --pid --mount --fork --mount-proc --propagation private \
-        bash -c 'trap "exit 0" TERM; while :; do sleep 3600 & wait $! 2>/dev/null; done' \
+        bash -c 'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && mkdir -m 1777 /run/lock || exit 1
+            trap "exit 0" TERM; while :; do sleep 3600 & wait $! 2>/dev/null; done' \
         </dev/null >/dev/null 2>&1 &
     local unshare_pid=$!
     echo "$unshare_pid" >"$LAB_DIR/$machine.unshare"
