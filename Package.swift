@@ -101,7 +101,9 @@ let package = Package(
         .target(name: "CUDSPreload", cSettings: [.unsafeFlags(["-fvisibility=hidden"])]),
 
         // Tests.
-        .testTarget(name: "DPUWireTests", dependencies: ["DPUWire"], swiftSettings: swift6),
+        .testTarget(
+            name: "DPUWireTests", dependencies: ["DPUWire", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swift6),
         .testTarget(name: "DPUSystemTests", dependencies: ["DPUSystem"], swiftSettings: swift6),
         .testTarget(
             name: "DPUSystemdTests",

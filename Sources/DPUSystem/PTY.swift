@@ -132,3 +132,41 @@ public struct PseudoTerminal: Sendable {
         }
     }
 }
+
+extension PseudoTerminal {
+    /// Whether `device` (an st_rdev) is the terminal side of a pseudo-terminal: the UNIX98 majors 136 to
+    /// 143 that devpts gives its numbered entries.
+    public static func isTerminalDevice(_ device: UInt64) -> Bool {
+        // gnu_dev_major: bits 8-19 and 32-43.
+        let major = (device >> 8) & 0xfff | (device >> 32) & ~UInt64(0xfff)
+        return (136...143).contains(major)
+    }
+
+    /// A new pseudo-terminal of the devpts instance whose root directory is `devpts`: its `ptmx` opened
+    /// (O_RDWR | O_NOCTTY | O_CLOEXEC and `flags`) and unlocked. Only the controlling side is opened; the
+    /// terminal side is `<devpts>/<index>` (`ioctl(TIOCGPTN)`).
+    public static func openController(in devpts: FileDescriptor, flags: Int32 = 0) throws(SystemError)
+        -> (controller: FileDescriptor, index: Int)
+    {
+        let controller = try devpts.open(at: Array("ptmx".utf8), flags: O_RDWR | O_NOCTTY | flags)
+        do throws(SystemError) {
+            _ = try syscall("unlockpt") { cdpu_unlockpt(controller.rawValue) }
+            var index: UInt32 = 0
+            _ = try syscall("ioctl(TIOCGPTN)") { cdpu_ioctl_ptr(controller.rawValue, UInt(CDPU_TIOCGPTN), &index) }
+            return (controller, Int(index))
+        } catch {
+            controller.closeQuietly()
+            throw error
+        }
+    }
+}
+
+extension Terminal {
+    /// Opens the terminal side of the pseudo-terminal whose controlling side is `controller`
+    /// (`ioctl(TIOCGPTPEER)`, always O_NOCTTY | O_CLOEXEC): no path is looked up.
+    public static func openPeer(of controller: FileDescriptor, flags: Int32) throws(SystemError) -> FileDescriptor {
+        FileDescriptor(rawValue: try syscall("ioctl(TIOCGPTPEER)") {
+            cdpu_ioctl_int(controller.rawValue, UInt(CDPU_TIOCGPTPEER), flags | O_NOCTTY | O_CLOEXEC)
+        })
+    }
+}

@@ -14,7 +14,8 @@ extension FileDescriptor {
         }
     }
 
-    /// Bytes waiting to be read (`ioctl(FIONREAD)`): for a pipe, what is in it now.
+    /// Bytes waiting to be read (`ioctl(FIONREAD)`): for a pipe, what is in it now; for a socket, what is
+    /// queued for reading.
     public func bytesAvailable() -> Int {
         var count: Int32 = 0
         guard cdpu_ioctl_ptr(rawValue, UInt(FIONREAD), &count) == 0 else { return 0 }

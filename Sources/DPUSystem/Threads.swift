@@ -19,7 +19,9 @@ public struct OSThread: Sendable, Hashable {
 
     /// Starts `body` on a new detached thread named `name` (at most 15 bytes are kept). The thread can be
     /// interrupted (`ThreadInterruption`) even when it was started from a thread that blocks signals, as
-    /// Dispatch's worker threads (where async code runs) do.
+    /// Dispatch's worker threads (where async code runs) do. It runs at the process's nice value, not at
+    /// the one Dispatch gives its worker for the task's priority (-2 and below), which it would otherwise
+    /// inherit and pass on to every program it starts.
     @discardableResult
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) throws(SystemError) -> OSThread {
         let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
@@ -27,6 +29,10 @@ public struct OSThread: Sendable, Hashable {
         let result = pthread_create(&handle, nil, { argument in
             let start = Unmanaged<Start>.fromOpaque(argument!).takeRetainedValue()
             cdpu_set_thread_name(start.name)
+            // getpriority may return -1 as a value; errno tells.
+            errno = 0
+            let nice = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
+            if errno == 0 { setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(cdpu_gettid()), nice) }
             var interruption = sigset_t()
             sigemptyset(&interruption)
             sigaddset(&interruption, ThreadInterruption.signal)

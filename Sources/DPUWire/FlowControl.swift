@@ -29,13 +29,24 @@ public struct SendWindow: Sendable {
 
 /// The receiving side of one stream.
 public struct ReceiveWindow: Sendable {
+    /// The window the peer was given (what it may have in flight at most).
     public let size: Int
-    /// Bytes received and not yet credited back.
+    /// The window this side wants the peer to work in, at most `size`. A receiver that can hold only so
+    /// much without copying (its pipes) asks for less than the protocol's window without a word on the
+    /// wire: the first `size - target` bytes the consumer takes are never credited back, so the peer's
+    /// window shrinks to `target` for good. The peer's limit stays `size` and is checked against it.
+    public let target: Int
+    /// Bytes received and not yet credited back (including what is withheld).
     public private(set) var outstanding = 0
     /// Bytes the consumer has taken but we have not credited back yet.
     private var consumed = 0
+    /// Credit kept back so far (up to `size - target`).
+    private var withheld = 0
 
-    public init(size: Int = FlowControl.initialWindow) { self.size = size }
+    public init(size: Int = FlowControl.initialWindow, target: Int? = nil) {
+        self.size = size
+        self.target = min(max(target ?? size, 1), size)
+    }
 
     /// Records `count` bytes arriving; more than the window allows is the peer's protocol error.
     public mutating func receive(_ count: Int) throws(WireError) {
@@ -46,12 +57,15 @@ public struct ReceiveWindow: Sendable {
     }
 
     /// Records `count` bytes handed to the consumer. Returns the credit to send back, if it is worth a
-    /// WINDOW_UPDATE now (at least half the window, so updates stay rare). This cannot stall a sender:
-    /// one that waits for credit has filled the window, and half of it being consumed releases it.
+    /// WINDOW_UPDATE now (at least half the target window, so updates stay rare). This cannot stall a
+    /// sender: one that waits for credit has filled the window, and once the withheld part and half the
+    /// target are consumed, it gets credit.
     public mutating func release(_ count: Int) -> UInt32? {
-        precondition(consumed + count <= outstanding, "released more than was received")
-        consumed += count
-        guard consumed >= size / 2 else { return nil }
+        precondition(consumed + count <= outstanding - withheld, "released more than was received")
+        let keep = min(size - target - withheld, count)
+        withheld += keep
+        consumed += count - keep
+        guard consumed >= max(target / 2, 1) else { return nil }
         let credit = consumed
         outstanding -= credit
         consumed = 0

@@ -94,7 +94,9 @@ extension MountPlanDefaults {
     ///   unified v2 hierarchy), not a fixed list with openEuler-only controllers;
     /// - /var/run is resolved inside the rootfs, so an absolute var/run -> /run link cannot send the bind
     ///   onto this machine's own /run;
-    /// - hugetlbfs, mqueue and /dev/vfio are optional: skipped with a note where the kernel lacks them.
+    /// - hugetlbfs, mqueue and /dev/vfio are optional: skipped with a note where the kernel lacks them;
+    /// - /dev/pts bridges the host's ptys (`ptybridge`): a DPU program opening one gets a real terminal
+    ///   whose termios calls work (the original forwarded TCGETS and TCSETS, and dropped TCGETS's answer).
     public static func builtIn(facts: SystemFacts) -> [MountEntry] {
         let hardened = ["nosuid", "nodev", "noexec"]
         var entries: [MountEntry] = [
@@ -163,8 +165,8 @@ extension MountPlanDefaults {
                 target: "/sys", kind: .qtfs, source: "/sys",
                 note: "the host's sysfs and cgroups (this machine's are at /local/sys)"),
             MountEntry(
-                target: "/dev/pts", kind: .qtfs, source: "/dev/pts",
-                note: "the host's terminals (virsh console)"),
+                target: "/dev/pts", kind: .qtfs, source: "/dev/pts", options: ["ptybridge"],
+                note: "the host's terminals: each a link to a local terminal relayed to it (virsh console)"),
             MountEntry(
                 target: "/dev/vfio", kind: .qtfs, source: "/dev/vfio", optional: true, create: false,
                 note: "VFIO groups for device passthrough; only where this machine's /dev has vfio"),

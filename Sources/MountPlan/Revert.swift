@@ -55,6 +55,9 @@ public struct MountReverter {
                 RootPath.isStrictlyWithin($0.mountPoint, survey.realRoot) && !ours.contains($0.id)
             }.map(\.mountPoint)
         }
+        // A qtfs client's pty bridge devpts goes with its qtfs mount: the client unmounts it.
+        let qtfsMounts = Set(survey.table.mounts.filter { $0.fileSystemType == "fuse.qtfs" }.map(\.id))
+        selected.removeAll { MountStatus.isTerminalBridge($0, under: qtfsMounts) }
         // Newest first: mountinfo lists mounts in the order they were made.
         selected.reverse()
         var table = survey.table
@@ -62,7 +65,7 @@ public struct MountReverter {
         var progress = true
         while progress && !pending.isEmpty {
             progress = false
-            for mount in pending where !table.hasChildren(mount.id) {
+            for mount in pending where !hasChildren(mount, in: table) {
                 let outcome = unmount(mount)
                 report.mounts.append((mount, outcome))
                 pending.removeAll { $0.id == mount.id }
@@ -87,6 +90,15 @@ public struct MountReverter {
         return report
     }
 
+    /// Whether something is mounted on `mount`, other than the devpts of its own pty bridge (a qtfs client
+    /// mounted with `ptybridge` has it while a host terminal is in use; it goes when the client ends).
+    private func hasChildren(_ mount: MountInfoEntry, in table: MountTable) -> Bool {
+        table.mounts.contains {
+            $0.parentID == mount.id && $0.id != mount.id
+                && !(mount.fileSystemType == "fuse.qtfs" && MountStatus.isTerminalBridge($0, under: [mount.id]))
+        }
+    }
+
     private func unmount(_ mount: MountInfoEntry) -> RevertReport.Outcome {
         do {
             try Mount.unmount(mount.mountPoint, flags: .noFollow)
@@ -95,7 +107,9 @@ public struct MountReverter {
             var holders = Holders.scan(under: mount.mountPoint)
             if mount.fileSystemType == "fuse.qtfs" {
                 // The client itself keeps a directory of its mount open while it relays host unix sockets
-                // (SocketNodes): only it holds the mount, and it unmounts cleanly on SIGTERM.
+                // (SocketNodes), and the terminals of its pty bridge (below it) while a host terminal is
+                // in use: only it holds the mount, and it unmounts cleanly on SIGTERM. A DPU process with
+                // such a terminal open is a holder like any other.
                 let clients = Set(Holders.qtfsClients(for: mount.mountPoint))
                 if !holders.isEmpty, holders.allSatisfy({ clients.contains($0.pid) }) {
                     if endClients(clients, of: mount) { return .unmounted }

@@ -99,10 +99,22 @@ public struct MountStatus: Sendable, Equatable {
                 result.append(StepStatus(step: step, state: .different(mount)))
             }
         }
+        // The devpts a qtfs client mounts on its hidden `.qtfs-ptys` while a host terminal is in use
+        // (`-o ptybridge`) is part of that qtfs mount.
+        let qtfsMounts = Set(result.compactMap { status -> Int? in
+            guard case .present(let mount) = status.state, status.step.entry.kind == .qtfs else { return nil }
+            return mount.id
+        })
         let extra = mounts.filter {
             RootPath.isStrictlyWithin($0.mountPoint, realRoot) && !accounted.contains($0.id)
+                && !isTerminalBridge($0, under: qtfsMounts)
         }
         return MountStatus(steps: result, extra: extra)
+    }
+
+    /// Whether `mount` is the devpts of a pty bridge on one of the qtfs mounts `qtfsMounts` (ids).
+    static func isTerminalBridge(_ mount: MountInfoEntry, under qtfsMounts: Set<Int>) -> Bool {
+        mount.fileSystemType == "devpts" && qtfsMounts.contains(mount.parentID) && mount.mountPoint.hasSuffix("/.qtfs-ptys")
     }
 
     /// Whether `mount` is what `entry` would have mounted.

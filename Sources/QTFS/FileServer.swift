@@ -10,8 +10,9 @@ import SystemPackage
 ///
 /// Differences from the original, on purpose: denials are EACCES (EROFS on a read-only export) instead
 /// of a mix of ENOENT/EFAULT; LINK, SYMLINK and MKNOD are checked (Create); device nodes are never
-/// created or opened; RENAME checks both ends and keeps its flags; a hard link or rename may not move a
-/// file to where the whitelist allows more than where it was.
+/// created, nor opened except pty slaves; RENAME checks both ends and keeps its flags; a hard link or rename may not move a
+/// file to where the whitelist allows more than where it was; the terminal side of a pseudo-terminal is the
+/// one kind of device node opened (for the client's pty bridge, `isTerminal`).
 public final class QTFSFileServer: Sendable {
     private let policy: Mutex<QTFSWhitelist>
     /// Most handles one connection may hold open.
@@ -473,6 +474,7 @@ public final class QTFSFileServer: Sendable {
         case S_IFIFO: if !blocking { throw MustBlock() }
         case S_IFLNK: throw SystemError(.tooManySymbolicLinkLevels, "open (a symbolic link is followed by the client)")
         case S_IFSOCK: throw SystemError(.noSuchAddressOrDevice, "open of a socket")
+        case S_IFCHR where QTFSFileServer.isTerminal(info, node): break
         default: throw SystemError(.permissionDenied, "open of a device node (devices stay on the host)")
         }
         // Reopen the very inode that was checked: /proc/self/fd/N jumps to it without resolving a path.
@@ -522,6 +524,14 @@ public final class QTFSFileServer: Sendable {
         }
     }
 
+    /// Whether `node` (stat `info`) is the terminal side of a host pseudo-terminal: a character device of
+    /// a pty major on a devpts file system. The only device nodes the engine opens: the client's pty
+    /// bridge (`-o ptybridge`) relays a terminal of its own to it, for `virsh console`.
+    static func isTerminal(_ info: stat, _ node: FileDescriptor) -> Bool {
+        info.st_mode & S_IFMT == S_IFCHR && PseudoTerminal.isTerminalDevice(UInt64(info.st_rdev))
+            && (try? node.fileSystemStatus().type) == 0x1cd1  // DEVPTS_SUPER_MAGIC
+    }
+
     /// Makes `fd` a handle of `session` (it owns `fd` from here on, also when it fails).
     private func opened(_ fd: FileDescriptor, _ info: stat, _ flags: Int32, _ session: EngineSession) throws -> QTFSReply {
         let type = info.st_mode & S_IFMT
@@ -529,15 +539,27 @@ public final class QTFSFileServer: Sendable {
         var openFlags: QTFSOpenFlags = []
         var kind = OpenHandle.Kind.file
         var mayBlock = device.mayBlock
-        if type == S_IFIFO {
+        // A terminal (only pty slaves get here) is a byte stream: raw mode, so that what the program at
+        // its other end writes arrives unchanged (QEMU makes its ptys raw anyway); the client's own
+        // terminal does whatever line discipline the DPU side asks for. Its modes are put back at release.
+        var saved: termios?
+        if type == S_IFCHR {
+            do {
+                saved = try Terminal.makeRaw(fd)
+            } catch {
+                fd.closeQuietly()
+                throw error
+            }
+        }
+        if type == S_IFIFO || type == S_IFCHR {
             kind = .stream
             mayBlock = true
         } else if (try? fd.seek(to: 0, whence: SEEK_CUR)) == nil {
             kind = .stream
         }
-        let handle = OpenHandle(fd: fd, kind: kind, mayBlock: mayBlock, volatile: device.volatile)
-        // Waiting on a FIFO is emulated with poll, which the cancel signal interrupts; see `read`.
-        if type == S_IFIFO { try fd.setNonBlocking() }
+        let handle = OpenHandle(fd: fd, kind: kind, mayBlock: mayBlock, volatile: device.volatile, terminalModes: saved)
+        // Waiting on a FIFO or terminal is emulated with poll, which the cancel signal interrupts; see `read`.
+        if type == S_IFIFO || type == S_IFCHR { try fd.setNonBlocking() }
         if kind == .stream { openFlags.insert([.stream, .directIO]) }
         if device.volatile || (type == S_IFREG && info.st_size == 0 && flags & O_ACCMODE == O_RDONLY) {
             openFlags.insert(.directIO)

@@ -18,15 +18,22 @@ final class OpenHandle: Sendable {
     let volatile: Bool
     /// Directories only: where the next READDIR continues, and entries read ahead of it.
     let cursor = Mutex(DirectoryCursor())
+    /// Terminals only: the modes it had before it was made raw, put back when it closes.
+    private let terminalModes: termios?
 
-    init(fd: FileDescriptor, kind: Kind, mayBlock: Bool, volatile: Bool = false) {
+    init(fd: FileDescriptor, kind: Kind, mayBlock: Bool, volatile: Bool = false, terminalModes: termios? = nil) {
         self.fd = fd
         self.kind = kind
         self.mayBlock = mayBlock
         self.volatile = volatile
+        self.terminalModes = terminalModes
     }
 
-    deinit { fd.closeQuietly() }
+    deinit {
+        // A terminal whose other end is gone refuses (EIO): nothing left to put back then.
+        if let terminalModes { try? Terminal.setAttributes(fd, terminalModes) }
+        fd.closeQuietly()
+    }
 }
 
 struct DirectoryCursor: Sendable {

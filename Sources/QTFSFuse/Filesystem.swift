@@ -108,6 +108,8 @@ final class QTFSFilesystem: @unchecked Sendable {
     private let openFiles = Mutex([UInt64: [ObjectIdentifier: OpenFile]]())
     /// Host unix sockets made connectable here (nil with `nosockets`).
     let sockets: SocketNodes?
+    /// Host ptys shown as links to local terminals relayed to them (nil without `ptybridge`).
+    private(set) var terminals: TerminalBridges?
     /// Attributes of socket nodes, for the MKNOD that binds them.
     private let socketAttributes = Mutex([UInt64: QTFSAttributes]())
     private let nextPollID = Atomic<UInt64>(1)
@@ -130,6 +132,14 @@ final class QTFSFilesystem: @unchecked Sendable {
                 mountpoint: options.mountpoint, hostPath: Array(options.hostPath.utf8), control: options.udsproxyControl,
                 logger: logger)
             : nil
+        if options.ptyBridge {
+            terminals = try TerminalBridges(
+                mountpoint: options.mountpoint, hostPath: options.hostPath, client: client, logger: logger,
+                isHiddenDirectory: { [nodes] info in
+                    let inode = UInt64(info.st_ino)
+                    return inode >> 48 == 0xffff && nodes.node(inode & 0xffff_ffff_ffff)?.kind == .synthetic(.terminalDirectory)
+                })
+        }
         client.pollReady.withLock { $0 = { [weak self] id in self?.pollReady(id) } }
         sockets?.pathOf = { [nodes] node in nodes.path(node) }
         let directory = options.rexecPidDirectory
@@ -335,6 +345,11 @@ final class QTFSFilesystem: @unchecked Sendable {
         // and nothing would reach the host. As a file with direct I/O its reads, writes and polls are
         // carried (`test -p` is the visible difference; `-o localfifo` keeps the type).
         s.st_mode = a.mode & 0o170000 == 0o010000 && !options.localFIFOs ? (a.mode & 0o7777) | 0o100000 : a.mode
+        if terminals != nil && TerminalBridges.presents(a) {
+            // A host pty with `-o ptybridge`: a link to a local terminal relayed to it (`TerminalBridges`).
+            s.st_mode = S_IFLNK | 0o777
+            s.st_rdev = 0
+        }
         s.st_nlink = UInt(a.linkCount)
         s.st_uid = a.uid
         s.st_gid = a.gid
@@ -391,11 +406,17 @@ final class QTFSFilesystem: @unchecked Sendable {
         fuse_reply_attr(req, &s, timeouts(a).attributes)
     }
 
-    /// Attributes of a node the client made up: a link (proc mode) or the hidden socket directory.
+    /// Attributes of a node the client made up: a link (proc mode), the hidden socket directory or the
+    /// hidden terminal directory.
     private func synthetic(_ id: UInt64, _ kind: NodeTable.Synthetic) -> QTFSAttributes {
-        QTFSAttributes(
-            device: rootDevice, inode: 0xffff_0000_0000_0000 | id, mode: kind == .socketDirectory ? 0o040700 : 0o120777,
-            linkCount: kind == .socketDirectory ? 2 : 1, size: 16)
+        let mode: UInt32 = switch kind {
+        case .socketDirectory: 0o040700
+        case .terminalDirectory: 0o040755
+        default: 0o120777
+        }
+        return QTFSAttributes(
+            device: rootDevice, inode: 0xffff_0000_0000_0000 | id, mode: mode, linkCount: kind.isDirectory ? 2 : 1,
+            size: 16)
     }
 
     private func path(_ req: fuse_req_t, _ node: UInt64) -> [UInt8]? {
@@ -462,6 +483,13 @@ final class QTFSFilesystem: @unchecked Sendable {
             }
             // Nothing is ever found in the hidden directory: binding there must not find an entry.
             if case .synthetic(.socketDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
+        }
+        if terminals != nil {
+            // Where the local terminals' devpts is mounted (the kernel looks no further once it is).
+            if parent == NodeTable.rootID && name == TerminalBridges.directoryName {
+                return replySynthetic(req, parent, name, .terminalDirectory)
+            }
+            if case .synthetic(.terminalDirectory) = nodes.node(parent)?.kind { return _ = fuse_reply_err(req, ENOENT) }
         }
         // The kernel may keep it for what is left of the timeout, not for a whole one more.
         if let (a, asked) = recentEntry(parent, name) { return replyEntry(req, parent, name, a, since: since, asked: asked) }
@@ -548,6 +576,22 @@ final class QTFSFilesystem: @unchecked Sendable {
             var target = local.target(of: kind, caller: caller)
             target.append(0)
             return _ = target.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { fuse_reply_readlink(req, $0.baseAddress) } }
+        }
+        if let terminals, nodes.node(node)?.type == 0o020000 {
+            // A host pty (`-o ptybridge`): still one now? Then the link to its local terminal.
+            guard let path = path(req, node) else { return }
+            return call(req, .getattr, { .getattr(.path(QTFSPath(export: $0.export, path: path))) }) { [self] result in
+                guard case .success(.attributes(let a)) = result else { return fail(req, result) }
+                guard TerminalBridges.presents(a) else { return _ = fuse_reply_err(req, EINVAL) }
+                terminals.target(for: path, host: a) { result in
+                    guard case .success(var target) = result else {
+                        if case .failure(let error) = result { fuse_reply_err(req, error.rawValue) }
+                        return
+                    }
+                    target.append(0)
+                    _ = target.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { fuse_reply_readlink(req, $0.baseAddress) } }
+                }
+            }
         }
         guard let path = path(req, node) else { return }
         call(req, .readlink, { .readlink(QTFSPath(export: $0.export, path: path)) }) { [self] result in
@@ -1019,6 +1063,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                     var s = Glibc.stat()
                     s.st_ino = UInt(entry.inode)
                     s.st_mode = mode_t(entry.type) << 12
+                    if terminals != nil, let a = entry.attributes, TerminalBridges.presents(a) { s.st_mode = S_IFLNK }
                     let needed = fuse_add_direntry(req, raw.baseAddress! + used, remaining, name, &s, offset)
                     guard needed <= remaining else { break }
                     used += needed

@@ -46,8 +46,12 @@ public enum QTFSMount {
         defer { session.destroy() }
         logger.info("mounted \(options.hostPath) from \(endpoint) on \(options.mountpoint)")
         ready()
-        await session.serve(logger: logger) { filesystem.sockets?.stop() }
+        await session.serve(logger: logger) {
+            filesystem.sockets?.stop()
+            filesystem.terminals?.stop()
+        }
         filesystem.sockets?.stop()
+        filesystem.terminals?.stop()
         filesystem.placements.stop()
         client.stop()
         logger.info("unmounted \(options.mountpoint)")

@@ -48,6 +48,10 @@ public struct QTFSMountOptions: Sendable, Equatable {
     public var localFIFOs = false
     /// Host unix sockets become connectable here through udsproxyd (`nosockets` turns it off).
     public var sockets = true
+    /// `ptybridge`: the host's pseudo-terminals (the numbered entries of a devpts export, /dev/pts) are
+    /// shown as symbolic links to terminals of this machine that the client relays to them, so that a
+    /// DPU program can open a host pty as a real terminal (termios included): `virsh console`.
+    public var ptyBridge = false
     /// udsproxyd's control socket on this machine (`udsproxy=PATH`).
     public var udsproxyControl = UDSProxySettings.defaultControlPath
     /// Kernel mount flags handed to libfuse (ro, nosuid, nodev, noexec, ...). `nodev` unless `dev`.
@@ -92,6 +96,8 @@ public struct QTFSMountOptions: Sendable, Equatable {
             case "noseclabel": carrySecurityLabels = false
             case "nosockets": sockets = false
             case "sockets": sockets = true
+            case "ptybridge": ptyBridge = true
+            case "noptybridge": ptyBridge = false
             case "udsproxy":
                 let path = try need()
                 guard path.hasPrefix("/"), path.utf8.count <= Endpoint.maximumUnixPathLength else {
@@ -145,7 +151,7 @@ public struct QTFSMountOptions: Sendable, Equatable {
                 continue
             default:
                 throw MountOptionError(
-                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, acl, seclabel, nosockets, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
+                    "unknown option `\(option)`; qtfs takes proc, localproc=PATH, rexecpids=PATH, localfifo, noxattr, acl, seclabel, nosockets, ptybridge, udsproxy=PATH, localcomm=A:B, server=URL, key=FILE, connections=N, readahead=KB, prefetch=N, timeout=S, entry_timeout=S, attr_timeout=S and the usual ro, nosuid, nodev, noexec...")
             }
         }
     }

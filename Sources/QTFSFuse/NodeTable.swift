@@ -27,6 +27,10 @@ final class NodeTable: Sendable {
         case fixedLink([UInt8])
         /// The hidden directory where socket nodes are bound (`SocketNodes`).
         case socketDirectory
+        /// The hidden directory where the local terminals of `-o ptybridge` are (`TerminalBridges`).
+        case terminalDirectory
+
+        var isDirectory: Bool { self == .socketDirectory || self == .terminalDirectory }
     }
 
     /// A name in a directory. Hashed with a 64-bit FNV-1a of the name computed once: these keys are
@@ -158,7 +162,7 @@ final class NodeTable: Sendable {
             if let previous = state.byDentry[dentry] { NodeTable.unhook(dentry, from: previous, in: &state) }
             let id = state.next
             state.next += 1
-            let type: UInt32 = synthetic == .socketDirectory ? 0o040000 : 0o120000
+            let type: UInt32 = synthetic.isDirectory ? 0o040000 : 0o120000
             state.nodes[id] = Node(kind: .synthetic(synthetic), key: nil, type: type, names: [dentry], lookups: 1)
             state.byDentry[dentry] = id
             return id

@@ -153,7 +153,7 @@ final class LocalProcesses: Sendable {
             return localProc + [slash] + Array("\(pid)".utf8)
         case .fixedLink(let target):
             return target
-        case .socketDirectory:
+        case .socketDirectory, .terminalDirectory:
             return []
         }
     }

@@ -69,6 +69,14 @@ final class IOLoop {
         return Registration(token: token)
     }
 
+    /// Stops (or resumes) reporting `fd` readable: a reader that may not read for a while (a stream
+    /// without credit) is not woken by every write into it. Resuming reports it at once if it is readable
+    /// (EPOLL_CTL_MOD looks again). Hang-ups and errors are reported either way.
+    func watchReading(_ registration: Registration, _ fd: FileDescriptor, _ on: Bool) {
+        let interest: Epoll.Events = on ? [.readable, .writable, .peerClosed, .edgeTriggered] : [.writable, .edgeTriggered]
+        try? epoll.modify(fd, interest, token: registration.token)
+    }
+
     /// Stops watching. Call before closing the fd.
     func unregister(_ registration: Registration, _ fd: FileDescriptor) {
         epoll.remove(fd)

@@ -274,8 +274,8 @@ extension Multiplexer {
             for fd in fds { fd.closeQuietly() }
             return
         }
-        // Everything received before this PASS was written or waits in `pending`: theirs is the byte after.
-        target.attach(fds, at: target.written + UInt64(carrier.pending.readableBytes))
+        // Everything received before this PASS was written or waits (`queuedBytes`): theirs is the byte after.
+        target.attach(fds, at: target.written + UInt64(carrier.queuedBytes))
     }
 }
 

@@ -22,7 +22,7 @@ final class LocalEnd {
     private var registration: IOLoop.Registration?
     /// Whether closing `fd` is ours to do (false for the client's own fds 0-2 and inherited fds).
     let owned: Bool
-    /// A pipe: its data can be spliced to the connection without passing through our memory.
+    /// A pipe: data can be spliced between it and the connection without passing through our memory.
     var canSplice = false
     /// Called when readiness changed.
     var onReady: (() -> Void)?
@@ -56,6 +56,15 @@ final class LocalEnd {
             readable = true
             writable = true
         }
+    }
+
+    private var readingWatched = true
+
+    /// Stops (or resumes) being woken when there is something to read (`IOLoop.watchReading`).
+    func watchReading(_ on: Bool, _ loop: IOLoop) {
+        guard let registration, readingWatched != on else { return }
+        readingWatched = on
+        loop.watchReading(registration, fd, on)
     }
 
     enum IOResult {
@@ -129,8 +138,13 @@ final class CarriedStream {
     var sink: LocalEnd?
     var sendWindow = SendWindow()
     var receiveWindow = ReceiveWindow()
-    /// Received bytes the sink has not taken yet (bounded by the receive window).
+    /// Received bytes the sink has not taken yet (bounded by the receive window): first those waiting in
+    /// `spill`, then these.
     var pending = ByteBuffer()
+    /// Received payload spliced into a pipe of our own while the sink, a full pipe, could not take it.
+    var spill: SpillPipe?
+    /// Received bytes waiting for the sink.
+    var queuedBytes: Int { (spill?.count ?? 0) + pending.readableBytes }
     enum HalfState { case open, ended, reset }
     var sendState: HalfState
     var receiveState: HalfState
@@ -153,7 +167,28 @@ final class CarriedStream {
         receiveState = sink == nil ? .ended : .open
     }
 
-    var isFinished: Bool { sendState != .open && receiveState != .open && pending.readableBytes == 0 }
+    var isFinished: Bool { sendState != .open && receiveState != .open && queuedBytes == 0 }
+}
+
+/// A private pipe that holds received payload by reference (spliced from the connection) while a sink
+/// pipe is full: the connection keeps being read — the frames behind, other streams' data, credit and
+/// signals, must not wait for one slow reader — and the payload still moves without a copy (pipe to pipe
+/// later). Created on first need, `Multiplexer.spliceWindow` large where the kernel allows.
+struct SpillPipe {
+    let read: FileDescriptor
+    let write: FileDescriptor
+    /// Bytes in it.
+    var count = 0
+
+    init() throws(SystemError) {
+        (read, write) = try FileDescriptor.makePipe(nonBlocking: true)
+        write.setPipeCapacity(Int32(Multiplexer.spliceWindow))
+    }
+
+    func close() {
+        read.closeQuietly()
+        write.closeQuietly()
+    }
 }
 
 /// A framed connection with its streams. The owner handles control frames (`onControl`) and the end of
@@ -174,6 +209,11 @@ final class Multiplexer {
     static let chunk = 1 << 20
     /// Below this, a pipe's data is read and sent rather than spliced.
     static let spliceThreshold = 64 << 10
+    /// The window a stream asks its sender to work in when it splices into a pipe: what its spill pipe
+    /// holds (1 MiB, the most an unprivileged pipe may have; credit is returned as bytes enter the sink),
+    /// so that a consumer slower than the connection leaves the rest in the sender's pipe rather than in
+    /// our memory, copied.
+    static let spliceWindow = 1 << 20
 
     /// A control frame (anything but DATA and the connection's flow-control and liveness frames).
     var onControl: ((Frame) throws(WireError) -> Void)?
@@ -188,10 +228,19 @@ final class Multiplexer {
     /// Descriptors passed on carried unix sockets travel (both sides have the capability); see
     /// PassedDescriptors.swift.
     var descriptorPassing: PassingPolicy?
-    /// Splice pipes into the connection (TCP: the pages travel by reference, measured ~30% faster for
-    /// 1 GiB on loopback). Not for unix sockets: there the reader's copies got slower than ours saved.
-    var spliceToLink = false
-    private var readingPaused = false
+    /// Splice between pipes and the connection, both ways: a source pipe's pages go into the socket by
+    /// reference, and received payload goes from the socket into a sink pipe (or its `SpillPipe`) the
+    /// same way, so a byte crosses the relay without a copy through our memory. See `splices(over:)`.
+    var spliceLink = false
+
+    /// Whether the connection's kind of socket takes part in splicing (TCP and unix sockets; vsock's
+    /// support varies with its transport).
+    static func splices(over endpoint: Endpoint) -> Bool {
+        switch endpoint {
+        case .tcp, .unix: true
+        case .vsock: false
+        }
+    }
     private var pumping = false
     private var pumpAgain = false
 
@@ -219,6 +268,9 @@ final class Multiplexer {
     func add(_ stream: CarriedStream) throws(WireError) {
         guard self.stream(stream.id) == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
         guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams") }
+        if spliceLink, stream.sink?.canSplice == true {
+            stream.receiveWindow = ReceiveWindow(target: Multiplexer.spliceWindow)
+        }
         streams.append(stream)
         stream.source?.onReady = { [unowned self] in pump() }
         stream.sink?.onReady = { [unowned self] in pump() }
@@ -275,7 +327,7 @@ final class Multiplexer {
             if closed {
                 for stream in streams where stream.sink != nil {
                     writeSink(stream)
-                    if stream.pending.readableBytes == 0 { releaseSink(stream) }
+                    if stream.queuedBytes == 0 { releaseSink(stream) }
                 }
                 for stream in streams where stream.source != nil { discard(stream) }
                 onProgress?()
@@ -297,15 +349,24 @@ final class Multiplexer {
         // Frames that arrived with the handshake, or that an earlier pass left for later.
         if inbound.readableBytes > 0 { processInbound() }
         while link.readable && !closed {
+            if inbound.readableBytes == 0, let current = incoming, spliceIn(current) { continue }
             if inbound.writableBytes < 32 << 10 {
                 inbound.discardReadBytes()
                 // Room for a whole frame once large frames flow (fewer, larger reads).
                 let wanted = inbound.readableBytes > 0 || inbound.capacity >= 1 << 20 ? Frame.maximumPayload + Frame.headerSize : 64 << 10
                 if inbound.writableBytes < 32 << 10 { inbound.reserveCapacity(minimumWritableBytes: wanted) }
             }
+            // While large DATA frames for pipes flow, a frame's header is read alone (with the rest of a
+            // control frame before it), so that its payload can be spliced; otherwise as much as there is.
+            var limit = Int.max
+            if incoming == nil && spliceNext {
+                let control = inbound.readableBytes < Frame.headerSize
+                    ? 0 : Frame.headerSize + Int(inbound.getInteger(at: inbound.readerIndex, endianness: .big, as: UInt32.self)!)
+                limit = max(control + Frame.headerSize - inbound.readableBytes, 1)
+            }
             var outcome = LocalEnd.IOResult.wouldBlock
             inbound.writeWithUnsafeMutableBytes(minimumWritableBytes: 0) { raw -> Int in
-                outcome = link.read(into: raw)
+                outcome = link.read(into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(limit)))
                 if case .bytes(let count) = outcome { return count }
                 return 0
             }
@@ -324,9 +385,74 @@ final class Multiplexer {
         }
     }
 
+    /// Moves the rest of the current DATA frame's payload from the connection into its sink, a pipe,
+    /// without copying it through our memory (the kernel passes the received pages on by reference): into
+    /// the sink itself when nothing waits before it, else into the stream's spill pipe (`SpillPipe`).
+    /// Returns false when neither can take it now; the caller then reads the connection as usual (which
+    /// also tells an empty connection from full pipes).
+    private func spliceIn(_ current: Incoming) -> Bool {
+        let stream = current.stream
+        guard spliceLink, current.remaining >= Multiplexer.spliceThreshold, stream.receiveState == .open,
+            stream.pending.readableBytes == 0, let sink = stream.sink, sink.canSplice
+        else { return false }
+        do {
+            if (stream.spill?.count ?? 0) == 0 {
+                if let moved = try link.fd.splice(to: sink.fd, count: current.remaining), moved > 0 {
+                    payloadDelivered(moved)
+                    credit(stream, moved)
+                    return true
+                }
+                // Nothing moved: the pipe is full, or the connection has nothing yet (or ended: the
+                // read tells).
+                guard link.fd.bytesAvailable() > 0 else { return false }
+            }
+            // No pipe to be had (fd limit...): the payload is read into the buffer instead.
+            if stream.spill == nil { stream.spill = try? SpillPipe() }
+            guard let spill = stream.spill else { return false }
+            guard let moved = try link.fd.splice(to: spill.write, count: current.remaining), moved > 0 else {
+                return false
+            }
+            stream.spill!.count += moved
+            payloadDelivered(moved)
+            return true
+        } catch where error.errno == .brokenPipe {
+            // The reader of the pipe is gone; the rest of the payload is read and dropped.
+            sinkFailed(stream)
+            return true
+        } catch {
+            close(error)
+            return true
+        }
+    }
+
+    /// The DATA frame whose payload is arriving: payloads are handed on as they come, so a frame is never
+    /// held whole in `inbound` and a pipe sink can take its payload from the connection directly.
+    private typealias Incoming = (stream: CarriedStream, remaining: Int, endStream: Bool)
+    private var incoming: Incoming?
+    /// The last DATA frame was one to splice: read the next header alone.
+    private var spliceNext = false
+
     private func processInbound() {
         do throws(WireError) {
-            while !closed, let frame = try decoder.decode(&inbound) {
+            while !closed {
+                if let current = incoming {
+                    guard inbound.readableBytes > 0 else { break }
+                    let count = min(current.remaining, inbound.readableBytes)
+                    var payload = inbound.readSlice(length: count)!
+                    deliver(&payload, to: current.stream)
+                    payloadDelivered(count)
+                    continue
+                }
+                guard inbound.readableBytes >= Frame.headerSize else { break }
+                let header = try inbound.readableBytesView.withUnsafeBytes { (raw) throws(WireError) -> FrameHeader in
+                    try decoder.decodeHeader(UnsafeRawBufferPointer(rebasing: raw.prefix(Frame.headerSize)))
+                }
+                if header.type == RexecFrame.data {
+                    inbound.moveReaderIndex(forwardBy: Frame.headerSize)
+                    try receiveData(header)
+                    continue
+                }
+                guard let frame = try decoder.decode(&inbound) else { break }
                 try handle(frame)
             }
         } catch {
@@ -339,13 +465,13 @@ final class Multiplexer {
 
     private func handle(_ frame: Frame) throws(WireError) {
         switch frame.type {
-        case RexecFrame.data:
-            try receiveData(frame)
         case .windowUpdate, .resetStream, .ping, .pong, .goAway:
             let message = try ConnectionMessage(frame)
             switch message {
             case .windowUpdate(let id, let increment):
-                try stream(id)?.sendWindow.grant(increment)
+                guard let stream = stream(id) else { break }
+                try stream.sendWindow.grant(increment)
+                stream.source?.watchReading(true, loop)
             case .resetStream(let id, _, _):
                 if let stream = stream(id) { resetLocally(stream) }
             case .ping(let value):
@@ -362,44 +488,62 @@ final class Multiplexer {
         }
     }
 
-    private func receiveData(_ frame: Frame) throws(WireError) {
-        guard let stream = stream(frame.stream) else {
-            throw WireError(.protocolViolation, "DATA for unknown stream \(frame.stream)")
+    /// A DATA frame's header: its payload (counted against the stream's window at once, as a whole) is
+    /// handed on as it arrives.
+    private func receiveData(_ header: FrameHeader) throws(WireError) {
+        guard let stream = stream(header.stream) else {
+            throw WireError(.protocolViolation, "DATA for unknown stream \(header.stream)")
         }
-        let count = frame.payload.readableBytes
         switch stream.receiveState {
         case .ended:
-            throw WireError(.protocolViolation, "DATA on stream \(frame.stream) after its end")
+            throw WireError(.protocolViolation, "DATA on stream \(header.stream) after its end")
         case .reset:
-            return  // sent before the peer saw our reset
+            break  // sent before the peer saw our reset: its payload is dropped
         case .open:
-            break
+            try stream.receiveWindow.receive(header.length)
         }
-        try stream.receiveWindow.receive(count)
-        if count > 0 {
-            var payload = frame.payload
-            if stream.pending.readableBytes == 0, let sink = stream.sink, sink.writable {
-                // Straight from the connection's buffer to the sink; keep only what it did not take.
-                let result = payload.readableBytesView.withUnsafeBytes { sink.write($0) }
-                switch result {
-                case .bytes(let written):
-                    payload.moveReaderIndex(forwardBy: written)
-                    credit(stream, written)
-                case .failed:
-                    sinkFailed(stream)
-                    return
-                case .wouldBlock, .endOfFile:
-                    break
-                }
-            }
-            // The rest waits in the stream's own buffer (its storage is kept and reused): a slice of the
-            // connection's buffer would make every next read of the connection allocate a new one.
-            if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
+        incoming = (stream, header.length, header.flags.contains(.endStream))
+        spliceNext = spliceLink && header.length >= Multiplexer.spliceThreshold && stream.sink?.canSplice == true
+        if header.length == 0 { payloadDelivered(0) }
+    }
+
+    /// `count` more bytes of the current DATA frame's payload were handed on; at its end, the frame's
+    /// end of stream applies.
+    private func payloadDelivered(_ count: Int) {
+        guard var current = incoming else { return }
+        current.remaining -= count
+        guard current.remaining == 0 else {
+            incoming = current
+            return
         }
-        if frame.flags.contains(.endStream) {
+        incoming = nil
+        let stream = current.stream
+        if current.endStream && stream.receiveState == .open {
             stream.receiveState = .ended
-            if stream.pending.readableBytes == 0 { finishSink(stream) }
+            if stream.queuedBytes == 0 { finishSink(stream) }
         }
+    }
+
+    /// Hands a piece of payload to the stream's sink: straight from the connection's buffer when nothing
+    /// waits before it, the rest into the stream's own buffer. Dropped if the stream was reset.
+    private func deliver(_ payload: inout ByteBuffer, to stream: CarriedStream) {
+        guard stream.receiveState == .open, payload.readableBytes > 0 else { return }
+        if stream.queuedBytes == 0, let sink = stream.sink, sink.writable {
+            let result = payload.readableBytesView.withUnsafeBytes { sink.write($0) }
+            switch result {
+            case .bytes(let written):
+                payload.moveReaderIndex(forwardBy: written)
+                credit(stream, written)
+            case .failed:
+                sinkFailed(stream)
+                return
+            case .wouldBlock, .endOfFile:
+                break
+            }
+        }
+        // The rest waits in the stream's own buffer (its storage is kept and reused): a slice of the
+        // connection's buffer would make every next read of the connection allocate a new one.
+        if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
     }
 
     private func credit(_ stream: CarriedStream, _ count: Int) {
@@ -468,8 +612,10 @@ final class Multiplexer {
         if let current = splicing, current.closeAfter { current.source.close(loop) }
         splicing = nil
         for stream in streams {
+            // Sources that go on being drained are read whatever credit they had.
+            stream.source?.watchReading(true, loop)
             if !discardSourcesAfterClose || stream.source === stream.sink { releaseSource(stream) }
-            if !keepSinksAfterClose || stream.pending.readableBytes == 0 { releaseSink(stream) }
+            if !keepSinksAfterClose || stream.queuedBytes == 0 { releaseSink(stream) }
         }
         link.close(loop)
         onClosed?(error)
@@ -491,11 +637,12 @@ final class Multiplexer {
     /// Bytes read from the connection but not yet decoded, and bytes not yet sent: what a process taking
     /// over the connection must start from (the client's stand-in).
     var unprocessedInput: ByteBuffer { inbound }
-    /// Whether a spliced DATA frame is half sent (the connection cannot change hands then).
-    var isMidFrame: Bool { splicing != nil }
+    /// Whether a spliced DATA frame is half sent or a DATA frame half received (the connection cannot
+    /// change hands then).
+    var isMidFrame: Bool { splicing != nil || incoming != nil }
 
     /// Whether a sink still holds data to write (after the connection closed).
-    var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.pending.readableBytes > 0 } }
+    var hasPendingSinkData: Bool { streams.contains { $0.sink != nil && $0.queuedBytes > 0 } }
 
     /// Shuts down our writing side after flushing what is queued (blocking briefly is acceptable: this is
     /// the last thing a session does).
@@ -519,8 +666,13 @@ final class Multiplexer {
         guard stream.sendState == .open, let source = stream.source else { return }
         while source.readable && !closed && stream.sendState == .open && splicing?.stream !== stream {
             let allowance = stream.sendWindow.allowance(Multiplexer.chunk)
-            guard allowance > 0, outbound.readableBytes < Multiplexer.outboundHighWater else { return }
-            if spliceToLink && source.canSplice && splicing == nil {
+            guard allowance > 0 else {
+                // Nothing may be sent before credit comes: not woken by every write into the source
+                // meanwhile (a writer such as head writes 8 KiB at a time).
+                return source.watchReading(false, loop)
+            }
+            guard outbound.readableBytes < Multiplexer.outboundHighWater else { return }
+            if spliceLink && source.canSplice && splicing == nil {
                 // What is in the pipe goes to the connection through the kernel: no copy in and out of
                 // our memory. (An empty pipe falls through to read(), which tells EAGAIN from the end.)
                 // Small amounts are cheaper copied (one read, one send) than spliced (three calls).
@@ -593,22 +745,55 @@ final class Multiplexer {
 
     private func writeSink(_ stream: CarriedStream) {
         guard let sink = stream.sink else { return }
-        while stream.pending.readableBytes > 0 && sink.writable {
-            let result = stream.pending.readableBytesView.withUnsafeBytes { sink.write($0) }
-            switch result {
-            case .bytes(let count):
-                stream.pending.moveReaderIndex(forwardBy: count)
-                credit(stream, count)
-            case .wouldBlock, .endOfFile:
-                return
-            case .failed:
-                sinkFailed(stream)
-                return
+        drain: while sink.writable {
+            if let spill = stream.spill, spill.count > 0 {
+                // Pipe to pipe: the pages move, not the bytes.
+                do {
+                    // The spill holds data: nothing moved means the sink is full.
+                    guard let moved = try spill.read.splice(to: sink.fd, count: spill.count), moved > 0 else {
+                        sink.writable = false
+                        break drain
+                    }
+                    stream.spill!.count -= moved
+                    credit(stream, moved)
+                } catch {
+                    return sinkFailed(stream)
+                }
+            } else if stream.pending.readableBytes > 0 {
+                // The buffer's bytes come after the spill's.
+                switch stream.pending.readableBytesView.withUnsafeBytes({ sink.write($0) }) {
+                case .bytes(let count):
+                    stream.pending.moveReaderIndex(forwardBy: count)
+                    credit(stream, count)
+                case .wouldBlock, .endOfFile:
+                    break drain
+                case .failed:
+                    return sinkFailed(stream)
+                }
+            } else {
+                break
             }
         }
-        if stream.pending.readableBytes == 0 {
-            stream.pending.clear()
-            if stream.receiveState == .ended { finishSink(stream) }
+        if stream.pending.readableBytes > 0 && !sink.writable && spliceLink && sink.canSplice {
+            // The buffer goes behind the spill's pages (one copy, as into the sink), so that the payload
+            // after it can be spliced again instead of joining the buffer.
+            spill(stream)
+        }
+        if stream.pending.readableBytes == 0 { stream.pending.clear() }
+        if stream.queuedBytes == 0 && stream.receiveState == .ended { finishSink(stream) }
+    }
+
+    /// Moves what the stream's buffer holds into its spill pipe, as far as it takes it.
+    private func spill(_ stream: CarriedStream) {
+        do {
+            if stream.spill == nil { stream.spill = try SpillPipe() }
+            guard let written = try stream.pending.readableBytesView.withUnsafeBytes({ raw throws(SystemError) in
+                try stream.spill!.write.writeSome(raw)
+            }) else { return }
+            stream.pending.moveReaderIndex(forwardBy: written)
+            stream.spill!.count += written
+        } catch {
+            // No pipe to be had (fd limit...): the bytes wait in the buffer.
         }
     }
 
@@ -620,6 +805,8 @@ final class Multiplexer {
 
     private func resetLocally(_ stream: CarriedStream) {
         stream.pending = ByteBuffer()
+        stream.spill?.close()
+        stream.spill = nil
         if stream.sendState == .open { stream.sendState = .reset }
         if stream.receiveState == .open { stream.receiveState = .reset }
         release(stream)
@@ -667,6 +854,8 @@ final class Multiplexer {
     private func releaseSink(_ stream: CarriedStream) {
         guard let sink = stream.sink else { return }
         stream.sink = nil
+        stream.spill?.close()
+        stream.spill = nil
         if sink !== stream.source { sink.close(loop) }
         let done = stream.onSinkDone
         stream.onSinkDone = nil

@@ -158,6 +158,40 @@ import Testing
         #expect(send.allowance(1500) == 500)
     }
 
+    @Test func aReceiverCanWorkInASmallerWindowByWithholdingCredit() throws {
+        var send = SendWindow(initial: 1000)
+        var receive = ReceiveWindow(size: 1000, target: 400)
+        // The whole protocol window may arrive at once, and is accepted.
+        send.consume(1000)
+        try receive.receive(1000)
+        // The first 600 bytes consumed are kept back; then credit comes per half target (200).
+        #expect(receive.release(600) == nil)
+        #expect(receive.release(199) == nil)
+        let released = receive.release(1)
+        let credit = try #require(released)
+        #expect(credit == 200)
+        try send.grant(credit)
+        // From now on the sender never has more than the target in flight.
+        send.consume(send.allowance(1000))
+        try receive.receive(200)
+        #expect(send.allowance(1) == 0)
+        #expect(receive.outstanding == 1000)
+        let releasedNext = receive.release(200)
+        let next = try #require(releasedNext)
+        #expect(next == 200)
+        try send.grant(next)
+        #expect(send.allowance(1000) == 200)
+        // The peer's limit is still the protocol's window.
+        try receive.receive(200)
+        #expect(throws: WireError.self) { try receive.receive(1) }
+    }
+
+    @Test func aTargetOutsideTheWindowIsClamped() {
+        #expect(ReceiveWindow(size: 100, target: 500).target == 100)
+        #expect(ReceiveWindow(size: 100, target: 0).target == 1)
+        #expect(ReceiveWindow(size: 100).target == 100)
+    }
+
     @Test func sendingPastTheWindowIsTheSendersError() throws {
         var receive = ReceiveWindow(size: 100)
         try receive.receive(100)

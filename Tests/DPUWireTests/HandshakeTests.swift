@@ -1,3 +1,4 @@
+import Crypto
 import NIOCore
 import Testing
 
@@ -164,5 +165,30 @@ func runHandshake(
         _ = try PreSharedKey(fileText: text)
         #expect(throws: WireError.self) { try PreSharedKey(fileText: "abcd") }
         #expect(throws: WireError.self) { try PreSharedKey(fileText: String(repeating: "zz", count: 32)) }
+    }
+
+    /// The proofs' HMAC-SHA256 is computed from precomputed pad states: it must be RFC 2104's, byte for
+    /// byte, for every key length (shorter than the block, the block, longer and hashed first).
+    @Test func proofsAreHMACSHA256() throws {
+        func hex(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
+        // RFC 4231 test case 2 ("Jefe": keys are zero-padded to the block, so 16 bytes say the same) and
+        // test case 6 (131 bytes: hashed first).
+        let jefe = try PreSharedKey(bytes: Array("Jefe".utf8) + [UInt8](repeating: 0, count: 12))
+        #expect(hex(jefe.proof(label: "what do ya want for nothing?", transcript: []))
+            == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        let long = try PreSharedKey(bytes: [UInt8](repeating: 0xaa, count: 131))
+        #expect(hex(long.proof(label: "Test Using Larger Than Block-Size Key - Hash Key First", transcript: []))
+            == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+        var generator = SystemRandomNumberGenerator()
+        for length in [16, 32, 63, 64, 65, 100, 200] {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let key = try PreSharedKey(bytes: bytes)
+            for messageLength in [0, 1, 52, 64, 104, 1000] {
+                let label = "label \(messageLength)"
+                let transcript = (0..<messageLength).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let expected = Array(HMAC<SHA256>.authenticationCode(for: Array(label.utf8) + transcript, using: SymmetricKey(data: bytes)))
+                #expect(key.proof(label: label, transcript: transcript) == expected, "key \(length) bytes, message \(messageLength)")
+            }
+        }
     }
 }

@@ -188,6 +188,7 @@ func planFile(_ text: String) throws -> ConfigFile { try ConfigFile(text: text, 
             #expect(targets.contains(target), "\(target)")
         }
         #expect(entries.first { $0.target == "/proc" }?.options == ["proc"])
+        #expect(entries.first { $0.target == "/dev/pts" }?.options == ["ptybridge"])
     }
 
     @Test func nothingIsMountedUnderAQtfsMountOrHidden() throws {
@@ -306,6 +307,25 @@ func planFile(_ text: String) throws -> ConfigFile { try ConfigFile(text: text, 
             plan: plan, placements: [1: Placement(path: "/r/sys", stack: [sysfs]), 2: Placement(path: "/r/sys", stack: [sysfs])],
             bindSources: [:], mounts: [sysfs], realRoot: "/r")
         #expect(one.steps.map(\.state.name) == ["present", "missing"])
+    }
+
+    @Test func aPtyBridgesDevptsBelongsToItsQtfsMount() throws {
+        let plan = try Planner.plan(
+            [MountEntry(target: "/dev/pts", kind: .qtfs, source: "/dev/pts", options: ["ptybridge"])],
+            root: "/r", facts: hybrid) { _ in true }
+        let fuse = entry(30, "/r/dev/pts", "fuse.qtfs", "qtfs:/dev/pts")
+        let bridge = entry(31, "/r/dev/pts/.qtfs-ptys", "devpts", "devpts", parent: 30)
+        let status = MountStatus.compare(
+            plan: plan, placements: [1: Placement(path: "/r/dev/pts", stack: [fuse])], bindSources: [:],
+            mounts: [fuse, bridge], realRoot: "/r")
+        #expect(status.isComplete)
+        // Anywhere else, or of another type, a mount no step made is extra.
+        let stray = entry(32, "/r/dev/pts/.qtfs-ptys", "tmpfs", "tmpfs", parent: 30)
+        let elsewhere = entry(33, "/r/dev/.qtfs-ptys", "devpts", "devpts", parent: 2)
+        let other = MountStatus.compare(
+            plan: plan, placements: [1: Placement(path: "/r/dev/pts", stack: [fuse])], bindSources: [:],
+            mounts: [fuse, stray, elsewhere], realRoot: "/r")
+        #expect(other.extra == [stray, elsewhere])
     }
 
     @Test func anOptionalTargetThatIsNotMadeIsSkippedWhenAbsent() throws {

@@ -51,6 +51,15 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(!options.fuseOptions.contains("nodev"))
     }
 
+    @Test func ptyBridgeOnlyWhenAsked() throws {
+        var options = QTFSMountOptions(hostPath: "/dev/pts", mountpoint: "/another_rootfs/dev/pts")
+        #expect(!options.ptyBridge)
+        try options.apply("ptybridge")
+        #expect(options.ptyBridge && options.fuseOptions.contains("nodev"))
+        try options.apply("noptybridge")
+        #expect(!options.ptyBridge)
+    }
+
     @Test func fstabOnlyOptionsAreIgnored() throws {
         var options = QTFSMountOptions(hostPath: "/x", mountpoint: "/mnt")
         try options.apply("defaults,_netdev,noauto,x-systemd.automount,nofail")
@@ -449,6 +458,24 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
             next += prefetch.finish(dentry, nil).map(\.path)
         }
         #expect(next == [bytes("e0"), bytes("e1")])
+    }
+}
+
+@Suite struct TerminalLinks {
+    @Test func onlyPtySlavesAreShownAsLinks() {
+        let slave = QTFSAttributes(mode: 0o020620, rdev: 136 << 8 | 3)
+        #expect(TerminalBridges.presents(slave))
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o020666, rdev: 5 << 8 | 2)))  // ptmx
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o020666, rdev: 1 << 8 | 3)))  // null
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o060660, rdev: 136 << 8 | 3)))  // a block device
+        #expect(!TerminalBridges.presents(QTFSAttributes(mode: 0o100644, rdev: 136 << 8 | 3)))
+    }
+
+    /// Relative, so that the link holds wherever the mount is seen (a chroot included).
+    @Test func linksAreRelativeToTheirDirectory() {
+        #expect(TerminalBridges.target(index: 0, path: bytes("3")) == bytes(".qtfs-ptys/0"))
+        #expect(TerminalBridges.target(index: 12, path: bytes("pts/7")) == bytes("../.qtfs-ptys/12"))
+        #expect(TerminalBridges.target(index: 1, path: bytes("a/b/4")) == bytes("../../.qtfs-ptys/1"))
     }
 }
 

@@ -226,3 +226,96 @@ final class Scratch {
         #expect(scratch.errno(.getxattr(target, name: bytes("user.colour"), size: 0)) == .noData)
     }
 }
+
+/// The one kind of device node the engine opens: a pty's terminal side (for the client's pty bridge).
+@Suite(.serialized) struct Terminals {
+    @Test func aPtySlaveIsARawStreamWhileOpenAndOtherDevicesStayClosed() throws {
+        let pty = try PseudoTerminal.open()
+        defer {
+            pty.controller.closeQuietly()
+            pty.terminal.closeQuietly()
+        }
+        let name = try #require(try pty.terminal.linkTarget().split(separator: "/").last.map(String.init))
+        let cooked = try Terminal.attributes(pty.terminal)
+        #expect(cooked.c_lflag & tcflag_t(ICANON) != 0)
+        var text = ""
+        for kind in QTFSWhitelist.Kind.allCases { text += "[\(kind.rawValue)]\nPath=/dev/pts\n" }
+        let server = QTFSFileServer(whitelist: try QTFSWhitelist(text: text, path: "test"))
+        let session = EngineSession(handleLimit: 8)
+        func run(_ request: QTFSRequest) throws -> QTFSReply {
+            do {
+                return try server.perform(request, in: session, blocking: true, cancellation: Cancellation())
+            } catch .failed(let error) {
+                throw error
+            } catch .mustBlock {
+                throw SystemError(.wouldBlock, "must block")
+            }
+        }
+        guard case .attached(let info) = try run(.attach(hostPath: bytes("/dev/pts"))) else { Issue.record("no attach"); return }
+        let path = QTFSPath(export: info.export, path: bytes(name))
+        guard case .opened(let handle, let flags, _, _) = try run(.open(path, flags: UInt32(O_RDWR))) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(flags.contains(.stream))
+        let raw = try Terminal.attributes(pty.terminal)
+        #expect(raw.c_lflag & tcflag_t(ICANON | ECHO) == 0 && raw.c_oflag & tcflag_t(OPOST) == 0)
+        #expect(server.pool(for: .read(handle: handle, offset: 0, size: 10, flags: 0), in: session) == .blocking)
+
+        // Both ways unchanged: no \n -> \r\n on output, no \r -> \n on input, no echo.
+        #expect(try run(.write(handle: handle, offset: 0, flags: 0, data: ByteBuffer(string: "a\nb\r"))) == .written(4))
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64)
+        while received.count < 4, let count = try chunk.withUnsafeMutableBytes({ try pty.controller.readSome(into: $0) }), count > 0 {
+            received += chunk[..<count]
+        }
+        #expect(received == bytes("a\nb\r"))
+        _ = try bytes("x\ry\n").withUnsafeBytes { try pty.controller.writeOnce($0) }
+        var sent: [UInt8] = []
+        while sent.count < 4, case .data(let data) = try run(.read(handle: handle, offset: 0, size: 64, flags: 0)) {
+            sent += Array(data.readableBytesView)
+            if data.readableBytes == 0 { break }
+        }
+        #expect(sent == bytes("x\ry\n"))
+
+        // Released: the pty has its modes back.
+        try run(.release(handle: handle))
+        let back = try Terminal.attributes(pty.terminal)
+        #expect(back.c_lflag == cooked.c_lflag && back.c_oflag == cooked.c_oflag && back.c_iflag == cooked.c_iflag)
+
+        // The multiplexer (5:2) is no terminal: refused like every other device node.
+        let ptmx = QTFSPath(export: info.export, path: bytes("ptmx"))
+        #expect(throws: SystemError.self) { try run(.open(ptmx, flags: UInt32(O_RDWR))) }
+        do {
+            _ = try run(.open(ptmx, flags: UInt32(O_RDWR)))
+        } catch let error as SystemError {
+            #expect(error.errno == .permissionDenied)
+        }
+    }
+
+    @Test func theWhitelistStillDecides() throws {
+        let pty = try PseudoTerminal.open()
+        defer {
+            pty.controller.closeQuietly()
+            pty.terminal.closeQuietly()
+        }
+        let name = try #require(try pty.terminal.linkTarget().split(separator: "/").last.map(String.init))
+        let server = QTFSFileServer(whitelist: try QTFSWhitelist(text: "[Mount]\nPath=/dev/pts\n[Open]\nPath=/dev/pts\n", path: "test"))
+        let session = EngineSession(handleLimit: 8)
+        guard case .attached(let info) = try server.perform(
+            .attach(hostPath: bytes("/dev/pts")), in: session, blocking: true, cancellation: Cancellation())
+        else { Issue.record("no attach"); return }
+        // Open but neither Read nor Write: no terminal.
+        do {
+            _ = try server.perform(
+                .open(QTFSPath(export: info.export, path: bytes(name)), flags: UInt32(O_RDWR)), in: session, blocking: true,
+                cancellation: Cancellation())
+            Issue.record("opened without Read and Write")
+        } catch .failed(let error) {
+            #expect(error.errno == .permissionDenied)
+        } catch {
+            Issue.record("\(error)")
+        }
+        #expect(try Terminal.attributes(pty.terminal).c_lflag & tcflag_t(ICANON) != 0)
+    }
+}

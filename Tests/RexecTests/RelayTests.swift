@@ -28,9 +28,12 @@ import Testing
             output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
             let source = LocalEnd(fd: input.read, owned: true)
             source.canSplice = splice
-            sender.spliceToLink = splice
+            sender.spliceLink = splice
+            let sink = LocalEnd(fd: output.write, owned: true)
+            sink.canSplice = splice
+            receiver.spliceLink = splice
             senderStream = CarriedStream(id: 1, source: source, sink: nil)
-            receiverStream = CarriedStream(id: 1, source: nil, sink: LocalEnd(fd: output.write, owned: true))
+            receiverStream = CarriedStream(id: 1, source: nil, sink: sink)
             for (mux, stream) in [(sender, senderStream), (receiver, receiverStream)] {
                 mux.onControl = { _ throws(WireError) in }
                 try mux.add(stream)
@@ -90,7 +93,7 @@ import Testing
             try pair.turn()
         }
         #expect(stalled >= 50, "writing stopped being possible")
-        let buffered = pair.receiverStream.pending.readableBytes
+        let buffered = pair.receiverStream.queuedBytes
         #expect(buffered <= FlowControl.initialWindow, "the receiver holds at most one window (\(buffered) bytes)")
         #expect(written < 3 * FlowControl.initialWindow, "the sender did not read without bound (\(written) bytes)")
         // Once the reader reads, everything flows.
@@ -121,6 +124,159 @@ import Testing
         #expect(sourceDone, "the reset reached the sender, which let go of its source")
         #expect(pair.senderStream.sendState == .reset)
         pair.input.write.closeQuietly()
+    }
+
+    @Test(arguments: [false, true])
+    func aStalledReaderHoldsUpOnlyItsOwnStream(splice: Bool) throws {
+        // Two streams over one connection; nobody reads the first one's output.
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        let sender = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+        let receiver = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        sender.spliceLink = splice
+        receiver.spliceLink = splice
+        var inputs: [(read: SystemPackage.FileDescriptor, write: SystemPackage.FileDescriptor)] = []
+        var outputs: [(read: SystemPackage.FileDescriptor, write: SystemPackage.FileDescriptor)] = []
+        var receiving: [CarriedStream] = []
+        for mux in [sender, receiver] { mux.onControl = { _ throws(WireError) in } }
+        for id in UInt32(1)...2 {
+            let input = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+            let output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+            inputs.append(input)
+            outputs.append(output)
+            let source = LocalEnd(fd: input.read, owned: true)
+            source.canSplice = splice
+            let sink = LocalEnd(fd: output.write, owned: true)
+            sink.canSplice = splice
+            let out = CarriedStream(id: id, source: source, sink: nil)
+            let into = CarriedStream(id: id, source: nil, sink: sink)
+            try sender.add(out)
+            try receiver.add(into)
+            try source.watch(loop)
+            try sink.watch(loop)
+            receiving.append(into)
+        }
+        try sender.start()
+        try receiver.start()
+        let chunk = [UInt8](repeating: 0x41, count: 1 << 16)
+        var stalledWritten = 0
+        var flowing: [UInt8] = []
+        var generator = SystemRandomNumberGenerator()
+        let data = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        var written = 0
+        var open = true
+        for _ in 0..<20_000 where open {
+            stalledWritten += try writeSome(inputs[0].write, chunk[...])
+            if written < data.count {
+                written += try writeSome(inputs[1].write, data[written...])
+                if written == data.count { inputs[1].write.closeQuietly() }
+            }
+            try loop.runOnce(timeoutMilliseconds: 1)
+            open = try readSome(outputs[1].read, into: &flowing)
+        }
+        #expect(!open, "the second stream reached its end while the first one's reader stood still")
+        #expect(flowing == data)
+        let held = receiving[0].queuedBytes
+        #expect(held <= FlowControl.initialWindow, "the stalled stream holds at most its window (\(held) bytes)")
+        // The first stream's data is all there once its reader reads.
+        inputs[0].write.closeQuietly()
+        var stalled: [UInt8] = []
+        open = true
+        for _ in 0..<20_000 where open {
+            try loop.runOnce(timeoutMilliseconds: 1)
+            open = try readSome(outputs[0].read, into: &stalled)
+        }
+        #expect(!open)
+        #expect(stalled.count == stalledWritten)
+        #expect(stalled.allSatisfy { $0 == 0x41 })
+        outputs[0].read.closeQuietly()
+        outputs[1].read.closeQuietly()
+    }
+
+    @Test(arguments: [false, true])
+    func framesCutAnywhereArriveWhole(splice: Bool) throws {
+        // Frames written by hand, delivered in pieces of every size: DATA payloads are handed on as they
+        // arrive, whatever the cut.
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        let receiver = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        receiver.spliceLink = splice
+        var controls: [FrameType] = []
+        receiver.onControl = { frame throws(WireError) in controls.append(frame.type) }
+        var outputs: [(read: SystemPackage.FileDescriptor, write: SystemPackage.FileDescriptor)] = []
+        for id in UInt32(1)...2 {
+            let output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+            outputs.append(output)
+            let sink = LocalEnd(fd: output.write, owned: true)
+            sink.canSplice = splice
+            try receiver.add(CarriedStream(id: id, source: nil, sink: sink))
+            try sink.watch(loop)
+        }
+        try receiver.start()
+        var generator = SystemRandomNumberGenerator()
+        func random(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) } }
+        let first = random(200_000), second = random(70_000), third = random(5)
+        var wire = ByteBuffer()
+        Frame(type: RexecFrame.data, stream: 1, payload: ByteBuffer(bytes: first)).encode(into: &wire)
+        Frame(type: RexecFrame.data, stream: 2).encode(into: &wire)
+        Frame(type: RexecFrame.signal, payload: ByteBuffer(bytes: [0, 0, 0, 15, 0])).encode(into: &wire)
+        Frame(type: RexecFrame.data, flags: .endStream, stream: 1, payload: ByteBuffer(bytes: second)).encode(into: &wire)
+        Frame(type: RexecFrame.data, flags: .endStream, stream: 2, payload: ByteBuffer(bytes: third)).encode(into: &wire)
+        let bytes = Array(wire.readableBytesView)
+        let cuts = [1, 3, 8, 12, 13, 100, 4096, 65_537, 7]
+        var offset = 0
+        var turn = 0
+        var received: [[UInt8]] = [[], []]
+        var open = [true, true]
+        for _ in 0..<20_000 where open.contains(true) {
+            if offset < bytes.count {
+                let end = min(offset + cuts[turn % cuts.count], bytes.count)
+                offset += try writeSome(a, bytes[offset..<end])
+                turn += 1
+            }
+            try loop.runOnce(timeoutMilliseconds: 0)
+            for index in 0..<2 where open[index] { open[index] = try readSome(outputs[index].read, into: &received[index]) }
+        }
+        #expect(open == [false, false], "both streams ended")
+        #expect(received[0] == first + second)
+        #expect(received[1] == third)
+        #expect(controls == [RexecFrame.signal])
+        #expect(!receiver.closed)
+        a.closeQuietly()
+        for output in outputs { output.read.closeQuietly() }
+    }
+
+    @Test func aDataFrameOverTheWindowEndsTheConnection() throws {
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        let receiver = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        receiver.spliceLink = true
+        var closedWith: Error?
+        var closed = false
+        receiver.onControl = { _ throws(WireError) in }
+        receiver.onClosed = { closedWith = $0; closed = true }
+        let output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+        let sink = LocalEnd(fd: output.write, owned: true)
+        sink.canSplice = true
+        try receiver.add(CarriedStream(id: 1, source: nil, sink: sink))
+        try receiver.start()
+        // Only the header: the window is checked before any of the payload is taken.
+        var header = ByteBuffer()
+        for _ in 0..<4 {
+            Frame.encodeHeader(type: RexecFrame.data, stream: 1, payloadLength: Frame.maximumPayload - 4096, into: &header)
+            header.writeRepeatingByte(0, count: Frame.maximumPayload - 4096)
+        }
+        Frame.encodeHeader(type: RexecFrame.data, stream: 1, payloadLength: 1, into: &header)
+        var offset = 0
+        let bytes = Array(header.readableBytesView)
+        for _ in 0..<20_000 where !closed {
+            if offset < bytes.count { offset += try writeSome(a, bytes[offset...]) }
+            try loop.runOnce(timeoutMilliseconds: 0)
+        }
+        #expect(closed)
+        #expect((closedWith as? WireError)?.code == .flowControl)
+        a.closeQuietly()
+        output.read.closeQuietly()
     }
 
     @Test func garbageFromThePeerEndsOnlyThatConnection() throws {

@@ -33,7 +33,7 @@ expect_status "qemu-img create on the DPU" 0 dpu /usr/bin/qemu-img create -q -f 
 expect_match "the image is on the host" "$DOM.qcow2" "$(host ls /home/VMs)"
 
 cat >"$W/$DOM.xml" <<XML
-<domain type="qemu">
+<domain type="qemu" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">
   <name>$DOM</name>
   <memory unit="MiB">128</memory>
   <os><type arch="x86_64" machine="pc">hvm</type><boot dev="hd"/></os>
@@ -47,9 +47,17 @@ cat >"$W/$DOM.xml" <<XML
     <serial type="pty"/>
     <memballoon model="none"/>
   </devices>
+  <qemu:commandline><qemu:arg value="-machine"/><qemu:arg value="graphics=off"/></qemu:commandline>
 </domain>
 XML
 "$DPUCTL" demo exec dpu -- cp "$W/$DOM.xml" /run/$DOM.xml
+# virsh console wants a terminal: script(1) gives it one of the DPU's, as an operator's shell on the DPU
+# has, and virsh runs in the rootfs; what is typed comes from a FIFO the test writes to.
+cat >"$W/console.sh" <<SH
+rm -f /run/console.in && mkfifo /run/console.in && exec 3<>/run/console.in
+exec timeout 60 script -qfec "chroot /var/lib/dpuctl/demo/rootfs /usr/bin/virsh -c qemu:///system console --force $DOM" /dev/null <&3
+SH
+"$DPUCTL" demo exec dpu -- cp "$W/console.sh" /run/console.sh
 
 expect_status "virsh define" 0 virsh define /var/run/$DOM.xml
 # By now libvirt has probed the emulators (qemu -daemonize -pidfile, then kill(pid, SIGKILL) of the pid
@@ -72,6 +80,23 @@ expect_match "virsh cpu-stats reads it" "cpu_time" "$(virsh cpu-stats $DOM --tot
 
 status=$(virsh qemu-monitor-command --pretty $DOM '{"execute":"query-status"}')
 expect_match "QMP through the forwarded monitor socket: running" '"status": "running"' "$status"
+
+# virsh console: QEMU made the serial port's pty on the host and libvirt opens that /dev/pts/N on the DPU,
+# where the qtfs pty bridge makes it a terminal of the DPU relayed to the host's. SeaBIOS writes to the
+# serial port (graphics=off): reset the VM while the console is connected and its banner must come out.
+"$DPUCTL" demo exec dpu -- sh /run/console.sh >"$W/console.out" 2>&1 &
+console_job=$!
+wait_for "grep -q 'Connected to domain' '$W/console.out'" 10
+expect_match "virsh console connects" "Connected to domain '?$DOM'?" "$(cat "$W/console.out")"
+# QEMU notices a reader on its pty within a second (it polls); until then it drops what the VM writes,
+# so the VM is reset until the banner comes out, a few times at most.
+for _ in 1 2 3 4 5; do
+    virsh reset $DOM >/dev/null && wait_for "grep -q 'No bootable device' '$W/console.out'" 2 && break
+done
+expect_match "the VM's serial output reaches virsh console on the DPU" "SeaBIOS \\(version" "$(cat "$W/console.out")"
+"$DPUCTL" demo exec dpu -- sh -c "printf '\\035' > /run/console.in"
+wait_for "! kill -0 $console_job" 10
+expect_eq "Ctrl-] ends virsh console" "" "$("$DPUCTL" demo exec dpu -- pgrep -x virsh)"
 
 expect_status "virsh suspend" 0 virsh suspend $DOM
 expect_match "paused" "State: +paused" "$(virsh dominfo $DOM)"

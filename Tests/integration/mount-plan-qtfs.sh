@@ -58,6 +58,17 @@ out=$(d apply --config "$W/dpuctl.conf" --key "$W/key" 2>&1); rc=$?
 expect_match "apply again mounts nothing" ": 0 mounted, [0-9]+ already present" "$out"
 expect_eq "and starts no client" "$qtfs_mounted" "$(clients)"
 
+# The host's terminals are links to local ones (ptybridge); the link just read keeps its terminal, and
+# the devpts that holds it below /dev/pts, for a few seconds: status counts it in, revert copes with it.
+lab_bg hostpty host python3 -c 'import os, time; controller, terminal = os.openpty(); print(os.ttyname(terminal), flush=True); time.sleep(300)'
+wait_for "[ -s '$W/hostpty.log' ]" 10
+expect_match "a host terminal is a link to a local one" "^\.qtfs-ptys/[0-9]+$" "$(lab_dpu readlink "$R$(cat "$W/hostpty.log")")"
+expect_eq "whose devpts is below /dev/pts" "$R/dev/pts/.qtfs-ptys devpts" \
+    "$(lab_dpu awk '$5 ~ /\.qtfs-ptys$/ { for (i = 7; i <= NF; i++) if ($i == "-") print $5, $(i + 1) }' /proc/self/mountinfo)"
+out=$(d status); rc=$?
+expect_eq "status: still everything present, nothing extra" 0 "$rc"
+[ "$rc" = 0 ] || echo "$out"
+
 out=$(d revert 2>&1); rc=$?
 expect_eq "revert succeeds" 0 "$rc"
 [ "$rc" = 0 ] || echo "$out"

@@ -18,9 +18,18 @@ code = subprocess.run(sys.argv[1:]).returncode
 print("status", "signal " + signal.Signals(-code).name if code < 0 else "exit %d" % code)' \
         env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c \
         "trap 'echo got $sig; exit 7' $sig; echo ready; while :; do sleep 0.05; done"
-    wait_for "grep -q ready '$W/$name.log'" 10
+    wait_for "grep -q ready '$W/$name.log'" 10 ||
+        failed "$name: the remote program did not start within 10 s (log: [$(tr '\n' '|' <"$W/$name.log")])"
 }
-client_of() { descendant "$(lab_pid "$1")" rexec; }
+# The rexec client started as background process NAME. When it cannot be found, say what runs there
+# instead (the flake this test once had left nothing to go on).
+client_of() {
+    local top
+    top=$(lab_pid "$1")
+    descendant "$top" rexec && return 0
+    echo "  no rexec below $1 (pid $top): $(ps -o pid=,stat=,comm= --ppid "$top" -p "$top" | tr -s ' \n' ' ')" >&2
+    return 1
+}
 
 for sig in TERM INT HUP QUIT USR1 USR2 WINCH ALRM; do
     waiter "w$sig" "$sig"

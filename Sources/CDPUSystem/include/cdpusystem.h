@@ -107,8 +107,9 @@ pid_t cdpu_gettid(void);
 long cdpu_listxattrat(int dirfd, const char *path, unsigned int flags, char *list, size_t size);
 /* Names the calling thread (prctl(PR_SET_NAME) is variadic); longer names are cut to 15 bytes. */
 void cdpu_set_thread_name(const char *name);
-/* TIOCGPTPEER is a function-like macro Swift cannot import. */
+/* TIOCGPTPEER and TIOCGPTN are function-like macros Swift cannot import. */
 #define CDPU_TIOCGPTPEER 0x5441
+#define CDPU_TIOCGPTN 0x80045430
 /* Only visible with _GNU_SOURCE, which Swift's Glibc module does not define. */
 #define CDPU_F_SETPIPE_SZ 1031
 #define CDPU_F_GETPIPE_SZ 1032

@@ -96,7 +96,10 @@ struct QTFSMountCommand: AsyncParsableCommand {
                 to a cgroup's cgroup.procs, tasks or cgroup.threads through any qtfs mount is written as the \
                 host's pid. Host \
                 unix sockets on the mount are connectable through udsproxyd (udsproxy=PATH for its control \
-                socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). Other \
+                socket, nosockets to turn it off); host FIFOs are carried (localfifo keeps them local). \
+                With ptybridge, the host's ptys (the numbered entries of /dev/pts) are links to terminals of \
+                this machine that the client relays to them, so that `virsh console` opens one as a real \
+                terminal; other device nodes are shown, not opened. Other \
                 options: server=URL, key=FILE, connections=N, timeout=SECONDS (wait for the engine), \
                 readahead=KB, entry_timeout=S and attr_timeout=S (default 1: a change made on the host shows \
                 within them; 0: at once), prefetch=N (listings of up to N subdirectories fetched ahead of a \

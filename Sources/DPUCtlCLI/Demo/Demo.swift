@@ -121,14 +121,16 @@ struct Demo {
         }
     }
 
-    /// A private /run (with the demo's state directory carried in) and copy-on-write /etc and /var/lib,
-    /// so that nothing the machine writes there reaches this machine's files.
+    /// A private /run (with the demo's state directory carried in, and /run/lock as systemd-tmpfiles makes
+    /// it: libvirt locks a console's pty in /var/lock) and copy-on-write /etc and /var/lib, so that nothing
+    /// the machine writes there reaches this machine's files.
     func privatize(_ machine: DemoMachine, overlays: [String]) throws {
         // -n: /run/mount/utab moves away with /run; this namespace's mounts need no userspace table.
         var script = """
             mount -n -t tmpfs -o mode=0755 tmpfs /mnt
             mkdir -p /mnt/dpuctl-demo && mount -n --bind \(state) /mnt/dpuctl-demo
             mount -n --move /mnt /run
+            mkdir -m 1777 /run/lock
             """
         for directory in overlays {
             let layer = "/run/overlay" + directory

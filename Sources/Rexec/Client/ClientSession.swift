@@ -53,7 +53,7 @@ final class ClientSession {
         self.warn = warn
         nextStream = UInt32(plan.streams.count + 1)
         mux.keepSinksAfterClose = true
-        if case .tcp = endpoint { mux.spliceToLink = true }
+        mux.spliceLink = Multiplexer.splices(over: endpoint)
     }
 
     func run() throws(RexecError) -> RexecOutcome {

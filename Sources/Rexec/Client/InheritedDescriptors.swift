@@ -239,7 +239,11 @@ enum InheritedDescriptors {
         switch status.kind {
         case .fifo:
             let end = reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)
-            end.canSplice = reading
+            // Whole frames can be spliced between the pipe and the connection, and the other end of the
+            // pipe is woken less often: a larger pipe (best effort: an unprivileged user is held to
+            // fs.pipe-max-size and its pipe-user-pages quota, and the pipe keeps its size otherwise).
+            end.fd.setPipeCapacity(1 << 20)
+            end.canSplice = true
             return end
         case .characterDevice:
             return reopen(number, reading ? O_RDONLY : O_WRONLY, &plan)

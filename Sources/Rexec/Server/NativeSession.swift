@@ -55,7 +55,7 @@ final class NativeSession: ServerSession {
         mux = Multiplexer(loop: core.loop, link: end, leftover: leftover)
         mux.sendRaw(greeting)
         mux.discardSourcesAfterClose = true
-        if case .tcp = via { mux.spliceToLink = true }
+        mux.spliceLink = Multiplexer.splices(over: via)
         // The carried fds, plus connections on carried listeners at once: each may hold a window of data.
         mux.maximumStreams = RexecLimits.maximumDescriptors + 256
         mux.onControl = { [unowned self] frame throws(WireError) in try control(frame) }
@@ -142,7 +142,9 @@ final class NativeSession: ServerSession {
                     write.setPipeCapacity(1 << 20)
                     try write.setNonBlocking()
                     for target in descriptor.targets { descriptors[target] = read }
-                    streams.append(CarriedStream(id: stream, source: nil, sink: LocalEnd(fd: write, owned: true)))
+                    let sink = LocalEnd(fd: write, owned: true)
+                    sink.canSplice = true
+                    streams.append(CarriedStream(id: stream, source: nil, sink: sink))
                 case .output(let stream):
                     let (read, write) = try FileDescriptor.makePipe()
                     programEnds.append(write)
@@ -213,8 +215,11 @@ final class NativeSession: ServerSession {
             programStart = DaemonPidFile.startTime(started.process.pid) ?? UInt64.max
         }
         core.started(self, pid: started.process.pid)
-        let arguments = request.arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
-        core.logger.info("pid \(started.process.pid): \(program) \(arguments) for \(peer) via \(via)")
+        // Logged once the client has its answer: formatting and writing the line is not on its path.
+        core.loop.later { [core, program, peer, via, pid = started.process.pid, arguments = request.arguments] in
+            let text = arguments.dropFirst().map { String(decoding: $0, as: UTF8.self) }.joined(separator: " ")
+            core.logger.info("pid \(pid): \(program) \(text) for \(peer) via \(via)")
+        }
         mux.send(.started(pid: started.process.pid, notes: notes))
         do {
             processRegistration = try core.loop.register(started.process.fd) { [unowned self] _ in reap() }
@@ -334,7 +339,8 @@ final class NativeSession: ServerSession {
         if let processRegistration { core.loop.unregister(processRegistration, process.fd) }
         processRegistration = nil
         if let killTimer { core.loop.cancel(killTimer) }
-        core.logger.info("pid \(process.pid): \(program) \(status)")
+        // After this batch of events, so after EXITED has gone out.
+        core.loop.later { [core, program, pid = process.pid] in core.logger.info("pid \(pid): \(program) \(status)") }
         gate?.veto()
         gate = nil
         state = .ended

@@ -67,13 +67,18 @@ public final class RexecServer: Daemon {
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                    Thread.start(name: "rexec-server") {
-                        do {
-                            try box.core.loop.run()
-                            continuation.resume()
-                        } catch {
-                            continuation.resume(throwing: error)
+                    // A thread of its own: the event loop must not occupy a Swift concurrency thread.
+                    do {
+                        try OSThread.start(name: "rexec-server") {
+                            do {
+                                try box.core.loop.run()
+                                continuation.resume()
+                            } catch {
+                                continuation.resume(throwing: error)
+                            }
                         }
+                    } catch {
+                        continuation.resume(throwing: error)
                     }
                 }
             } onGracefulShutdown: {
@@ -154,24 +159,5 @@ extension String {
         while let first = result.first, set.contains(first) { result.removeFirst() }
         while let last = result.last, set.contains(last) { result.removeLast() }
         return String(result)
-    }
-}
-
-/// A plain pthread for a blocking loop (the event loop must not occupy a Swift concurrency thread).
-enum Thread {
-    static func start(name: String, _ body: @escaping @Sendable () -> Void) {
-        final class Context {
-            let body: @Sendable () -> Void
-            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-        }
-        let context = Unmanaged.passRetained(Context(body)).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            let context = Unmanaged<Context>.fromOpaque(raw!).takeRetainedValue()
-            context.body()
-            return nil
-        }, context)
-        precondition(result == 0, "pthread_create failed: \(result)")
-        pthread_detach(thread)
     }
 }

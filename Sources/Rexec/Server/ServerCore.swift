@@ -280,6 +280,10 @@ final class PendingConnection {
         timer = core.loop.schedule(after: core.settings.handshakeTimeout) { [unowned self] in
             fail("no request within \(core.settings.handshakeTimeout)")
         }
+        // The client says hello right after connecting, so it is usually here already: answer it now
+        // rather than after another turn of the loop (an empty socket just says EAGAIN).
+        end.readable = true
+        progress()
     }
 
     private func progress() {
