@@ -261,13 +261,7 @@ extension Multiplexer {
             }
             // Its stream is refused, so that the peer releases its end (and DATA already on its way is
             // dropped rather than taken for a protocol error).
-            if let new = kind.stream {
-                let refused = CarriedStream(id: new, source: nil, sink: nil)
-                refused.sendState = .reset
-                refused.receiveState = .reset
-                try add(refused)
-                send(ConnectionMessage.resetStream(stream: new, .refused, reason: "not delivered").frame)
-            }
+            if let new = kind.stream { try refuse(new, .refused, reason: "not delivered") }
         }
         guard !fds.isEmpty else { return }
         guard let target else {

@@ -296,6 +296,17 @@ final class Multiplexer {
         resetLocally(stream)
     }
 
+    /// Refuses a stream the peer opened (an accepted connection, a passed fd) that has no local end: it is
+    /// kept as reset, so that what the peer sent on it before our RESET_STREAM arrived is dropped rather
+    /// than taken for a protocol error.
+    func refuse(_ id: UInt32, _ code: CloseCode, reason: String) throws(WireError) {
+        let refused = CarriedStream(id: id, source: nil, sink: nil)
+        refused.sendState = .reset
+        refused.receiveState = .reset
+        try add(refused)
+        send(ConnectionMessage.resetStream(stream: id, code, reason: reason).frame)
+    }
+
     /// Puts `frame` ahead of the DATA frame queued last, from `headerIndex` on (the descriptors that came
     /// with its bytes are described first); nil drops that DATA frame.
     func precede(dataAt headerIndex: Int, with frame: Frame?) {

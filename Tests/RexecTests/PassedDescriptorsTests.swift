@@ -312,6 +312,39 @@ import Testing
         #expect(try closedBy(RexecMessage.pass(stream: 1, descriptors: [.output(stream: 1 << 31 | 5)]).frame, client: true) == nil)
     }
 
+    @Test func whatFollowsOnARefusedStreamIsDropped() throws {
+        // The server refuses an accepted connection (the program does not accept): the client may have sent
+        // a command and passed an fd on it before it heard.
+        let loop = try IOLoop()
+        let (a, b) = try FD.socketPair(nonBlocking: true)
+        defer { b.closeQuietly() }
+        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+        mux.descriptorPassing = PassingPolicy(serverNote: { _ in })
+        var closed = false
+        mux.onControl = { _ throws(WireError) in }
+        mux.onClosed = { _ in closed = true }
+        try mux.start()
+        try mux.refuse(7, .refused, reason: "the program does not accept connections")
+        var bytes = ByteBuffer()
+        RexecMessage.pass(stream: 7, descriptors: [.output(stream: 8)]).frame.encode(into: &bytes)
+        Frame(type: RexecFrame.data, stream: 7, payload: ByteBuffer(bytes: Array("getfd\n".utf8))).encode(into: &bytes)
+        Frame(type: RexecFrame.data, stream: 8, payload: ByteBuffer(bytes: [1, 2, 3])).encode(into: &bytes)
+        _ = try bytes.readableBytesView.withUnsafeBytes { try b.writeSome($0) }
+        for _ in 0..<50 { try loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(!closed, "the connection goes on")
+        // The peer hears that both streams are refused.
+        var reply = [UInt8](repeating: 0, count: 4096)
+        let count = try reply.withUnsafeMutableBytes { try b.readSome(into: $0) } ?? 0
+        var buffer = ByteBuffer(bytes: reply[..<count])
+        let resets = try FrameDecoder().decodeAll(&buffer).compactMap { frame -> UInt32? in
+            guard case .resetStream(let stream, _, _)? = try? ConnectionMessage(frame) else { return nil }
+            return stream
+        }
+        #expect(resets == [7, 8])
+        mux.close(nil)
+        mux.releaseAll()
+    }
+
     @Test func theHostSharesOnlyFilesOnQtfsMounts() {
         func entry(_ mountPoint: String, _ root: String = "/", type: String = "fuse.qtfs", source: String) -> MountInfoEntry {
             MountInfo.parse("40 1 0:52 \(root) \(mountPoint) rw,nosuid - \(type) \(source) rw")[0]

@@ -98,7 +98,7 @@ final class NativeSession: ServerSession {
         case (.ended, .signal), (.ended, .windowSize), (.ended, .gate), (.following, .windowSize), (.following, .gate):
             break
         case (.ended, .open(let stream, _)), (.following, .open(let stream, _)):
-            mux.send(ConnectionMessage.resetStream(stream: stream, .cancelled, reason: "the program has exited").frame)
+            try mux.refuse(stream, .cancelled, reason: "the program has exited")
         default:
             throw WireError(.protocolViolation, "unexpected \(frame.type) from the client")
         }
@@ -287,11 +287,11 @@ final class NativeSession: ServerSession {
         guard let path = listenerPaths[listener] else {
             throw WireError(.protocolViolation, "OPEN names fd \(listener), which is not a carried listener")
         }
-        guard exitStatus == nil, let fd = try? FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true),
-            (try? fd.connect(try SocketAddress(unixPath: path))) == true
-        else {
-            mux.send(ConnectionMessage.resetStream(stream: stream, .refused, reason: "the program does not accept connections").frame)
-            return
+        guard exitStatus == nil, let fd = try? FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
+        else { return try mux.refuse(stream, .refused, reason: "the program does not accept connections") }
+        guard (try? fd.connect(try SocketAddress(unixPath: path))) == true else {
+            fd.closeQuietly()
+            return try mux.refuse(stream, .refused, reason: "the program does not accept connections")
         }
         let end = LocalEnd(fd: fd, owned: true)
         let carried = CarriedStream(id: stream, source: end, sink: end)
