@@ -5,8 +5,9 @@
 # the listening socket it gave a host program (QEMU's part) through rexec: a pipe's write end, a file
 # only the DPU has (written at its offset, and read from its offset), a file on a qtfs mount (opened by
 # path on the host: a file there, not a pipe), a connected socket; and gets one passed back. Then more
-# fds than one message may carry: only that connection is reset. No fd is left behind in the client or
-# the server.
+# fds than one message may carry: only that connection is reset. Then QEMU itself (qemu-system-x86,
+# which `make deps` installs) saved and restored the way libvirt 9.0 does it, to and from a DPU-only file
+# and one on the qtfs mount. No fd is left behind in the client or the server.
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/qtfs.sh"
@@ -19,6 +20,7 @@ HELPERS=$(cd "$(dirname "$0")/helpers" && pwd)
 qtfs_lab_up
 qtfs_whitelist "$EXPORT"
 qtfs_engine_start
+REXEC_WHITELIST+=(/usr/bin/qemu-system-x86_64)
 rexec_setup
 SHARE=$W/dpu/share
 expect_status "mount -t qtfs the host's export on the DPU" 0 qtfs_mount "$EXPORT" "$SHARE"
@@ -61,7 +63,42 @@ expect_eq "the host program served every connection" \
     "connection 0 ended after ping|connection 1 ended after write, write, read, write, echo, give|connection 2 ended after no command|connection 3 ended after ping" \
     "$(grep '^program:' "$W/out" | sed 's/^program: //' | paste -sd'|')"
 expect_eq "and exited 0" "exit 0" "$(line exit)"
+
+# With QEMU itself (the host's QEMU, running under TCG until it is saved): libvirt's `virsh save` to a file only the DPU has,
+# then `virsh restore` from it (the file inherited at exec as fd 30, streamed), and the same with a file on
+# the qtfs mount (reopened by path on the host).
+QEMU=/usr/bin/qemu-system-x86_64
+if [ -x "$QEMU" ]; then
+    qemu=(rexec --key "$W/key" "$QEMU" -machine pc -accel tcg -m 64 -nodefaults -display none -S
+        -chardev socket,id=monitor,fd=29,server=on,wait=off -mon chardev=monitor,mode=control)
+    qemu_on_dpu() {  # MODE FILE [QEMU ARGS...]
+        local mode=$1 file=$2
+        shift 2
+        lab_dpu rm -f /run/rexec/qmp.sock
+        lab_dpu env CMD_NET_ADDR="$REXEC_URL" timeout 120 python3 "$HELPERS/passfd-qemu.py" "$mode" /run/rexec/qmp.sock "$file" -- \
+            "${qemu[@]}" "$@" 2>>"$W/qemu.err"
+    }
+    for file in /run/rexec/local/vm.save "$SHARE/vm.save"; do
+        # (The host's file is read on the host: the DPU's view of its size is cached for a second.)
+        case $file in
+        /run/*) where="a file only the DPU has" written=(lab_dpu head -c 24 "$file") ;;
+        *) where="a file on the qtfs mount" written=(lab_host head -c 24 "$EXPORT/vm.save") ;;
+        esac
+        expect_eq "virsh save's way (getfd + migrate fd:migrate) to $where" "save completed / QEMU exit 0" \
+            "$(qemu_on_dpu save "$file")"
+        expect_match "(the migration stream is in the file, after its header)" "^LIBVIRT-LIKE-HEADER:QEVM" \
+            "$("${written[@]}" | tr -d '\0')"
+        expect_eq "virsh restore's way (fd 30 at exec, -incoming defer, migrate-incoming fd:30) from $where" \
+            "restore completed, status paused / QEMU exit 0" "$(qemu_on_dpu restore "$file" -incoming defer)"
+    done
+    expect_eq "(the DPU-only save file stayed on the DPU)" "absent" \
+        "$(lab_host sh -c 'test -e /run/rexec/local/vm.save && echo present || echo absent')"
+    expect_eq "(the other one is the host's file)" "present" "$(lab_host sh -c "test -s '$EXPORT/vm.save' && echo present")"
+else
+    echo "  (no $QEMU: the checks with QEMU itself are left out)"
+fi
 wait_for "[ \"\$(server_fds)\" = $before ]" 10
-expect_eq "no fd left in the server once the session ended" "$before" "$(server_fds)"
-[ "$_failures" -gt 0 ] && { echo "--- caller output:"; cat "$W/out"; echo "--- stderr:"; cat "$W/err"; echo "--- server log:"; cat "$W/server.log"; }
+expect_eq "no fd left in the server once the sessions ended" "$before" "$(server_fds)"
+
+[ "$_failures" -gt 0 ] && { echo "--- caller output:"; cat "$W/out"; echo "--- stderr:"; cat "$W/err"; echo "--- server log:"; cat "$W/server.log"; cat "$W/qemu.err" 2>/dev/null; }
 finish
