@@ -104,6 +104,19 @@ expect_match "QMP agrees: paused" '"status": "paused"' "$(virsh qemu-monitor-com
 expect_status "virsh resume" 0 virsh resume $DOM
 expect_match "running again" "State: +running" "$(virsh dominfo $DOM)"
 
+# virsh save/restore: libvirt hands QEMU the save file's descriptor (getfd over the monitor, then at exec
+# for -incoming); one on the DPU's own disk is streamed, one under /home/VMs opened on the host by path.
+expect_status "virsh save to a file of the DPU's own" 0 virsh save $DOM /root/$DOM.save
+expect_match "the VM is shut off" "State: +shut off" "$(virsh dominfo $DOM)"
+expect_eq "the save file is the DPU's, not the host's" "absent" "$(host sh -c "test -e /root/$DOM.save && echo present || echo absent")"
+expect_status "virsh restore from it" 0 virsh restore /root/$DOM.save
+expect_match "running after the restore" "State: +running" "$(virsh dominfo $DOM)"
+dpu rm -f /root/$DOM.save  # the rootfs is kept for the next run
+expect_status "virsh save into /home/VMs (the host's)" 0 virsh save $DOM /home/VMs/$DOM.save
+expect_match "the save file is on the host" "$DOM.save" "$(host ls /home/VMs)"
+expect_status "virsh restore from it" 0 virsh restore /home/VMs/$DOM.save
+expect_match "running after that restore" "State: +running" "$(virsh dominfo $DOM)"
+
 expect_status "virsh destroy" 0 virsh destroy $DOM
 wait_for "! host pgrep -f '$QEMU.*guest=$DOM'" 15
 expect_eq "QEMU is gone from the host" "" "$(host pgrep -f "$QEMU.*guest=$DOM")"
