@@ -7,6 +7,11 @@ import Synchronization
 /// turn. What one OPENDIR brings is kept (the first 512 entries), each for the entry timeout and only
 /// while nothing changed through this mount since it was asked for: the same view the entry and
 /// attribute caches give.
+///
+/// Walkers go through a directory's subdirectories in one of two orders: the listing's (`find`, `du`,
+/// `tar`) or sorted by name (`ls -R`). They are asked for in the listing's order until a walker opens one
+/// that is still waiting its turn behind siblings: if that one comes earlier in the other order, the
+/// other order is taken, for those siblings (from that one on) and for the directories queued after.
 final class ListingPrefetch: Sendable {
     struct Listing: Sendable {
         let entries: [QTFSDirectoryEntry]
@@ -28,8 +33,9 @@ final class ListingPrefetch: Sendable {
     }
 
     private enum Slot {
-        /// Waiting for its turn: the directory's path, and when it was queued.
-        case queued([UInt8], since: UInt64)
+        /// Waiting for its turn: the directory's path, when it was queued, and its place in the listing
+        /// it came from.
+        case queued([UInt8], since: UInt64, place: Int)
         /// Asked for; an OPENDIR that arrived meanwhile waits for it.
         case pending([Waiter])
         case ready(Listing)
@@ -41,11 +47,15 @@ final class ListingPrefetch: Sendable {
     /// How many fetched listings may wait for their OPENDIR (at most 512 entries each).
     static let kept = 32
 
+    /// The order siblings are asked for in.
+    enum Order: Sendable { case listing, name }
+
     private struct State {
         var slots: [NodeTable.Dentry: Slot] = [:]
         var order: [NodeTable.Dentry] = []
         var running = 0
         var ready = 0
+        var walk = Order.listing
     }
 
     private let state = Mutex(State())
@@ -65,7 +75,7 @@ final class ListingPrefetch: Sendable {
                 state.slots = state.slots.filter { _, slot in
                     switch slot {
                     case .ready(let listing): listing.asked + timeout > now
-                    case .queued(_, let since): since + timeout > now
+                    case .queued(_, let since, _): since + timeout > now
                     case .pending: true
                     }
                 }
@@ -73,10 +83,11 @@ final class ListingPrefetch: Sendable {
                 state.order.removeAll { state.slots[$0] == nil }
             }
             var added: [NodeTable.Dentry] = []
-            for (dentry, path) in directories where state.slots[dentry] == nil && state.slots.count < capacity {
-                state.slots[dentry] = .queued(path, since: now)
+            for (place, (dentry, path)) in directories.enumerated() where state.slots[dentry] == nil && state.slots.count < capacity {
+                state.slots[dentry] = .queued(path, since: now, place: place)
                 added.append(dentry)
             }
+            if state.walk == .name { added.sort { $0.name.lexicographicallyPrecedes($1.name) } }
             state.order.insert(contentsOf: added, at: 0)
             return ListingPrefetch.next(&state)
         }
@@ -119,8 +130,10 @@ final class ListingPrefetch: Sendable {
                     state.slots[dentry] = .pending(waiters)
                     return (.none, [])
                 case .queued:
-                    // Not asked for yet: the caller asks itself.
+                    // Not asked for yet: the caller asks itself, and the walk may be going in the other order.
+                    ListingPrefetch.follow(dentry, &state)
                     state.slots[dentry] = nil
+                    return (.some(nil), ListingPrefetch.next(&state))
                 case nil:
                     continue
                 }
@@ -131,11 +144,44 @@ final class ListingPrefetch: Sendable {
         return next
     }
 
+    /// A walker opened `wanted` while it waited behind queued siblings: if it comes earlier among them in
+    /// the other order, the walk goes that way. Its siblings are then asked for in that order, those
+    /// after it first, and so are the directories queued from now on.
+    private static func follow(_ wanted: NodeTable.Dentry, _ state: inout State) {
+        var siblings: [(dentry: NodeTable.Dentry, place: Int)] = []
+        for dentry in state.order where dentry.parent == wanted.parent {
+            if case .queued(_, _, let place) = state.slots[dentry] { siblings.append((dentry, place)) }
+        }
+        guard let index = siblings.firstIndex(where: { $0.dentry == wanted }), index > 0 else { return }
+        let place = siblings[index].place
+        let byName = siblings.count { $0.dentry.name.lexicographicallyPrecedes(wanted.name) }
+        let byPlace = siblings.count { $0.place < place }
+        let walk: Order
+        switch state.walk {
+        case .listing: walk = byName < byPlace ? .name : .listing
+        case .name: walk = byPlace < byName ? .listing : .name
+        }
+        state.walk = walk
+        let after: ((dentry: NodeTable.Dentry, place: Int)) -> Bool = switch walk {
+        case .name: { wanted.name.lexicographicallyPrecedes($0.dentry.name) }
+        case .listing: { $0.place > place }
+        }
+        let precedes: ((dentry: NodeTable.Dentry, place: Int), (dentry: NodeTable.Dentry, place: Int)) -> Bool = switch walk {
+        case .name: { $0.dentry.name.lexicographicallyPrecedes($1.dentry.name) }
+        case .listing: { $0.place < $1.place }
+        }
+        siblings.remove(at: index)
+        let (later, earlier) = (siblings.filter(after), siblings.filter { !after($0) })
+        let reordered = (later.sorted(by: precedes) + earlier.sorted(by: precedes)).map(\.dentry)
+        state.order.removeAll { $0.parent == wanted.parent }
+        state.order.insert(contentsOf: reordered, at: 0)
+    }
+
     private static func next(_ state: inout State) -> Start {
         var started: Start = []
         while state.running < window, state.running + state.ready < kept, !state.order.isEmpty {
             let dentry = state.order.removeFirst()
-            guard case .queued(let path, _) = state.slots[dentry] else { continue }
+            guard case .queued(let path, _, _) = state.slots[dentry] else { continue }
             state.slots[dentry] = .pending([])
             state.running += 1
             started.append((dentry, path))

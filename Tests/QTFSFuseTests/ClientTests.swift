@@ -427,6 +427,41 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         #expect(!asked.contains(bytes("d9")) && asked.contains(bytes("d8")))
     }
 
+    /// `ls -R` goes through subdirectories sorted by name, `find` in the listing's order (on tmpfs the
+    /// newest first): the queue follows whichever the walker takes.
+    @Test func theQueueFollowsAWalkerThatGoesByName() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        let names = ["d5", "d4", "d3", "d2", "d1", "d0", "c9", "c8"]
+        let first = prefetch.enqueue(names.map { (dentry($0), bytes($0)) }, now: 0, timeout: 10)
+        #expect(first.map(\.path) == ["d5", "d4", "d3", "d2"].map(bytes))
+        // The walker opens the first by name, far behind in the listing: it asks itself, and the rest
+        // follows by name from there.
+        var called = false
+        let next = prefetch.take([dentry("c8")]) { listing in called = listing == nil }
+        #expect(called && next.isEmpty)
+        var asked: [[UInt8]] = []
+        for name in ["d5", "d4", "d3", "d2"] { asked += prefetch.finish(dentry(name), nil).map(\.path) }
+        #expect(asked == ["c9", "d0", "d1"].map(bytes))
+        // Directories queued later come by name too.
+        let later = prefetch.enqueue([(dentry("b2"), bytes("b2")), (dentry("b1"), bytes("b1"))], now: 1, timeout: 10)
+        #expect(later.map(\.path) == [bytes("b1")])
+    }
+
+    @Test func aWalkerInTheListingsOrderKeepsIt() {
+        let prefetch = ListingPrefetch(capacity: 100)
+        let names = ["d5", "d4", "d3", "d2", "d1", "d0"]
+        _ = prefetch.enqueue(names.map { (dentry($0), bytes($0)) }, now: 0, timeout: 10)
+        // Faster than the fetches: it opens the next one in line itself.
+        var called = false
+        _ = prefetch.take([dentry("d1")]) { listing in called = listing == nil }
+        #expect(called)
+        var asked: [[UInt8]] = []
+        for name in ["d5", "d4", "d3", "d2"] { asked += prefetch.finish(dentry(name), nil).map(\.path) }
+        #expect(asked == [bytes("d0")])
+        let later = prefetch.enqueue([(dentry("b2"), bytes("b2")), (dentry("b1"), bytes("b1"))], now: 1, timeout: 10)
+        #expect(later.map(\.path) == ["b2", "b1"].map(bytes))
+    }
+
     @Test func keptListingsAreBoundedAndOldOnesMakeRoom() {
         let prefetch = ListingPrefetch(capacity: 40)
         var pending = prefetch.enqueue(directories(40), now: 0, timeout: 10)
