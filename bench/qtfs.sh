@@ -4,7 +4,7 @@
 # The data lives on a tmpfs, so the disk is out of the picture and what is measured is the file system.
 #
 #   bench/qtfs.sh [DPUCTL]     (root: mounts, sshd; installs fio, sshfs, openssh-server, hyperfine, jq)
-#   RUNS=3 (fio runs per test, the median is shown)  HYPERFINE_RUNS=5
+#   RUNS=3 (fio runs per test, the median is shown)  HYPERFINE_RUNS=5  WALKS_ONLY=1 (no fio)
 #
 # fio: sequential read and write of 1 GiB in 128 KiB blocks (buffered: what a program sees), random 4 KiB
 # reads with O_DIRECT (each one crosses the file system: the page cache would hide the transport).
@@ -102,7 +102,8 @@ fio_run() {  # fio_run TARGET NAME ARGS... -> prints MiB/s or IOPS of one run
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A result
-for target in "${targets[@]}"; do
+[ "${WALKS_ONLY:-0}" = 1 ] && fio_targets=() || fio_targets=("${targets[@]}")
+for target in "${fio_targets[@]}"; do
     dir=$(dir_of "$target")
     for run in $(seq "$RUNS"); do
         fio_run "$target" seqread --filename="$dir/read.dat" --rw=read --bs=128k --size=1G >>"$B/out/$target.seqread"
@@ -117,9 +118,10 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 echo "bench/qtfs.sh, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), median of $RUNS fio runs"
 echo
-echo "| fio | local | sshfs | qtfs | qtfs / sshfs | qtfs / local |"
-echo "|---|---|---|---|---|---|"
-for test in seqread seqwrite randread; do
+[ "${WALKS_ONLY:-0}" = 1 ] || echo "| fio | local | sshfs | qtfs | qtfs / sshfs | qtfs / local |"
+[ "${WALKS_ONLY:-0}" = 1 ] || echo "|---|---|---|---|---|---|"
+for test in "${fio_targets[@]:+seqread}" "${fio_targets[@]:+seqwrite}" "${fio_targets[@]:+randread}"; do
+    [ -n "$test" ] || continue
     case $test in
     seqread) label="sequential read, 128 KiB (MiB/s)" ;;
     seqwrite) label="sequential write, 128 KiB (MiB/s)" ;;
@@ -129,8 +131,10 @@ for test in seqread seqwrite randread; do
 done
 echo
 
-# Metadata: hyperfine, caches dropped before every run (sshfs keeps its own cache of what it saw). Each
-# walk must give the same output everywhere first: a fast wrong answer is not a result.
+# Metadata: hyperfine, caches dropped before every run (sshfs keeps its own cache of what it saw), then
+# half a second for the FUSE servers to take the kernel's FORGETs of every dropped inode (thousands, for
+# a few tens of ms of CPU): the walk is measured, not the aftermath of the drop, for every target alike.
+# Each walk must give the same output everywhere first: a fast wrong answer is not a result.
 check() {  # check WALK: qtfs's output equals the local directory's (sshfs shows other directory sizes)
     local walk=$1 target want got
     for target in local qtfs qtfs-noxattr; do
@@ -160,7 +164,7 @@ for walk in find "ls -lR" tar; do
         tar) commands+=(-n "tar $target" "tar cf - -C $dir . | wc -c") ;;
         esac
     done
-    hyperfine --runs "$HYPERFINE_RUNS" --warmup 1 --prepare 'sync; echo 3 > /proc/sys/vm/drop_caches' \
+    hyperfine --runs "$HYPERFINE_RUNS" --warmup 1 --prepare 'sync; echo 3 > /proc/sys/vm/drop_caches; sleep 0.5' \
         --export-json "$B/out/${walk// /}.json" "${commands[@]}" >/dev/null
     check "$walk"
     median_table "$B/out/${walk// /}.json" "$walk sshfs"

@@ -283,8 +283,9 @@ public final class QTFSFileServer: Sendable {
         return attributes
     }
 
-    /// The client's view of `name` in `directory` (not followed if a symbolic link).
-    func attributes(of name: [UInt8], in directory: FileDescriptor) throws(SystemError) -> QTFSAttributes {
+    /// The client's view of `name` in `directory` (not followed if a symbolic link). `presence`: whether
+    /// to find out if it has extended attributes (a second path walk: listings leave it out).
+    func attributes(of name: [UInt8], in directory: FileDescriptor, presence: Bool = true) throws(SystemError) -> QTFSAttributes {
         let info = try directory.status(of: name)
         var kind = knownDeviceKind(UInt64(info.st_dev))
         if kind == nil {
@@ -295,7 +296,7 @@ public final class QTFSFileServer: Sendable {
             }
         }
         var attributes = QTFSAttributes(info, volatile: kind?.volatile ?? false)
-        if !attributes.flags.contains(.volatile), (try? directory.extendedAttributeNamesSize(of: name)) == 0 {
+        if presence, !attributes.flags.contains(.volatile), (try? directory.extendedAttributeNamesSize(of: name)) == 0 {
             attributes.flags.insert(.noExtendedAttributes)
         }
         return attributes
@@ -435,7 +436,7 @@ public final class QTFSFileServer: Sendable {
             let entries = taken.map { entry -> QTFSDirectoryEntry in
                 var attributes: QTFSAttributes?
                 let dot = entry.name == [46] || entry.name == [46, 46]
-                if withAttributes && !dot { attributes = try? self.attributes(of: entry.name, in: handle.fd) }
+                if withAttributes && !dot { attributes = try? self.attributes(of: entry.name, in: handle.fd, presence: false) }
                 return QTFSDirectoryEntry(
                     name: entry.name, type: entry.type, inode: entry.inode,
                     cookie: UInt64(bitPattern: entry.nextOffset), attributes: attributes)

@@ -158,37 +158,33 @@ final class QTFSFilesystem: @unchecked Sendable {
     /// would cost a round trip. Anything this client changes is dropped from it.
     private let recent = Mutex([NodeTable.Dentry: (attributes: QTFSAttributes, until: UInt64)]())
     private var cachesListings: Bool { !options.proc && options.entryTimeout > 0 }
-    /// The latest attributes of nodes, for GETATTRs within the attribute timeout that the kernel sends
-    /// anyway (after every read it forgets the access time): they need no round trip.
-    private let recentAttributes = Mutex([UInt64: (attributes: QTFSAttributes, until: UInt64)]())
-
     /// Bumped by every change made here. An answer is cached only if no change happened since its request
     /// went out: a reply that raced with a change (a GETATTR answered just before a MKDIR in the same
     /// directory) must not be remembered as current.
     private let changes = Atomic<UInt64>(0)
     private var version: UInt64 { changes.load(ordering: .acquiring) }
 
-    private func remember(attributes a: QTFSAttributes, of node: UInt64, since: UInt64, asked: UInt64? = nil) {
-        guard !options.proc, !a.flags.contains(.volatile), options.attributeTimeout > 0 else { return }
+    /// How attributes asked for at `since` (version) and `asked` (monotonic ns, default now) are kept
+    /// with their node, for the GETATTRs within the attribute timeout that the kernel sends anyway (after
+    /// every read it forgets the access time): nil if they are not.
+    private func keep(_ a: QTFSAttributes? = nil, since: UInt64, asked: UInt64? = nil) -> NodeTable.Keep? {
+        guard !options.proc, !(a?.flags.contains(.volatile) ?? false), options.attributeTimeout > 0 else { return nil }
         let until = (asked ?? monotonicNanoseconds()) + UInt64(options.attributeTimeout * 1_000_000_000)
-        recentAttributes.withLock { cache in
-            guard version == since else { return }
-            if cache.count > 100_000 { cache.removeAll(keepingCapacity: true) }
-            cache[node] = (a, until)
-        }
+        return NodeTable.Keep(until: until, current: { [self] in version == since })
+    }
+
+    /// What an OPEN or CREATE said of the file's extended attributes: none means the writes that follow
+    /// need not ask the host for a capability.
+    private func noteExtendedAttributes(_ a: QTFSAttributes, of node: UInt64, since: UInt64) {
+        guard a.flags.contains(.noExtendedAttributes), let keep = keep(a, since: since) else { return }
+        nodes.noteNoCapability(node, keep)
     }
 
     /// The attributes of `node` if known and how much longer (seconds) they may be trusted.
     private func recentAttributes(of node: UInt64) -> (QTFSAttributes, remaining: Double)? {
         let now = monotonicNanoseconds()
-        return recentAttributes.withLock { cache -> (QTFSAttributes, remaining: Double)? in
-            guard let (a, until) = cache[node] else { return nil }
-            guard now < until else {
-                cache[node] = nil
-                return nil
-            }
-            return (a, Double(until - now) / 1e9)
-        }
+        guard let (a, until) = nodes.recentAttributes(of: node, now: now) else { return nil }
+        return (a, Double(until - now) / 1e9)
     }
 
     private func remember(listing entries: [QTFSDirectoryEntry], in directory: UInt64, since: UInt64, asked: UInt64) {
@@ -227,10 +223,10 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     /// The file `node` changed here (attributes, size, extended attributes): forget what was said of it.
-    private func forgetRecent(node: UInt64) {
+    private func forgetRecent(node: UInt64, keepingCapability: Bool = false) {
         changes.add(1, ordering: .releasing)
-        recentAttributes.withLock { _ = $0.removeValue(forKey: node) }
-        guard cachesListings, let names = nodes.node(node)?.names else { return }
+        let names = nodes.forgetAttributes(of: node, keepingCapability: keepingCapability)
+        guard cachesListings, !names.isEmpty else { return }
         recent.withLock { cache in for name in names { cache[name] = nil } }
     }
 
@@ -382,8 +378,7 @@ final class QTFSFilesystem: @unchecked Sendable {
         _ req: fuse_req_t, _ parent: UInt64, _ name: [UInt8], _ a: QTFSAttributes, since: UInt64,
         alias: (pid: Int32, hostName: [UInt8])? = nil, asked: UInt64? = nil
     ) {
-        let id = nodes.remember(parent, name, a, alias: alias)
-        remember(attributes: a, of: id, since: since, asked: asked)
+        let id = nodes.remember(parent, name, a, alias: alias, keep: keep(a, since: since, asked: asked))
         let reply = { [self] in
             var e = entry(id, a)
             if let asked {
@@ -401,7 +396,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     private func replyAttributes(_ req: fuse_req_t, _ node: UInt64, _ a: QTFSAttributes, since: UInt64) {
-        remember(attributes: a, of: node, since: since)
+        if let keep = keep(a, since: since) { nodes.keep(a, of: node, keep) }
         var s = stat(a, node: node)
         fuse_reply_attr(req, &s, timeouts(a).attributes)
     }
@@ -744,11 +739,13 @@ final class QTFSFilesystem: @unchecked Sendable {
         // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
         // which comes later from another thread, fills in a copy.
         let request = fi.pointee
+        let since = version
         send(req, .open, { .open(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags)) }) {
             [self] result, link in
             guard case .success(.opened(let handle, let openFlags, let a, let prefetch)) = result, let link else {
                 return fail(req, result)
             }
+            noteExtendedAttributes(a, of: node, since: since)
             let file = OpenFile(
                 node: node, flags: flags, isDirectory: false, link: link, handle: handle,
                 pollID: nextPollID.add(1, ordering: .relaxed).oldValue,
@@ -776,11 +773,13 @@ final class QTFSFilesystem: @unchecked Sendable {
         // libfuse's fuse_file_info is on the calling thread's stack, gone once this returns: the answer,
         // which comes later from another thread, fills in a copy.
         let request = fi.pointee
+        let since = version
         send(req, .create, {
             .create(QTFSPath(export: $0.export, path: path), flags: UInt32(bitPattern: flags), mode: UInt32(mode), owner: owner)
         }) { [self] result, link in
             guard case .success(.opened(let handle, let openFlags, let a, _)) = result, let link else { return fail(req, result) }
             let id = nodes.remember(parent, name, a)
+            noteExtendedAttributes(a, of: id, since: since)
             let file = OpenFile(
                 node: id, flags: flags, isDirectory: false, link: link, handle: handle,
                 pollID: nextPollID.add(1, ordering: .relaxed).oldValue)
@@ -815,7 +814,8 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     func write(_ req: fuse_req_t, _ file: OpenFile, _ data: ByteBuffer, _ offset: Int, _ flags: Int32) {
         file.prefetch.withLock { $0 = nil }
-        forgetRecent(node: file.node)
+        // A write changes size and times, not extended attributes (removing a capability is a REMOVEXATTR).
+        forgetRecent(node: file.node, keepingCapability: true)
         let written = data.readableBytes
         let send = { [self] (data: ByteBuffer) in
             let sent = data.readableBytes
@@ -884,6 +884,7 @@ final class QTFSFilesystem: @unchecked Sendable {
     }
 
     /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
+    static let capabilityName = Array("security.capability".utf8)
     static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
 
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {
@@ -1033,19 +1034,34 @@ final class QTFSFilesystem: @unchecked Sendable {
         var buffer = [CChar](repeating: 0, count: size)
         var used = 0
         var emitted = 0
+        // Each name NUL-terminated in one scratch buffer (names are at most 255 bytes; grown if not).
+        var scratch = [CChar](repeating: 0, count: 256)
+        func withName<R>(_ name: [UInt8], _ body: (UnsafePointer<CChar>) -> R) -> R {
+            if scratch.count <= name.count { scratch = [CChar](repeating: 0, count: name.count + 1) }
+            return scratch.withUnsafeMutableBufferPointer { c in
+                name.withUnsafeBytes { n in UnsafeMutableRawBufferPointer(c).copyMemory(from: n) }
+                c[name.count] = 0
+                return body(c.baseAddress!)
+            }
+        }
         buffer.withUnsafeMutableBufferPointer { raw in
-            for entry in entries {
-                var name = entry.name.map { CChar(bitPattern: $0) }
-                name.append(0)
-                let remaining = size - used
-                let offset = Int(Int64(bitPattern: entry.cookie))
-                if plus {
-                    let needed = fuse_add_direntry_plus(req, nil, 0, name, nil, 0)
-                    guard needed <= remaining else { break }
+            if plus {
+                // What fits, then their nodes in one go, then the entries.
+                var fits = 0
+                for entry in entries {
+                    let needed = withName(entry.name) { fuse_add_direntry_plus(req, nil, 0, $0, nil, 0) }
+                    guard needed <= size - used else { break }
+                    used += needed
+                    fits += 1
+                }
+                used = 0
+                let listed = entries.prefix(fits)
+                let keep = options.proc || options.attributeTimeout <= 0 ? nil : NodeTable.Keep(
+                    until: asked + UInt64(options.attributeTimeout * 1_000_000_000), current: { [self] in version == since })
+                let ids = nodes.remember(listed: listed, in: directory, keep: keep)
+                for (entry, id) in zip(listed, ids) {
                     var e = fuse_entry_param()
-                    if let a = entry.attributes, entry.name != [46], entry.name != [46, 46] {
-                        let id = nodes.remember(directory, entry.name, a)
-                        remember(attributes: a, of: id, since: since, asked: asked)
+                    if id != 0, let a = entry.attributes {
                         e = self.entry(id, a)
                         e.entry_timeout = max(0, e.entry_timeout - age)
                         e.attr_timeout = max(0, e.attr_timeout - age)
@@ -1057,18 +1073,22 @@ final class QTFSFilesystem: @unchecked Sendable {
                         e.attr.st_ino = UInt(entry.inode)
                         e.attr.st_mode = mode_t(entry.type) << 12
                     }
-                    used += fuse_add_direntry_plus(req, raw.baseAddress! + used, remaining, name, &e, offset)
-                    emitted += 1
-                } else {
-                    var s = Glibc.stat()
-                    s.st_ino = UInt(entry.inode)
-                    s.st_mode = mode_t(entry.type) << 12
-                    if terminals != nil, let a = entry.attributes, TerminalBridges.presents(a) { s.st_mode = S_IFLNK }
-                    let needed = fuse_add_direntry(req, raw.baseAddress! + used, remaining, name, &s, offset)
-                    guard needed <= remaining else { break }
-                    used += needed
-                    emitted += 1
+                    let offset = Int(Int64(bitPattern: entry.cookie))
+                    used += withName(entry.name) { fuse_add_direntry_plus(req, raw.baseAddress! + used, size - used, $0, &e, offset) }
                 }
+                emitted = fits
+                return
+            }
+            for entry in entries {
+                var s = Glibc.stat()
+                s.st_ino = UInt(entry.inode)
+                s.st_mode = mode_t(entry.type) << 12
+                if terminals != nil, let a = entry.attributes, TerminalBridges.presents(a) { s.st_mode = S_IFLNK }
+                let offset = Int(Int64(bitPattern: entry.cookie))
+                let needed = withName(entry.name) { fuse_add_direntry(req, raw.baseAddress! + used, size - used, $0, &s, offset) }
+                guard needed <= size - used else { break }
+                used += needed
+                emitted += 1
             }
         }
         // Before the answer: the kernel may ask for the rest from another thread at once.
@@ -1106,7 +1126,8 @@ final class QTFSFilesystem: @unchecked Sendable {
 
     func getxattr(_ req: fuse_req_t, _ node: UInt64, _ name: [UInt8], _ size: Int, list: Bool) {
         if !list && !xattrPolicy.carries(name) { return _ = fuse_reply_err(req, EOPNOTSUPP) }
-        // A file known to have none.
+        // A file known to have none, or no capability (what the kernel asks before every write).
+        let capability = !list && name == QTFSFilesystem.capabilityName
         if let (a, _) = recentAttributes(of: node), a.flags.contains(.noExtendedAttributes) {
             if list && size == 0 {
                 fuse_reply_xattr(req, 0)
@@ -1117,11 +1138,17 @@ final class QTFSFilesystem: @unchecked Sendable {
             }
             return
         }
+        if capability, nodes.hasNoCapability(node, now: monotonicNanoseconds()) { return _ = fuse_reply_err(req, ENODATA) }
         guard let target = target(req, node) else { return }
         let size = UInt32(min(size, QTFSLimits.maximumXattr))
+        let since = version
+        let asked = monotonicNanoseconds()
         call(req, list ? .listxattr : .getxattr, { link in
             list ? .listxattr(target(link), size: size) : .getxattr(target(link), name: name, size: size)
         }) { [self] result in
+            if capability, case .failure(let error) = result, error.rawValue == ENODATA, let keep = keep(since: since, asked: asked) {
+                nodes.noteNoCapability(node, keep)
+            }
             guard case .success(.xattr(let count, var value)) = result else { return fail(req, result) }
             if size == 0 {
                 // For a list, the size of the host's: a little more than what is shown is fine.

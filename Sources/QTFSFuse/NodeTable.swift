@@ -73,6 +73,19 @@ final class NodeTable: Sendable {
         var lookups: UInt64
         /// The name on the host when it is not the name the kernel knows (an alias).
         var hostName: [UInt8]? = nil
+        /// The latest attributes, while they may answer GETATTRs here (until, monotonic ns).
+        var recent: (attributes: QTFSAttributes, until: UInt64)? = nil
+        /// Until when the file is known to have no `security.capability` (monotonic ns): the kernel asks
+        /// before every write(2) on a FUSE file system, and writes do not change it.
+        var noCapabilityUntil: UInt64 = 0
+    }
+
+    /// Attributes to keep with the nodes they describe, for GETATTRs within the attribute timeout: until
+    /// when, and whether they still hold (evaluated under the table's lock, so that a change made here
+    /// and then `forgetAttributes` cannot be overtaken by a reply that was asked for before it).
+    struct Keep {
+        let until: UInt64
+        let current: () -> Bool
     }
 
     private struct State {
@@ -113,40 +126,135 @@ final class NodeTable: Sendable {
 
     /// Records that the kernel now holds one more reference to the host file `attributes` found as
     /// `name` in `parent`, and returns its node id. `alias`: the file is the host's `hostName`, shown as
-    /// `name` for the local process `pid`.
+    /// `name` for the local process `pid`. `keep`: the attributes answer GETATTRs until then.
     func remember(
         _ parent: UInt64, _ name: [UInt8], _ attributes: QTFSAttributes, count: UInt64 = 1,
-        alias: (pid: Int32, hostName: [UInt8])? = nil
+        alias: (pid: Int32, hostName: [UInt8])? = nil, keep: Keep? = nil
     ) -> UInt64 {
         let key = Key(device: attributes.device, inode: attributes.inode, alias: alias?.pid ?? 0)
         let dentry = Dentry(parent: parent, name: name)
-        let type = attributes.mode & 0o170000
         return state.withLock { state in
-            // The name now means this file: unhook whatever node had it before.
-            if let previous = state.byDentry[dentry], state.nodes[previous]?.key != key {
-                NodeTable.unhook(dentry, from: previous, in: &state)
+            let keep = keep.flatMap { $0.current() ? $0.until : nil }
+            return NodeTable.remember(dentry, key, attributes, count, alias?.hostName, keep, in: &state)
+        }
+    }
+
+    /// `remember` for the entries of a listing that go to the kernel together (READDIRPLUS), under one
+    /// lock; returns their node ids in order, 0 for those that are not nodes (`.`, `..`, entries without
+    /// attributes). `keep` is for the attributes of files on real file systems (not `volatile`).
+    func remember(
+        listed entries: ArraySlice<QTFSDirectoryEntry>, in directory: UInt64, keep: Keep?
+    ) -> [UInt64] {
+        state.withLock { state in
+            let keep = keep.flatMap { $0.current() ? $0.until : nil }
+            return entries.map { entry in
+                guard let a = entry.attributes, entry.name != [46], entry.name != [46, 46] else { return 0 }
+                let key = Key(device: a.device, inode: a.inode)
+                let kept = a.flags.contains(.volatile) ? nil : keep
+                return NodeTable.remember(Dentry(parent: directory, name: entry.name), key, a, 1, nil, kept, in: &state)
             }
-            if let id = state.byKey[key], var node = state.nodes[id], node.type == type {
-                node.lookups += count
-                if !node.names.contains(dentry) {
-                    // Directories have one name; a file reached by another name is a hard link.
-                    if type == 0o040000 {
-                        for old in node.names { state.byDentry[old] = nil }
-                        node.names = [dentry]
-                    } else {
-                        node.names.append(dentry)
-                    }
-                }
-                state.nodes[id] = node
-                state.byDentry[dentry] = id
-                return id
+        }
+    }
+
+    /// Looks each key up once where it can: this runs for every entry of every listing.
+    private static func remember(
+        _ dentry: Dentry, _ key: Key, _ attributes: QTFSAttributes, _ count: UInt64, _ hostName: [UInt8]?,
+        _ keep: UInt64?, in state: inout State
+    ) -> UInt64 {
+        let type = attributes.mode & 0o170000
+        let recent = keep.map { (attributes, $0) }
+        // The node of this file, made now (id 0 is no node) if there was none.
+        let candidate = state.next
+        var created = false
+        let id = { (slot: inout UInt64) -> UInt64 in
+            if slot == 0 {
+                slot = candidate
+                created = true
             }
-            let id = state.next
+            return slot
+        }(&state.byKey[key, default: 0])
+        if created {
             state.next += 1
-            state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: alias?.hostName)
-            state.byKey[key] = id
-            state.byDentry[dentry] = id
-            return id
+            state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: hostName)
+            if let recent { state.nodes[id]!.keep(recent) }
+        } else if state.nodes[id]?.type != type {
+            // Another kind of file under a reused inode number: a node of its own.
+            let fresh = state.next
+            state.next += 1
+            state.nodes[fresh] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: hostName)
+            if let recent { state.nodes[fresh]!.keep(recent) }
+            state.byKey[key] = fresh
+            if let previous = state.byDentry.updateValue(fresh, forKey: dentry), previous != fresh {
+                NodeTable.unhook(dentry, from: previous, keepingIndex: true, in: &state)
+            }
+            return fresh
+        }
+        // The name now means this file: unhook whatever node had it before.
+        let previous = state.byDentry.updateValue(id, forKey: dentry)
+        if let previous, previous != id { NodeTable.unhook(dentry, from: previous, keepingIndex: true, in: &state) }
+        if !created {
+            NodeTable.update(&state.nodes[id]!, dentry, count, recent, known: previous == id, index: &state.byDentry)
+        }
+        return id
+    }
+
+    private static func update(
+        _ node: inout Node, _ dentry: Dentry, _ count: UInt64, _ recent: (QTFSAttributes, UInt64)?, known: Bool,
+        index byDentry: inout [Dentry: UInt64]
+    ) {
+        node.lookups += count
+        if let recent { node.keep(recent) }
+        guard !known, !node.names.contains(dentry) else { return }
+        // Directories have one name; a file reached by another name is a hard link.
+        if node.type == 0o040000 {
+            for old in node.names where old != dentry { byDentry[old] = nil }
+            node.names = [dentry]
+        } else {
+            node.names.append(dentry)
+        }
+    }
+
+    /// The attributes kept for `node` and until when, if still good at `now`.
+    func recentAttributes(of node: UInt64, now: UInt64) -> (attributes: QTFSAttributes, until: UInt64)? {
+        state.withLock { state in
+            guard let recent = state.nodes[node]?.recent else { return nil }
+            guard now < recent.until else {
+                state.nodes[node]?.recent = nil
+                return nil
+            }
+            return recent
+        }
+    }
+
+    /// Keeps `attributes` (just asked for) as `node`'s latest.
+    func keep(_ attributes: QTFSAttributes, of node: UInt64, _ keep: Keep) {
+        state.withLock { state in
+            guard keep.current() else { return }
+            state.nodes[node]?.keep((attributes, keep.until))
+        }
+    }
+
+    /// Whether `node` is known to have no `security.capability` at `now`.
+    func hasNoCapability(_ node: UInt64, now: UInt64) -> Bool {
+        state.withLock { now < $0.nodes[node]?.noCapabilityUntil ?? 0 }
+    }
+
+    /// The host said `node` has no `security.capability` (asked for within `keep`).
+    func noteNoCapability(_ node: UInt64, _ keep: Keep) {
+        state.withLock { state in
+            guard keep.current() else { return }
+            state.nodes[node]?.noCapabilityUntil = keep.until
+        }
+    }
+
+    /// `node` changed here: its kept attributes no longer hold, nor (unless `keepingCapability`: a write)
+    /// what is known of its extended attributes. Returns its names.
+    @discardableResult
+    func forgetAttributes(of node: UInt64, keepingCapability: Bool = false) -> [Dentry] {
+        state.withLock { state in
+            state.nodes[node]?.recent = nil
+            if !keepingCapability { state.nodes[node]?.noCapabilityUntil = 0 }
+            return state.nodes[node]?.names ?? []
         }
     }
 
@@ -154,9 +262,8 @@ final class NodeTable: Sendable {
     func rememberSynthetic(_ parent: UInt64, _ name: [UInt8], _ synthetic: Synthetic) -> UInt64 {
         let dentry = Dentry(parent: parent, name: name)
         return state.withLock { state in
-            if let id = state.byDentry[dentry], var node = state.nodes[id], node.kind == .synthetic(synthetic) {
-                node.lookups += 1
-                state.nodes[id] = node
+            if let id = state.byDentry[dentry], state.nodes[id]?.kind == .synthetic(synthetic) {
+                state.nodes[id]!.lookups += 1
                 return id
             }
             if let previous = state.byDentry[dentry] { NodeTable.unhook(dentry, from: previous, in: &state) }
@@ -184,13 +291,12 @@ final class NodeTable: Sendable {
     func forget(_ node: UInt64, _ count: UInt64) {
         guard node != NodeTable.rootID else { return }
         state.withLock { state in
-            guard var entry = state.nodes[node] else { return }
-            entry.lookups = entry.lookups > count ? entry.lookups - count : 0
-            if entry.lookups > 0 {
-                state.nodes[node] = entry
+            guard let lookups = state.nodes[node]?.lookups else { return }
+            if lookups > count {
+                state.nodes[node]!.lookups = lookups - count
                 return
             }
-            state.nodes[node] = nil
+            guard let entry = state.nodes.removeValue(forKey: node) else { return }
             for name in entry.names where state.byDentry[name] == node { state.byDentry[name] = nil }
             if let key = entry.key, state.byKey[key] == node { state.byKey[key] = nil }
         }
@@ -218,21 +324,27 @@ final class NodeTable: Sendable {
         }
     }
 
-    private static func unhook(_ dentry: Dentry, from id: UInt64, in state: inout State) {
-        state.byDentry[dentry] = nil
-        guard var node = state.nodes[id] else { return }
-        node.names.removeAll { $0 == dentry }
-        state.nodes[id] = node
+    /// `keepingIndex`: the caller has already pointed `dentry` at another node.
+    private static func unhook(_ dentry: Dentry, from id: UInt64, keepingIndex: Bool = false, in state: inout State) {
+        if !keepingIndex { state.byDentry[dentry] = nil }
+        state.nodes[id]?.names.removeAll { $0 == dentry }
     }
 
     private static func hook(_ dentry: Dentry, to id: UInt64, in state: inout State) {
         state.byDentry[dentry] = id
-        guard var node = state.nodes[id] else { return }
-        node.names.insert(dentry, at: 0)
-        state.nodes[id] = node
+        state.nodes[id]?.names.insert(dentry, at: 0)
     }
 
     var count: Int { state.withLock { $0.nodes.count } }
+}
+
+extension NodeTable.Node {
+    /// Takes `recent` as the latest attributes; their "no extended attributes" flag says there is no
+    /// `security.capability` for as long.
+    mutating func keep(_ recent: (attributes: QTFSAttributes, until: UInt64)) {
+        self.recent = recent
+        if recent.attributes.flags.contains(.noExtendedAttributes) { noCapabilityUntil = max(noCapabilityUntil, recent.until) }
+    }
 }
 
 // NIOCore has a FileDescriptor too; in this module the name means swift-system's.

@@ -131,6 +131,52 @@ private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
         table.renamed(NodeTable.rootID, bytes("x"), to: NodeTable.rootID, bytes("y"), exchange: true)
         #expect(table.path(x) == bytes("y") && table.path(y) == bytes("x"))
     }
+
+    /// READDIRPLUS: the nodes of a listing's entries in one go, the same ones `remember` gives one by one.
+    @Test func aListingsEntriesBecomeNodesTogether() {
+        let table = NodeTable()
+        let single = table.remember(NodeTable.rootID, bytes("b"), attributes(inode: 61))
+        let entries: [QTFSDirectoryEntry] = [
+            QTFSDirectoryEntry(name: bytes("."), type: 4, inode: 1, cookie: 1, attributes: attributes(inode: 1, directory: true)),
+            QTFSDirectoryEntry(name: bytes("a"), type: 8, inode: 60, cookie: 2, attributes: attributes(inode: 60)),
+            QTFSDirectoryEntry(name: bytes("b"), type: 8, inode: 61, cookie: 3, attributes: attributes(inode: 61)),
+            QTFSDirectoryEntry(name: bytes("c"), type: 8, inode: 62, cookie: 4),
+        ]
+        let ids = table.remember(listed: entries[...], in: NodeTable.rootID, keep: nil)
+        #expect(ids.count == 4 && ids[0] == 0 && ids[3] == 0)
+        #expect(ids[2] == single && ids[1] != single && ids[1] != 0)
+        #expect(table.child(NodeTable.rootID, bytes("a")) == ids[1])
+        // Two references to b now: one forget leaves it.
+        table.forget(single, 1)
+        #expect(table.path(single) == bytes("b"))
+    }
+
+    /// The kernel asks for security.capability before every write; a write does not change it, a
+    /// change of extended attributes or of owner does.
+    @Test func noCapabilityOutlivesWritesButNotOtherChanges() {
+        let table = NodeTable()
+        var bare = attributes(inode: 70)
+        bare.flags.insert(.noExtendedAttributes)
+        let keep = NodeTable.Keep(until: 100, current: { true })
+        let node = table.remember(NodeTable.rootID, bytes("f"), bare, keep: keep)
+        #expect(table.hasNoCapability(node, now: 50))
+        #expect(table.recentAttributes(of: node, now: 50)?.attributes.inode == 70)
+        #expect(!table.hasNoCapability(node, now: 100))
+        table.forgetAttributes(of: node, keepingCapability: true)
+        #expect(table.recentAttributes(of: node, now: 50) == nil && table.hasNoCapability(node, now: 50))
+        table.forgetAttributes(of: node)
+        #expect(!table.hasNoCapability(node, now: 50))
+        // What the host says later counts, unless a change here came in between.
+        table.noteNoCapability(node, keep)
+        #expect(table.hasNoCapability(node, now: 50))
+        table.forgetAttributes(of: node)
+        table.noteNoCapability(node, NodeTable.Keep(until: 100, current: { false }))
+        #expect(!table.hasNoCapability(node, now: 50))
+        // Attributes that do not say "none" (a listing's) say nothing about it.
+        table.noteNoCapability(node, keep)
+        _ = table.remember(NodeTable.rootID, bytes("f"), attributes(inode: 70), keep: keep)
+        #expect(table.hasNoCapability(node, now: 50))
+    }
 }
 
 @Suite struct ProcNames {
