@@ -3,6 +3,7 @@
 # pre-shared key, as deployed) and over the unix socket; ssh to an sshd started here, with and without
 # ControlMaster; and the local floor. Latency of /bin/true; stdout and stdin throughput of 1 GiB.
 #   bench/rexec.sh [DPUCTL]        (root: sshd needs it; installs hyperfine, jq and openssh if missing)
+#   LATENCY_ONLY=1: the latency table alone
 # Prints markdown for bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,6 +84,13 @@ hyperfine -N --warmup 20 --runs 300 --export-json "$T/latency.json" \
     -n 'rexec /bin/true (unix)' "$RX_UNIX /bin/true" \
     -n 'ssh /bin/true' "$SSH 127.0.0.1 /bin/true" \
     -n 'ssh /bin/true (ControlMaster)' "$SSH_CM 127.0.0.1 /bin/true" >/dev/null
+
+if [ "${LATENCY_ONLY:-0}" = 1 ]; then
+    echo "bench/rexec.sh, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), release build; hyperfine"
+    echo
+    median_table "$T/latency.json" 'ssh /bin/true (ControlMaster)'
+    exit 0
+fi
 
 # 1 GiB each way. Output goes through a pipe to cat (a /dev/null stdout would be reopened on the server
 # side and nothing would travel).

@@ -153,7 +153,7 @@ final class FuseSession: @unchecked Sendable {
     /// is mounted, else by leaving the loop (closing /dev/fuse ends the connection too).
     func abort(loopThread: OSThread?) {
         if let connection, let fd = try? FileDescriptor.openPath("/sys/fs/fuse/connections/\(connection)/abort", flags: O_WRONLY) {
-            _ = try? fd.writeOnce(UnsafeRawBufferPointer(start: "1", count: 1))
+            _ = [UInt8(ascii: "1")].withUnsafeBytes { try? fd.writeOnce($0) }
             fd.closeQuietly()
         }
         fuse_session_exit(session)

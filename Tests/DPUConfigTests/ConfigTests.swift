@@ -53,11 +53,23 @@ import Testing
     }
 }
 
-@Suite(.serialized) struct KeyFiles {
+/// Each test gets a scratch directory of its own, removed after it.
+@Suite(.serialized) final class KeyFiles {
     let directory: String = {
         var template = Array("/tmp/dpuconfig-test-XXXXXX".utf8CString)
         return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
     }()
+
+    deinit {
+        if let dir = opendir(directory) {
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name != "." && name != ".." { unlink(directory + "/" + name) }
+            }
+            closedir(dir)
+        }
+        rmdir(directory)
+    }
 
     @Test func aGeneratedKeyLoadsAndIsRootOnly() throws {
         let path = directory + "/key"
