@@ -23,7 +23,8 @@ SWIFT ?= swift
 #   only libstdc++.a, searched first, makes that the archive.
 # libgcc_s stays a shared library: glibc's pthread_exit/pthread_cancel dlopen it for unwinding when it is
 #   not loaded yet, which fails (abort) where dpuctl has left this machine's /lib behind (rootfs
-#   prepare's threads); -static-libgcc did that.
+#   prepare's threads); -static-libgcc did that. Its constructor's 12 CPUIDs (each traps to a
+#   hypervisor) are skipped: dpuctl exports a filled-in __cpu_model (Sources/CDPUSystem/cpumodel.c).
 # --disable-local-rpath: no RUNPATH $ORIGIN (the Swift libraries are linked in), so the loader does not
 #   first probe a dozen hwcaps/tls paths next to the binary for every library.
 # -disable-concrete-type-metadata-mangled-name-accessors: the metadata of concrete generic types
@@ -39,7 +40,7 @@ SWIFT ?= swift
 STATIC_LIBS = $(CURDIR)/.build/static-libs
 HOT_SECTIONS = scripts/hot-sections.txt
 SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
-	-Xlinker --no-export-dynamic -Xlinker -L$(STATIC_LIBS) \
+	-Xlinker --no-export-dynamic -Xlinker --export-dynamic-symbol=__cpu_model -Xlinker -L$(STATIC_LIBS) \
 	-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors \
 	-Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections \
 	-Xlinker --section-ordering-file -Xlinker $(CURDIR)/$(HOT_SECTIONS) \
