@@ -116,6 +116,26 @@ expect_status "virsh save into /home/VMs (the host's)" 0 virsh save $DOM /home/V
 expect_match "the save file is on the host" "$DOM.save" "$(host ls /home/VMs)"
 expect_status "virsh restore from it" 0 virsh restore /home/VMs/$DOM.save
 expect_match "running after that restore" "State: +running" "$(virsh dominfo $DOM)"
+host rm -f /home/VMs/$DOM.save
+# The same paths with O_DIRECT: libvirt's iohelper (on the DPU) writes the file, QEMU a pipe to it.
+expect_status "virsh save --bypass-cache to a file of the DPU's own" 0 virsh save --bypass-cache $DOM /root/$DOM.save
+expect_status "virsh restore --bypass-cache from it" 0 virsh restore --bypass-cache /root/$DOM.save
+expect_match "running after it" "State: +running" "$(virsh dominfo $DOM)"
+dpu rm -f /root/$DOM.save
+# managedsave: the file is under /var/lib/libvirt/qemu/save, which is the host's.
+expect_status "virsh managedsave" 0 virsh managedsave $DOM
+expect_match "shut off with a managed save" "Managed save: +yes" "$(virsh dominfo $DOM)"
+expect_match "the managed save file is on the host" "$DOM.save" "$(host ls /var/lib/libvirt/qemu/save)"
+expect_status "virsh start restores it" 0 virsh start $DOM
+expect_match "running, the managed save used up" "Managed save: +no" "$(virsh dominfo $DOM)"
+# virsh dump --memory-only: QMP dump-guest-memory into a descriptor libvirt passes (getfd).
+expect_status "virsh dump --memory-only into /home/VMs" 0 virsh dump --memory-only $DOM /home/VMs/$DOM.core
+expect_eq "the host has an ELF core" "ELF" "$(host sh -c "head -c 4 /home/VMs/$DOM.core | tail -c 3")"
+host rm -f /home/VMs/$DOM.core
+expect_status "virsh dump --memory-only to a file of the DPU's own" 0 virsh dump --memory-only $DOM /root/$DOM.core
+expect_eq "the DPU has an ELF core" "ELF" "$(dpu sh -c "head -c 4 /root/$DOM.core | tail -c 3")"
+dpu rm -f /root/$DOM.core
+expect_match "still running after the dumps" "State: +running" "$(virsh dominfo $DOM)"
 
 expect_status "virsh destroy" 0 virsh destroy $DOM
 wait_for "! host pgrep -f '$QEMU.*guest=$DOM'" 15
