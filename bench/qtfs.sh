@@ -5,6 +5,7 @@
 #
 #   bench/qtfs.sh [DPUCTL]     (root: mounts, sshd; installs fio, sshfs, openssh-server, hyperfine, jq)
 #   RUNS=3 (fio runs per test, the median is shown)  HYPERFINE_RUNS=5  WALKS_ONLY=1 (no fio)
+#   SETTLE=0.5 (seconds between the cache drop and each walk)
 #
 # fio: sequential read and write of 1 GiB in 128 KiB blocks (buffered: what a program sees), random 4 KiB
 # reads with O_DIRECT (each one crosses the file system: the page cache would hide the transport).
@@ -164,7 +165,7 @@ for walk in find "ls -lR" tar; do
         tar) commands+=(-n "tar $target" "tar cf - -C $dir . | wc -c") ;;
         esac
     done
-    hyperfine --runs "$HYPERFINE_RUNS" --warmup 1 --prepare 'sync; echo 3 > /proc/sys/vm/drop_caches; sleep 0.5' \
+    hyperfine --runs "$HYPERFINE_RUNS" --warmup 1 --prepare "sync; echo 3 > /proc/sys/vm/drop_caches; sleep ${SETTLE:-0.5}" \
         --export-json "$B/out/${walk// /}.json" "${commands[@]}" >/dev/null
     check "$walk"
     median_table "$B/out/${walk// /}.json" "$walk sshfs"
