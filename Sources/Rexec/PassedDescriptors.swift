@@ -217,7 +217,9 @@ extension Multiplexer {
             throw WireError(.protocolViolation, "PASS without the descriptor-passing capability")
         }
         guard case .pass(let id, let kinds) = try RexecMessage(frame) else { return }
-        guard let carrier = stream(id) else { throw WireError(.protocolViolation, "PASS for unknown stream \(id)") }
+        guard let carrier = stream(id) ?? (isRetired(id) ? Multiplexer.retired(id) : nil) else {
+            throw WireError(.protocolViolation, "PASS for unknown stream \(id)")
+        }
         for kind in kinds {
             if case .file = kind, policy.isClient {
                 throw WireError(.protocolViolation, "the server passed a file by path")

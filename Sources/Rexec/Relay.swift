@@ -199,11 +199,17 @@ final class Multiplexer {
     private var inbound: ByteBuffer
     private(set) var outbound: ByteBuffer
     private let decoder: FrameDecoder
-    /// The streams, in the order they were added (few: a linear search beats a dictionary, whose generic
-    /// metadata costs start-up time).
+    /// The live streams, in the order they were added (few: a linear search beats a dictionary, whose
+    /// generic metadata costs start-up time). A stream that finished both ways leaves the list.
     private(set) var streams: [CarriedStream] = []
     /// Highest number of streams at once (a peer that opens more loses its connection).
     var maximumStreams = 4096
+    /// The highest stream number seen so far in each side's range (the client's below
+    /// `RexecLimits.serverStreams`, the server's from it on): each side numbers its streams upwards, so a
+    /// number at or under its side's highest that is not live is a stream that finished (or was refused)
+    /// here, and what the peer sent on it before it learnt so is dropped — not taken for a protocol error.
+    private var highestClientStream: UInt32 = 0
+    private var highestServerStream: UInt32 = 0
     /// Stop reading local sources while this much is queued for the connection.
     static let outboundHighWater = 2 << 20
     static let chunk = 1 << 20
@@ -267,7 +273,8 @@ final class Multiplexer {
 
     func add(_ stream: CarriedStream) throws(WireError) {
         guard self.stream(stream.id) == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
-        guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams") }
+        guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams at once") }
+        saw(stream.id)
         if spliceLink, stream.sink?.canSplice == true {
             stream.receiveWindow = ReceiveWindow(target: Multiplexer.spliceWindow)
         }
@@ -280,6 +287,28 @@ final class Multiplexer {
     func stream(_ id: UInt32) -> CarriedStream? {
         for stream in streams where stream.id == id { return stream }
         return nil
+    }
+
+    private func saw(_ id: UInt32) {
+        if id >= RexecLimits.serverStreams {
+            highestServerStream = max(highestServerStream, id)
+        } else {
+            highestClientStream = max(highestClientStream, id)
+        }
+    }
+
+    /// Whether `id` is not live but was: finished or refused here (see `highestClientStream`).
+    func isRetired(_ id: UInt32) -> Bool {
+        guard id != 0, stream(id) == nil else { return false }
+        return id <= (id >= RexecLimits.serverStreams ? highestServerStream : highestClientStream)
+    }
+
+    /// A stand-in for a retired stream, to drop what still arrives for it.
+    static func retired(_ id: UInt32) -> CarriedStream {
+        let stream = CarriedStream(id: id, source: nil, sink: nil)
+        stream.sendState = .reset
+        stream.receiveState = .reset
+        return stream
     }
 
     /// Queues a frame for the connection.
@@ -300,10 +329,8 @@ final class Multiplexer {
     /// kept as reset, so that what the peer sent on it before our RESET_STREAM arrived is dropped rather
     /// than taken for a protocol error.
     func refuse(_ id: UInt32, _ code: CloseCode, reason: String) throws(WireError) {
-        let refused = CarriedStream(id: id, source: nil, sink: nil)
-        refused.sendState = .reset
-        refused.receiveState = .reset
-        try add(refused)
+        guard stream(id) == nil else { throw WireError(.protocolViolation, "stream \(id) is already in use") }
+        saw(id)
         send(ConnectionMessage.resetStream(stream: id, code, reason: reason).frame)
     }
 
@@ -502,7 +529,7 @@ final class Multiplexer {
     /// A DATA frame's header: its payload (counted against the stream's window at once, as a whole) is
     /// handed on as it arrives.
     private func receiveData(_ header: FrameHeader) throws(WireError) {
-        guard let stream = stream(header.stream) else {
+        guard let stream = stream(header.stream) ?? (isRetired(header.stream) ? Multiplexer.retired(header.stream) : nil) else {
             throw WireError(.protocolViolation, "DATA for unknown stream \(header.stream)")
         }
         switch stream.receiveState {
@@ -838,6 +865,9 @@ final class Multiplexer {
     private func checkFinished(_ stream: CarriedStream) {
         guard stream.isFinished else { return }
         release(stream)
+        // Retired: a session carries any number of connections and passed fds over its life, as many at once
+        // as `maximumStreams`.
+        streams.removeAll { $0 === stream }
         let callback = stream.onFinished
         stream.onFinished = nil
         callback?(stream)

@@ -279,6 +279,53 @@ import Testing
         output.read.closeQuietly()
     }
 
+    /// A stream that finished leaves the table: a session carries any number over its life (here five
+    /// with room for two at once), and what the peer still sends on a finished one is dropped rather than
+    /// taken for a protocol error; a stream number above any seen still is one.
+    @Test func finishedStreamsLeaveAndLateFramesForThemAreDropped() throws {
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+        mux.maximumStreams = 2
+        var closedWith: Error?
+        var closed = false
+        mux.onControl = { _ throws(WireError) in }
+        mux.onClosed = { closedWith = $0; closed = true }
+        try mux.start()
+        func peerSends(_ id: UInt32, _ bytes: [UInt8], end: Bool) throws {
+            var frame = ByteBuffer()
+            Frame(type: RexecFrame.data, flags: end ? .endStream : [], stream: id, payload: ByteBuffer(bytes: bytes)).encode(into: &frame)
+            _ = try frame.readableBytesView.withUnsafeBytes { try b.writeSome($0) }
+        }
+        var finished = 0
+        for id in UInt32(1)...5 {
+            let output = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+            let stream = CarriedStream(id: id, source: nil, sink: LocalEnd(fd: output.write, owned: true))
+            stream.onFinished = { _ in finished += 1 }
+            try mux.add(stream)
+            try stream.sink?.watch(loop)
+            try peerSends(id, [UInt8(id)], end: true)
+            for _ in 0..<100 where finished < Int(id) { try loop.runOnce(timeoutMilliseconds: 1) }
+            var got = [UInt8](repeating: 0, count: 8)
+            let count = try got.withUnsafeMutableBytes { try output.read.readSome(into: $0) } ?? 0
+            #expect(Array(got[..<count]) == [UInt8(id)])
+            output.read.closeQuietly()
+        }
+        #expect(finished == 5)
+        #expect(mux.streams.isEmpty)
+        #expect(!closed)
+        // Late: stream 3 finished. Dropped, the connection stays.
+        try peerSends(3, [9, 9], end: false)
+        for _ in 0..<20 { try loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(!closed)
+        // Stream 6 was never opened.
+        try peerSends(6, [1], end: false)
+        for _ in 0..<100 where !closed { try loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(closed)
+        #expect((closedWith as? WireError)?.code == .protocolViolation)
+        b.closeQuietly()
+    }
+
     @Test func garbageFromThePeerEndsOnlyThatConnection() throws {
         let loop = try IOLoop()
         let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)

@@ -108,6 +108,38 @@ out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" python3 "$W/libvirt.py" /run/rexec/m
 expect_eq "connections to a listening socket passed as fd 29 reach the remote program" \
     "monitor:QMP_CAPABILITIES monitor:QUERY-STATUS exit 0" "$(echo $out)"
 
+# A QEMU lives long and libvirt may connect to its monitor any number of times: more connections over
+# one session than the server's streams at once (1280), one after another.
+cat >"$W/many-monitor.py" <<'EOF'
+import socket, sys
+listener = socket.socket(fileno=29)
+for _ in range(int(sys.argv[1])):
+    conn, _ = listener.accept()
+    conn.sendall(conn.recv(100))
+    conn.close()
+EOF
+cat >"$W/many-libvirt.py" <<'EOF'
+import os, socket, subprocess, sys
+path, count = sys.argv[1], int(sys.argv[2])
+listener = socket.socket(socket.AF_UNIX)
+listener.bind(path)
+listener.listen()
+os.dup2(listener.fileno(), 29)
+os.set_inheritable(29, True)
+child = subprocess.Popen(sys.argv[3:] + [str(count)], pass_fds=[29])
+listener.close(); os.close(29)
+answered = 0
+for n in range(count):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect(path)
+    c.sendall(b"%d" % n)
+    answered += c.recv(100) == b"%d" % n
+    c.close()
+print(answered, "exit", child.wait())
+EOF
+expect_eq "1500 connections one after another over one session, all answered" "1500 exit 0" \
+    "$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" python3 "$W/many-libvirt.py" /run/rexec/many.sock 1500 rexec --key "$W/key" /usr/bin/python3 "$W/many-monitor.py")"
+
 # What the program sees: the same fd numbers, nothing else of rexec's or the server's.
 list='ls /proc/self/fd | sort -n | tr "\n" " "'
 here=$(lab_dpu bash -c "exec 7>>'$W/log' 8</dev/null; /bin/sh -c '$list'")
