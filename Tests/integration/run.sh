@@ -4,6 +4,8 @@
 #
 #   Tests/integration/run.sh [TEST...]     TEST_TIMEOUT=seconds (default 600)
 set -u
+# A relative DPUCTL= means the caller's directory, not this one.
+if [ -n "${DPUCTL:-}" ]; then DPUCTL=$(readlink -f "$DPUCTL"); export DPUCTL; fi
 cd "$(dirname "$0")"
 timeout_seconds=${TEST_TIMEOUT:-600}
 if [ $# -gt 0 ]; then tests=("$@"); else tests=(*.sh); fi
