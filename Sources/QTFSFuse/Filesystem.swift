@@ -883,8 +883,9 @@ final class QTFSFilesystem: @unchecked Sendable {
         return "unexpected reply"
     }
 
-    /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
+    /// What the kernel asks a file for before every write(2) on a FUSE file system.
     static let capabilityName = Array("security.capability".utf8)
+    /// The files of a cgroup that take pids (v1 `tasks`, v2 `cgroup.procs` and `cgroup.threads`).
     static let processLists: Set<[UInt8]> = [Array("cgroup.procs".utf8), Array("tasks".utf8), Array("cgroup.threads".utf8)]
 
     func fsync(_ req: fuse_req_t, _ file: OpenFile, dataOnly: Bool) {
@@ -1056,9 +1057,7 @@ final class QTFSFilesystem: @unchecked Sendable {
                 }
                 used = 0
                 let listed = entries.prefix(fits)
-                let keep = options.proc || options.attributeTimeout <= 0 ? nil : NodeTable.Keep(
-                    until: asked + UInt64(options.attributeTimeout * 1_000_000_000), current: { [self] in version == since })
-                let ids = nodes.remember(listed: listed, in: directory, keep: keep)
+                let ids = nodes.remember(listed: listed, in: directory, keep: keep(since: since, asked: asked))
                 for (entry, id) in zip(listed, ids) {
                     var e = fuse_entry_param()
                     if id != 0, let a = entry.attributes {
