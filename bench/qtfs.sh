@@ -103,7 +103,8 @@ fio_run() {  # fio_run TARGET NAME ARGS... -> prints MiB/s or IOPS of one run
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 declare -A result
-[ "${WALKS_ONLY:-0}" = 1 ] && fio_targets=() || fio_targets=("${targets[@]}")
+fio_targets=("${targets[@]}")
+[ "${WALKS_ONLY:-0}" = 1 ] && fio_targets=()
 for target in "${fio_targets[@]}"; do
     dir=$(dir_of "$target")
     for run in $(seq "$RUNS"); do
@@ -119,18 +120,19 @@ done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "-" }'; }
 echo "bench/qtfs.sh, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), median of $RUNS fio runs"
 echo
-[ "${WALKS_ONLY:-0}" = 1 ] || echo "| fio | local | sshfs | qtfs | qtfs / sshfs | qtfs / local |"
-[ "${WALKS_ONLY:-0}" = 1 ] || echo "|---|---|---|---|---|---|"
-for test in "${fio_targets[@]:+seqread}" "${fio_targets[@]:+seqwrite}" "${fio_targets[@]:+randread}"; do
-    [ -n "$test" ] || continue
-    case $test in
-    seqread) label="sequential read, 128 KiB (MiB/s)" ;;
-    seqwrite) label="sequential write, 128 KiB (MiB/s)" ;;
-    randread) label="random read, 4 KiB, O_DIRECT (IOPS)" ;;
-    esac
-    echo "| $label | ${result[local.$test]} | ${result[sshfs.$test]} | ${result[qtfs.$test]} | $(ratio "${result[qtfs.$test]}" "${result[sshfs.$test]}") | $(ratio "${result[qtfs.$test]}" "${result[local.$test]}") |"
-done
-echo
+if [ ${#fio_targets[@]} -gt 0 ]; then
+    echo "| fio | local | sshfs | qtfs | qtfs / sshfs | qtfs / local |"
+    echo "|---|---|---|---|---|---|"
+    for test in seqread seqwrite randread; do
+        case $test in
+        seqread) label="sequential read, 128 KiB (MiB/s)" ;;
+        seqwrite) label="sequential write, 128 KiB (MiB/s)" ;;
+        randread) label="random read, 4 KiB, O_DIRECT (IOPS)" ;;
+        esac
+        echo "| $label | ${result[local.$test]} | ${result[sshfs.$test]} | ${result[qtfs.$test]} | $(ratio "${result[qtfs.$test]}" "${result[sshfs.$test]}") | $(ratio "${result[qtfs.$test]}" "${result[local.$test]}") |"
+    done
+    echo
+fi
 
 # Metadata: hyperfine, caches dropped before every run (sshfs keeps its own cache of what it saw), then
 # half a second for the FUSE servers to take the kernel's FORGETs of every dropped inode (thousands, for
