@@ -4,11 +4,13 @@
   hot-sections.py starts MAP            start address of every code section that can be ordered
   hot-sections.py order MAP HITS        the sections whose starts HITS lists, in that order
 
-A section can be ordered when its name is unique (`.text.<function>`: Swift with -function-sections,
-C with -ffunction-sections); `.text.startup` (the static constructors, all run at start) is kept as one
-name. A plain `.text` holds a whole object's functions and is left where it is.
+A section can be ordered when it is named after its function (`.text.<function>`: Swift with
+-function-sections, C with -ffunction-sections). A name several objects share (a local helper every
+object that needs it carries, such as Swift's merged metadata accessors `...MaTm`) is listed when any
+copy runs: the linker places every section of a listed name, so all copies move, and they are small.
+A plain `.text` holds a whole object's functions (the prebuilt Swift runtime and standard library,
+libdispatch) and is left where it is.
 """
-import collections
 import re
 import sys
 
@@ -43,8 +45,7 @@ def code_sections(path):
 
 
 def orderable(sections):
-    counts = collections.Counter(name for name, _ in sections)
-    return [(name, start) for name, start in sections if counts[name] == 1 or name == '.text.startup']
+    return [(name, start) for name, start in sections if name != '.text']
 
 
 def main():
