@@ -19,6 +19,8 @@ final class IOLoop {
     private var slots: [(generation: UInt32, handler: Handler?)] = []
     private var freeSlots: [Int] = []
     private var timers: [Timer] = []
+    /// Timers not yet fired or cancelled (tests: finished sessions leave none behind).
+    var pendingTimers: Int { timers.count }
     private var nextTimer: UInt64 = 1
     private let wake: EventCounter
     private let inbox = Mutex<[@Sendable () -> Void]>([])
@@ -105,7 +107,11 @@ final class IOLoop {
         return TimerID(id: id)
     }
 
-    func cancel(_ timer: TimerID) { timers.removeAll { $0.id == timer.id } }
+    /// Forgets a timer that has not fired. The list holds only live timers (sessions cancel theirs when
+    /// they end), so a linear search is short.
+    func cancel(_ timer: TimerID) {
+        if let index = timers.firstIndex(where: { $0.id == timer.id }) { timers.remove(at: index) }
+    }
 
     /// Runs `work` after the handlers of the current batch.
     func later(_ work: @escaping () -> Void) { deferred.append(work) }

@@ -35,6 +35,8 @@ final class LegacySession: ServerSession {
     private var report: LocalEnd?
     private var exitStatus: ExitStatus?
     private var killTimer: IOLoop.TimerID?
+    /// The bound on the wait for the client to close after KILL; cancelled when the session ends first.
+    private var closeTimer: IOLoop.TimerID?
     private var closed = false
     private var finished = false
 
@@ -280,7 +282,7 @@ final class LegacySession: ServerSession {
         send(LegacyRexecHeader(type: .kill, exitStatus: status))
         releaseStdio()
         // The original client closes the connection when it gets KILL; do not wait for it forever.
-        core.loop.schedule(after: .seconds(10)) { [weak self] in self?.close() }
+        closeTimer = core.loop.schedule(after: .seconds(10)) { [weak self] in self?.close() }
     }
 
     private func send(_ header: LegacyRexecHeader) {
@@ -351,6 +353,8 @@ final class LegacySession: ServerSession {
     private func finish() {
         guard !finished, closed, process == nil || exitStatus != nil else { return }
         finished = true
+        if let closeTimer { core.loop.cancel(closeTimer) }
+        closeTimer = nil
         report?.close(core.loop)
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
         process?.close()

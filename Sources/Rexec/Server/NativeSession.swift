@@ -33,6 +33,9 @@ final class NativeSession: ServerSession {
     private var clientGone = false
     private var closeWhenFlushed = false
     private var killTimer: IOLoop.TimerID?
+    /// The bound on closeAfterFlush's wait; cancelled when the session ends first (it always does when the
+    /// client reads): left to fire, every finished session would keep one for 30 s.
+    private var flushTimer: IOLoop.TimerID?
     private var listenerPaths: [Int32: String] = [:]
     private var terminalController: FileDescriptor?
     private var finished = false
@@ -390,7 +393,7 @@ final class NativeSession: ServerSession {
     private func closeAfterFlush() {
         guard !closeWhenFlushed else { return }
         closeWhenFlushed = true
-        core.loop.schedule(after: .seconds(30)) { [weak self] in
+        flushTimer = core.loop.schedule(after: .seconds(30)) { [weak self] in
             guard let self, !mux.closed else { return }
             mux.close(nil)
         }
@@ -555,6 +558,8 @@ final class NativeSession: ServerSession {
     private func finish() {
         guard !finished, mux.closed, process == nil || exitStatus != nil, daemon == nil || daemonStatus != nil else { return }
         finished = true
+        if let flushTimer { core.loop.cancel(flushTimer) }
+        flushTimer = nil
         releaseDaemon()
         mux.releaseAll()
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }

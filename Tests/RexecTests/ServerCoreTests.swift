@@ -1,0 +1,84 @@
+import DPUSystem
+import DPUWire
+import Glibc
+import Logging
+import NIOCore
+import SystemPackage
+import Testing
+
+@testable import Rexec
+
+/// The server's event loop, driven by the test: a real listening unix socket, real connections, the
+/// native protocol spoken by hand, real programs started and reaped.
+@Suite struct ServerCoreTests {
+    @Test func finishedSessionsLeaveNoTimersBehind() throws {
+        var template = Array("/tmp/dpuctl-servercore-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let path = directory + "/rexec.sock"
+        defer { rmdir(directory) }
+        let core = try ServerCore(
+            settings: RexecServerSettings(), whitelist: Whitelist(path: "test", programs: [Array("/bin/true".utf8)]),
+            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, snapshot: Snapshot())
+        let listener = try Socket.listen(on: .unix(path: path))
+        try core.adopt(listener, endpoint: .unix(path: path), key: nil, ownsPath: true)
+        defer {
+            core.shutDown()
+            unlink(path)
+        }
+
+        // Each session bounds its last flush and its handshake with timers; a server that kept them after
+        // the session ended carried one per program started for the next 30 s, and paid for the list on
+        // every later connection.
+        for round in 1...3 {
+            let exit = try runTrue(core: core, path: path)
+            #expect(exit == .exited(code: 0), "round \(round)")
+        }
+        for _ in 0..<20 { try core.loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(core.loop.pendingTimers == 0)
+    }
+
+    /// One `/bin/true` through the native protocol, with /dev/null as its stdio; returns what EXITED said.
+    private func runTrue(core: ServerCore, path: String) throws -> RexecExit? {
+        let connection = try Socket.connect(to: .unix(path: path))
+        defer { connection.closeQuietly() }
+        try connection.setNonBlocking()
+        var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: nil)
+        var outbound = handshake.clientOpening
+        var inbound = ByteBuffer()
+        var opened = false
+        var exit: RexecExit?
+        let decoder = FrameDecoder()
+        let null = Array("/dev/null".utf8)
+        let request = RexecExecRequest(
+            program: Array("/bin/true".utf8), arguments: [Array("true".utf8)], environment: [], workingDirectory: Array("/".utf8),
+            umask: 0o22,
+            descriptors: [
+                RexecDescriptor(targets: [0], kind: .file(path: null, flags: UInt32(O_RDONLY), offset: 0)),
+                RexecDescriptor(targets: [1, 2], kind: .file(path: null, flags: UInt32(O_WRONLY), offset: 0)),
+            ])
+        for _ in 0..<5000 where exit == nil {
+            if outbound.readableBytes > 0 {
+                let written = outbound.readableBytesView.withUnsafeBytes { Glibc.write(connection.rawValue, $0.baseAddress, $0.count) }
+                if written > 0 { outbound.moveReaderIndex(forwardBy: written) }
+            }
+            try core.loop.runOnce(timeoutMilliseconds: 1)
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = Glibc.read(connection.rawValue, &chunk, chunk.count)
+            if count > 0 { inbound.writeBytes(chunk[..<count]) }
+            if !opened {
+                switch try handshake.feed(&inbound) {
+                case .continue(var send): outbound.writeBuffer(&send)
+                case .finished(var send, _):
+                    outbound.writeBuffer(&send)
+                    RexecMessage.exec(request).frame.encode(into: &outbound)
+                    opened = true
+                case .rejected(_, let error): throw error
+                }
+            }
+            while opened, let frame = try decoder.decode(&inbound) {
+                if let message = try? RexecMessage(frame), case .exited(let status) = message { exit = status }
+            }
+        }
+        return exit
+    }
+}
