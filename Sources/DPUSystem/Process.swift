@@ -214,14 +214,23 @@ private func withOptionalCString<R>(_ bytes: [UInt8]?, _ body: (UnsafePointer<CC
 }
 
 /// Calls `body` with a NULL-terminated `char *const *` made from `strings` (byte strings without NULs).
+/// One block holds every string (a program's environment is dozens of them, on every start).
 func withCStrings<R>(_ strings: [[UInt8]], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
-    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { bytes in
-        let copy = UnsafeMutablePointer<CChar>.allocate(capacity: bytes.count + 1)
-        for (index, byte) in bytes.enumerated() { copy[index] = CChar(bitPattern: byte) }
-        copy[bytes.count] = 0
-        return copy
+    var total = 0
+    for bytes in strings { total += bytes.count + 1 }
+    let block = UnsafeMutablePointer<CChar>.allocate(capacity: max(total, 1))
+    defer { block.deallocate() }
+    let pointers = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: strings.count + 1)
+    defer { pointers.deallocate() }
+    var next = block
+    for (index, bytes) in strings.enumerated() {
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { UnsafeMutableRawPointer(next).copyMemory(from: base, byteCount: raw.count) }
+        }
+        next[bytes.count] = 0
+        pointers[index] = next
+        next += bytes.count + 1
     }
-    pointers.append(nil)
-    defer { for pointer in pointers { pointer?.deallocate() } }
-    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+    pointers[strings.count] = nil
+    return body(pointers)
 }

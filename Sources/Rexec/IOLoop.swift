@@ -51,8 +51,9 @@ final class IOLoop {
     deinit { wake.close() }
 
     /// Watches `fd` for every event, edge-triggered. Throws EPERM for regular files and directories (the
-    /// caller treats those as always ready).
-    func register(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) -> Registration {
+    /// caller treats those as always ready). `readOnly`: not for writability (an eventfd that is only read
+    /// would otherwise report a writable edge after every read: one more turn of the loop each time).
+    func register(_ fd: FileDescriptor, readOnly: Bool = false, _ handler: @escaping Handler) throws(SystemError) -> Registration {
         let slot: Int
         if let free = freeSlots.popLast() {
             slot = free
@@ -62,7 +63,7 @@ final class IOLoop {
         }
         let token = UInt64(slots[slot].generation) << 32 | UInt64(slot + 1)
         do {
-            try epoll.add(fd, [.readable, .writable, .peerClosed, .edgeTriggered], token: token)
+            try epoll.add(fd, readOnly ? [.readable, .edgeTriggered] : [.readable, .writable, .peerClosed, .edgeTriggered], token: token)
         } catch {
             freeSlots.append(slot)
             throw error

@@ -148,7 +148,11 @@ enum InheritedDescriptors {
             case .characterDevice where status.isNullDevice,
                 .directory where number > 2, .blockDevice where number > 2,
                 .characterDevice where number > 2 && !fd.isTerminal:
-                guard let path = try? fd.linkTarget(), path.hasPrefix("/"), !path.hasSuffix(" (deleted)") else {
+                // The null device (1:3) is /dev/null on any Linux, whatever node it was opened through: no
+                // readlink through /proc for the stdio of every program run from a service.
+                guard let path = status.isNullDevice ? "/dev/null" : try? fd.linkTarget(), path.hasPrefix("/"),
+                    !path.hasSuffix(" (deleted)")
+                else {
                     plan.notes.append("fd \(number) is not carried: its file has no path the peer could open (deleted?)")
                     continue
                 }

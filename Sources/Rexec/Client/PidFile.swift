@@ -12,25 +12,38 @@ struct PidFile {
     /// Creates, locks and fills the file. Returns nil without complaint when the directory cannot be
     /// created for lack of permission (a non-root caller: the map is for root's tools).
     static func create(directory: String, remotePID: pid_t) throws(SystemError) -> PidFile? {
+        let path = "\(directory)/\(getpid())"
+        let fd: FileDescriptor
+        var leftover = false
         do throws(SystemError) {
-            try makeDirectories(directory)
+            // Usually the directory is there and no file has our pid: three system calls in all.
+            fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW, mode: 0o600)
+        } catch where error.errno == .noSuchFileOrDirectory {
+            do throws(SystemError) {
+                try makeDirectories(directory)
+            } catch where [.permissionDenied, .notPermitted, .readOnlyFileSystem].contains(error.errno) {
+                return nil
+            }
+            fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_WRONLY | O_NOFOLLOW, mode: 0o600)
+            leftover = true
+        } catch where error.errno == .fileExists {
+            // A dead process's leftover under our pid: ours now, emptied once we hold the lock. (Only
+            // then: on ext4 a truncate-then-write makes the close wait for the disk.)
+            fd = try FileDescriptor.openPath(path, flags: O_WRONLY | O_NOFOLLOW)
+            leftover = true
         } catch where [.permissionDenied, .notPermitted, .readOnlyFileSystem].contains(error.errno) {
             return nil
         }
-        removeStale(directory)
-        let path = "\(directory)/\(getpid())"
-        let fd = try FileDescriptor.openPath(path, flags: O_CREAT | O_WRONLY | O_NOFOLLOW, mode: 0o600)
         do throws(SystemError) {
             try fd.lock()
-            // Only a leftover of a dead process with our pid needs truncating; a fresh file does not (and
-            // on ext4 a truncate-then-write makes the close wait for the disk).
-            if (try fd.descriptorStatus()).size > 0 { try fd.truncate(to: 0) }
+            if leftover, (try fd.descriptorStatus()).size > 0 { try fd.truncate(to: 0) }
             try fd.writeFully(String(remotePID).utf8)
         } catch {
             fd.closeQuietly()
             unlink(path)
             throw error
         }
+        removeStale(directory)
         return PidFile(path: path, fd: fd)
     }
 
@@ -61,6 +74,9 @@ struct PidFile {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             // Pid names only (the original ignores names of 16 characters or more).
             guard name != own, !name.isEmpty, name.utf8.count < 16, name.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { continue }
+            // A live process of that pid (its client, or another process that got the number): leave the
+            // file; checking its lock would cost every client an open per running client.
+            if let pid = pid_t(name), kill(pid, 0) == 0 || errno == EPERM { continue }
             let path = "\(directory)/\(name)"
             guard let fd = try? FileDescriptor.openPath(path, flags: O_RDONLY | O_NOFOLLOW) else { continue }
             // An empty file may be a client between its open and its flock: leave it.

@@ -65,6 +65,15 @@ final class ServerCore {
     /// Adopts listening sockets (already bound: ours or socket-activated).
     func adopt(_ fd: FileDescriptor, endpoint: Endpoint, key: PreSharedKey?, ownsPath: Bool) throws(SystemError) {
         try fd.setNonBlocking()
+        if case .tcp = endpoint {
+            // Set once here: every connection accepted from a TCP listener starts with its options (six
+            // system calls fewer per connection). Requests go out as written; a DPU that vanishes (cable,
+            // reset) is noticed within `keepalive` seconds, idle or not.
+            let seconds = Int32(settings.keepalive)
+            try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            try? fd.enableKeepAlive(idleSeconds: max(1, seconds / 2), intervalSeconds: max(1, seconds / 6), probes: 3)
+            try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, seconds * 1000)
+        }
         let listener = Listener(fd: fd, endpoint: endpoint, key: key, ownsPath: ownsPath)
         listener.registration = try loop.register(fd) { [unowned self, unowned listener] _ in accept(listener) }
         listeners.append(listener)
@@ -72,7 +81,7 @@ final class ServerCore {
 
     /// Starts watching SIGCHLD (stops and continues of programs; their exits come through pidfds).
     func watchChildren() throws(SystemError) {
-        _ = try loop.register(childEvents.fd) { [unowned self] _ in
+        _ = try loop.register(childEvents.fd, readOnly: true) { [unowned self] _ in
             childEvents.drain()
             while let change = ChildStateChange.next() {
                 switch change {
@@ -132,11 +141,6 @@ final class ServerCore {
                 }
             } else {
                 peer = (try? fd.peerAddress().description) ?? peer
-                try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-                // A DPU that vanishes (cable, reset) is noticed within `keepalive` seconds, idle or not.
-                let seconds = Int32(settings.keepalive)
-                try? fd.enableKeepAlive(idleSeconds: max(1, seconds / 2), intervalSeconds: max(1, seconds / 6), probes: 3)
-                try? fd.setSocketOption(level: Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, seconds * 1000)
             }
             if let refusal { refuse("refused \(peer) on \(listener.endpoint): \(refusal)") }
             let connection = PendingConnection(core: self, fd: fd, listener: listener, peer: peer, refusal: refusal)
