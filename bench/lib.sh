@@ -17,6 +17,28 @@ median_table() {
     ' "$json"
 }
 
+# pool_rounds OUT IN...: one hyperfine JSON from several runs of the same command list (rounds taken
+# in turn, so a burst of the machine's other load falls on every command alike): each command's times
+# pooled, median, min and max over all of them.
+pool_rounds() {
+    local out=$1
+    shift
+    jq -s '{results: (map(.results) | transpose | map(
+        {command: .[0].command, times: (map(.times) | add | sort)}
+        | .median = (.times | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end)
+        | .min = .times[0] | .max = .times[-1]))}' "$@" >"$out"
+}
+
+# round_ratios JSON... COMMAND BASELINE: the ratio of COMMAND's median to BASELINE's in each round, as
+# "lowest-highest" (how much the rounds agree).
+round_ratios() {
+    local base=${*: -1} command=${*: -2:1}
+    local files=("${@:1:$#-2}")
+    jq -rs --arg c "$command" --arg b "$base" '
+        map((.results | map(select(.command == $c)) | first | .median) / (.results | map(select(.command == $b)) | first | .median))
+        | "\(min * 100 | round / 100)-\(max * 100 | round / 100)×"' "${files[@]}"
+}
+
 # A free TCP port on loopback (in the current network namespace).
 free_port() {
     local port

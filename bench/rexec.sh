@@ -3,7 +3,7 @@
 # pre-shared key, as deployed) and over the unix socket; ssh to an sshd started here, with and without
 # ControlMaster; and the local floor. Latency of /bin/true; stdout and stdin throughput of 1 GiB.
 #   bench/rexec.sh [DPUCTL]        (root: sshd needs it; installs hyperfine, jq and openssh if missing)
-#   LATENCY_ONLY=1: the latency table alone
+#   LATENCY_ONLY=1: the latency table alone; ROUNDS=N: latency in N interleaved rounds (default 5)
 # Prints markdown for bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,18 +77,35 @@ for cmd in "$RX_TCP /bin/true" "$RX_UNIX /bin/true" "$SSH 127.0.0.1 /bin/true" "
     $cmd || { echo "bench/rexec.sh: '$cmd' failed" >&2; cat "$T/server.log" "$T/sshd.log" >&2; exit 1; }
 done
 
-hyperfine -N --warmup 20 --runs 300 --export-json "$T/latency.json" \
-    -n '/bin/true' '/bin/true' \
-    -n 'sh -c true' 'sh -c true' \
-    -n 'rexec /bin/true (tcp, key)' "$RX_TCP /bin/true" \
-    -n 'rexec /bin/true (unix)' "$RX_UNIX /bin/true" \
-    -n 'ssh /bin/true' "$SSH 127.0.0.1 /bin/true" \
-    -n 'ssh /bin/true (ControlMaster)' "$SSH_CM 127.0.0.1 /bin/true" >/dev/null
+# Latency in ROUNDS rounds of 300/ROUNDS runs per command, the commands taken in turn in each round: a
+# burst of the machine's other load then falls on all of them alike instead of on whichever command
+# hyperfine was running. The table pools each command's runs; the line below it gives the per-round
+# ratios.
+ROUNDS=${ROUNDS:-5}
+rounds=()
+for round in $(seq "$ROUNDS"); do
+    hyperfine -N --warmup 10 --runs $((300 / ROUNDS)) --export-json "$T/latency-$round.json" \
+        -n '/bin/true' '/bin/true' \
+        -n 'sh -c true' 'sh -c true' \
+        -n 'rexec /bin/true (tcp, key)' "$RX_TCP /bin/true" \
+        -n 'rexec /bin/true (unix)' "$RX_UNIX /bin/true" \
+        -n 'ssh /bin/true' "$SSH 127.0.0.1 /bin/true" \
+        -n 'ssh /bin/true (ControlMaster)' "$SSH_CM 127.0.0.1 /bin/true" >/dev/null
+    rounds+=("$T/latency-$round.json")
+done
+pool_rounds "$T/latency.json" "${rounds[@]}"
+latency_table() {
+    echo "Latency of \`/bin/true\` (hyperfine -N, $ROUNDS rounds of $((300 / ROUNDS)) runs of each command in turn, pooled):"
+    echo
+    median_table "$T/latency.json" 'ssh /bin/true (ControlMaster)'
+    echo
+    echo "Per round, rexec over TCP against ssh with ControlMaster: $(round_ratios "${rounds[@]}" 'rexec /bin/true (tcp, key)' 'ssh /bin/true (ControlMaster)'); over the unix socket: $(round_ratios "${rounds[@]}" 'rexec /bin/true (unix)' 'ssh /bin/true (ControlMaster)')."
+}
 
 if [ "${LATENCY_ONLY:-0}" = 1 ]; then
     echo "bench/rexec.sh, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), release build; hyperfine"
     echo
-    median_table "$T/latency.json" 'ssh /bin/true (ControlMaster)'
+    latency_table
     exit 0
 fi
 
@@ -118,9 +135,7 @@ throughput_table() {
 
 echo "bench/rexec.sh, $(date -u +%Y-%m-%d), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), release build; hyperfine"
 echo
-echo "Latency of \`/bin/true\` (hyperfine -N, 300 runs each):"
-echo
-median_table "$T/latency.json" 'ssh /bin/true (ControlMaster)'
+latency_table
 echo
 echo "stdout, 1 GiB (\`head -c 1G /dev/zero\` remote, piped to a local cat; 5 runs):"
 echo
