@@ -39,13 +39,17 @@ SWIFT ?= swift
 # Measured with bench/rexec.sh and perf stat (bench/RESULTS.md, rexec).
 STATIC_LIBS = $(CURDIR)/.build/static-libs
 HOT_SECTIONS = scripts/hot-sections.txt
-SWIFT_RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
+SWIFT_BUILD_FLAGS = -c release --static-swift-stdlib --disable-local-rpath \
 	-Xlinker --no-export-dynamic -Xlinker --export-dynamic-symbol=__cpu_model -Xlinker -L$(STATIC_LIBS) \
 	-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors \
 	-Xswiftc -Xfrontend -Xswiftc -function-sections -Xcc -ffunction-sections \
-	-Xlinker --section-ordering-file -Xlinker $(CURDIR)/$(HOT_SECTIONS) \
-	$(if $(LINK_MAP),-Xlinker -Map -Xlinker $(abspath $(LINK_MAP)))
+	-Xlinker --section-ordering-file -Xlinker $(CURDIR)/$(HOT_SECTIONS)
+SWIFT_RELEASE_FLAGS = $(SWIFT_BUILD_FLAGS) $(if $(LINK_MAP),-Xlinker -Map -Xlinker $(abspath $(LINK_MAP)))
 RELEASE_BIN = .build/release/dpuctl
+# The flags the release objects were compiled with. SwiftPM recompiles a file when it changes, not when
+# the flags do: objects compiled before -function-sections kept their single .text and the section list
+# could not place them (measurements on such a tree were of another layout than a clean build's).
+RELEASE_FLAGS_STAMP = .build/release-flags
 # Man pages carry this date, so regenerating them changes nothing unless the commands changed.
 MAN_DATE = 2026-11-26
 
@@ -65,9 +69,13 @@ DEB_PACKAGES = $(DEB_BUILD) $(DEB_TEST)
 all: build
 
 build: $(STATIC_LIBS)/libstdc++.a
+	@# Other release flags than the last build's: start the release objects afresh.
+	@if [ -e .build/release ] && [ "$$(cat $(RELEASE_FLAGS_STAMP) 2>/dev/null)" != '$(SWIFT_BUILD_FLAGS)' ]; then \
+		echo "release build flags changed: recompiling everything"; rm -rf "$$(readlink -f .build/release)"; fi
 	@# SwiftPM does not see the section list as an input of the link: a binary older than it goes.
 	@if [ $(HOT_SECTIONS) -nt $(RELEASE_BIN) ] || [ -n "$(LINK_MAP)" ]; then rm -f $(RELEASE_BIN); fi
 	$(SWIFT) build $(SWIFT_RELEASE_FLAGS) --product dpuctl
+	@echo '$(SWIFT_BUILD_FLAGS)' >$(RELEASE_FLAGS_STAMP)
 	@# After SwiftPM: on a fresh tree it makes .build/release a symbolic link, replacing a directory
 	@# made before it (and the library in it).
 	@$(MAKE) --no-print-directory preload
