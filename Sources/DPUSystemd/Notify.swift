@@ -91,11 +91,7 @@ public enum Systemd {
         return .microseconds(Int64(microseconds))
     }
 
-    static func monotonicMicroseconds() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-    }
+    static func monotonicMicroseconds() -> UInt64 { monotonicNanoseconds() / 1000 }
 }
 
 /// libsystemd, loaded on first use (see Sources/CSystemd/shim.h for why it is not linked).

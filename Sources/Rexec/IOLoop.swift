@@ -18,10 +18,9 @@ final class IOLoop {
     /// a dictionary: the client's start-up must not pay for generic metadata it can avoid.)
     private var slots: [(generation: UInt32, handler: Handler?)] = []
     private var freeSlots: [Int] = []
-    private var timers: [Timer] = []
+    private var timers = TimerQueue()
     /// Timers not yet fired or cancelled (tests: finished sessions leave none behind).
     var pendingTimers: Int { timers.count }
-    private var nextTimer: UInt64 = 1
     private let wake: EventCounter
     private let inbox = Mutex<[@Sendable () -> Void]>([])
     /// Work to run after the current batch of events (deferred so a handler never re-enters another).
@@ -32,15 +31,7 @@ final class IOLoop {
         fileprivate let token: UInt64
     }
 
-    struct TimerID: Hashable {
-        fileprivate let id: UInt64
-    }
-
-    private struct Timer {
-        var id: UInt64
-        var deadline: UInt64
-        var action: () -> Void
-    }
+    typealias TimerID = DPUSystem.TimerID
 
     init() throws(SystemError) {
         epoll = try Epoll(capacity: 128)
@@ -99,20 +90,11 @@ final class IOLoop {
     /// Runs `action` on the loop after `delay`.
     @discardableResult
     func schedule(after delay: Duration, _ action: @escaping () -> Void) -> TimerID {
-        let id = nextTimer
-        nextTimer += 1
-        let deadline = Self.now() + UInt64(delay.components.seconds) * 1_000_000_000
-            + UInt64(delay.components.attoseconds / 1_000_000_000)
-        let index = timers.firstIndex { $0.deadline > deadline } ?? timers.endIndex
-        timers.insert(Timer(id: id, deadline: deadline, action: action), at: index)
-        return TimerID(id: id)
+        timers.add(deadline: Self.now() + delay.nanoseconds, action)
     }
 
-    /// Forgets a timer that has not fired. The list holds only live timers (sessions cancel theirs when
-    /// they end), so a linear search is short.
-    func cancel(_ timer: TimerID) {
-        if let index = timers.firstIndex(where: { $0.id == timer.id }) { timers.remove(at: index) }
-    }
+    /// Forgets a timer that has not fired.
+    func cancel(_ timer: TimerID) { timers.cancel(timer) }
 
     /// Runs `work` after the handlers of the current batch.
     func later(_ work: @escaping () -> Void) { deferred.append(work) }
@@ -136,10 +118,9 @@ final class IOLoop {
     /// Waits for events once (at most until the next timer or `timeoutMilliseconds`) and handles them.
     func runOnce(timeoutMilliseconds: Int32) throws(SystemError) {
         var timeout = timeoutMilliseconds
-        if let first = timers.first {
-            let now = Self.now()
-            let untilTimer = first.deadline > now ? Int32(min((first.deadline - now + 999_999) / 1_000_000, 60_000)) : 0
-            timeout = timeout < 0 ? untilTimer : min(timeout, untilTimer)
+        if !timers.isEmpty {
+            let untilTimer = timers.timeoutMilliseconds(now: Self.now())
+            if untilTimer >= 0 { timeout = timeout < 0 ? untilTimer : min(timeout, untilTimer) }
         }
         if !deferred.isEmpty { timeout = 0 }
         try epoll.wait(timeoutMilliseconds: timeout) { token, events in
@@ -157,9 +138,8 @@ final class IOLoop {
         runDeferred()
         if !timers.isEmpty {
             let now = Self.now()
-            while let first = timers.first, first.deadline <= now {
-                timers.removeFirst()
-                first.action()
+            while let action = timers.takeDue(now: now) {
+                action()
                 runDeferred()
             }
         }
@@ -173,9 +153,5 @@ final class IOLoop {
         }
     }
 
-    static func now() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-    }
+    static func now() -> UInt64 { monotonicNanoseconds() }
 }

@@ -95,11 +95,7 @@ final class Reactor: @unchecked Sendable {
         if let timer { timers.cancel(timer) }
     }
 
-    static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
+    static func now() -> UInt64 { monotonicNanoseconds() }
 
     /// Ends `run` after the current round.
     func stop() { running = false }
@@ -147,89 +143,12 @@ final class Reactor: @unchecked Sendable {
             let pending = flushes
             flushes.removeAll(keepingCapacity: true)
             for item in pending { item() }
-            // Actions run outside the queue's mutation: they may schedule timers themselves.
-            for action in timers.due(now: Reactor.now()) { action() }
+            // One at a time: an action may add timers, or cancel one that is due too.
+            let now = Reactor.now()
+            while let action = timers.takeDue(now: now) { action() }
         }
         wakeup.close()
         epoll.close()
-    }
-}
-
-/// A timer's identity, for cancelling it.
-struct TimerID: Hashable {
-    fileprivate let value: UInt64
-}
-
-/// Timers in deadline order (a binary heap); cancelled ones are skipped when they come up.
-struct TimerQueue {
-    private struct Entry {
-        var deadline: UInt64
-        var id: UInt64
-        var action: () -> Void
-    }
-    private var heap: [Entry] = []
-    private var live: Set<UInt64> = []
-    private var cancelled: Set<UInt64> = []
-    private var nextID: UInt64 = 1
-
-    mutating func add(deadline: UInt64, _ action: @escaping () -> Void) -> TimerID {
-        let id = nextID
-        nextID += 1
-        heap.append(Entry(deadline: deadline, id: id, action: action))
-        live.insert(id)
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard heap[child].deadline < heap[parent].deadline else { break }
-            heap.swapAt(child, parent)
-            child = parent
-        }
-        return TimerID(value: id)
-    }
-
-    mutating func cancel(_ timer: TimerID) {
-        if live.remove(timer.value) != nil { cancelled.insert(timer.value) }
-    }
-
-    /// Milliseconds until the next deadline (rounded up), -1 when there is none.
-    func timeoutMilliseconds(now: UInt64) -> Int32 {
-        guard let first = heap.first else { return -1 }
-        guard first.deadline > now else { return 0 }
-        return Int32(clamping: (first.deadline - now + 999_999) / 1_000_000)
-    }
-
-    /// Removes and returns the actions of the timers whose deadline has passed.
-    mutating func due(now: UInt64) -> [() -> Void] {
-        var actions: [() -> Void] = []
-        while let first = heap.first, first.deadline <= now {
-            removeFirst()
-            live.remove(first.id)
-            if cancelled.remove(first.id) == nil { actions.append(first.action) }
-        }
-        return actions
-    }
-
-    private mutating func removeFirst() {
-        heap.swapAt(0, heap.count - 1)
-        heap.removeLast()
-        var parent = 0
-        while true {
-            let left = 2 * parent + 1
-            let right = left + 1
-            var smallest = parent
-            if left < heap.count && heap[left].deadline < heap[smallest].deadline { smallest = left }
-            if right < heap.count && heap[right].deadline < heap[smallest].deadline { smallest = right }
-            if smallest == parent { break }
-            heap.swapAt(parent, smallest)
-            parent = smallest
-        }
-    }
-}
-
-extension Duration {
-    var nanoseconds: UInt64 {
-        let (seconds, attoseconds) = components
-        return UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
     }
 }
 

@@ -146,38 +146,6 @@ private func withDirectory(_ body: (String) throws -> Void) throws {
     }
 }
 
-@Suite struct Timers {
-    @Test func timersFireInDeadlineOrderAndCancelledOnesNever() {
-        var queue = TimerQueue()
-        var fired: [Int] = []
-        _ = queue.add(deadline: 30) { fired.append(3) }
-        let cancelled = queue.add(deadline: 10) { fired.append(1) }
-        _ = queue.add(deadline: 20) { fired.append(2) }
-        _ = queue.add(deadline: 5) { fired.append(0) }
-        queue.cancel(cancelled)
-        #expect(queue.timeoutMilliseconds(now: 0) == 1)
-        for action in queue.due(now: 25) { action() }
-        #expect(fired == [0, 2])
-        #expect(queue.timeoutMilliseconds(now: 25) == 1)
-        for action in queue.due(now: 100) { action() }
-        #expect(fired == [0, 2, 3])
-        #expect(queue.timeoutMilliseconds(now: 100) == -1)
-    }
-
-    @Test func aDueTimerMayScheduleAnother() {
-        // The reactor runs the actions after taking them from the queue: rescheduling inside one is safe.
-        var queue = TimerQueue()
-        var count = 0
-        _ = queue.add(deadline: 1) { count += 1 }
-        for action in queue.due(now: 1) {
-            action()
-            _ = queue.add(deadline: 2) { count += 10 }
-        }
-        for action in queue.due(now: 2) { action() }
-        #expect(count == 11)
-    }
-}
-
 @Suite struct Paths {
     @Test(arguments: [
         ("/a/b/../c", "/a/c"), ("/../a", "/a"), ("a/./b", "/base/a/b"), ("//a//b/", "/a/b"), ("/", "/"), ("..", "/"),
