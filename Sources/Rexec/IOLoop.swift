@@ -6,8 +6,9 @@ import SystemPackage
 /// A single-threaded, edge-triggered epoll loop: the client runs one on its main thread (no thread pool
 /// to start: the client's start-up is on every remote exec's path), the server one on its own thread.
 ///
-/// Every fd is registered once for everything (readable, writable, peer closed) edge-triggered; its
-/// owner remembers what the last event said and works until EAGAIN. Handlers run on the loop's thread
+/// Every fd is registered once for everything (readable, writable, peer closed; one that is only ever
+/// read, for readability alone) edge-triggered; its owner remembers what the last event said and works
+/// until EAGAIN. Handlers run on the loop's thread
 /// only. Other threads talk to the loop with `execute`, which wakes it through an eventfd.
 final class IOLoop {
     typealias Handler = (Epoll.Events) -> Void

@@ -29,7 +29,8 @@ struct PidFile {
         } catch where error.errno == .fileExists {
             // A dead process's leftover under our pid: ours now, emptied once we hold the lock. (Only
             // then: on ext4 a truncate-then-write makes the close wait for the disk.)
-            fd = try FileDescriptor.openPath(path, flags: O_WRONLY | O_NOFOLLOW)
+            // O_NONBLOCK: whatever sits at that name (a FIFO), opening it must not wait.
+            fd = try FileDescriptor.openPath(path, flags: O_WRONLY | O_NOFOLLOW | O_NONBLOCK)
             leftover = true
         } catch where [.permissionDenied, .notPermitted, .readOnlyFileSystem].contains(error.errno) {
             return nil
