@@ -173,16 +173,17 @@ final class NodeTable: Sendable {
             }
             return slot
         }(&state.byKey[key, default: 0])
-        if created {
+        func makeNode(_ id: UInt64) {
             state.next += 1
             state.nodes[id] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: hostName)
             if let recent { state.nodes[id]!.keep(recent) }
+        }
+        if created {
+            makeNode(id)
         } else if state.nodes[id]?.type != type {
             // Another kind of file under a reused inode number: a node of its own.
             let fresh = state.next
-            state.next += 1
-            state.nodes[fresh] = Node(kind: .host, key: key, type: type, names: [dentry], lookups: count, hostName: hostName)
-            if let recent { state.nodes[fresh]!.keep(recent) }
+            makeNode(fresh)
             state.byKey[key] = fresh
             if let previous = state.byDentry.updateValue(fresh, forKey: dentry), previous != fresh {
                 NodeTable.unhook(dentry, from: previous, keepingIndex: true, in: &state)

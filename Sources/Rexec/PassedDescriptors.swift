@@ -217,7 +217,7 @@ extension Multiplexer {
             throw WireError(.protocolViolation, "PASS without the descriptor-passing capability")
         }
         guard case .pass(let id, let kinds) = try RexecMessage(frame) else { return }
-        guard let carrier = stream(id) ?? (isRetired(id) ? Multiplexer.retired(id) : nil) else {
+        guard let carrier = liveOrRetired(id) else {
             throw WireError(.protocolViolation, "PASS for unknown stream \(id)")
         }
         for kind in kinds {

@@ -297,18 +297,16 @@ final class Multiplexer {
         }
     }
 
-    /// Whether `id` is not live but was: finished or refused here (see `highestClientStream`).
-    func isRetired(_ id: UInt32) -> Bool {
-        guard id != 0, stream(id) == nil else { return false }
-        return id <= (id >= RexecLimits.serverStreams ? highestServerStream : highestClientStream)
-    }
-
-    /// A stand-in for a retired stream, to drop what still arrives for it.
-    static func retired(_ id: UInt32) -> CarriedStream {
-        let stream = CarriedStream(id: id, source: nil, sink: nil)
-        stream.sendState = .reset
-        stream.receiveState = .reset
-        return stream
+    /// The live stream `id`, or for one that was and is no more (finished or refused here, see
+    /// `highestClientStream`) a stand-in reset both ways, so that what still arrives for it is dropped;
+    /// nil for a number never used.
+    func liveOrRetired(_ id: UInt32) -> CarriedStream? {
+        if let live = stream(id) { return live }
+        guard id != 0, id <= (id >= RexecLimits.serverStreams ? highestServerStream : highestClientStream) else { return nil }
+        let retired = CarriedStream(id: id, source: nil, sink: nil)
+        retired.sendState = .reset
+        retired.receiveState = .reset
+        return retired
     }
 
     /// Queues a frame for the connection.
@@ -529,7 +527,7 @@ final class Multiplexer {
     /// A DATA frame's header: its payload (counted against the stream's window at once, as a whole) is
     /// handed on as it arrives.
     private func receiveData(_ header: FrameHeader) throws(WireError) {
-        guard let stream = stream(header.stream) ?? (isRetired(header.stream) ? Multiplexer.retired(header.stream) : nil) else {
+        guard let stream = liveOrRetired(header.stream) else {
             throw WireError(.protocolViolation, "DATA for unknown stream \(header.stream)")
         }
         switch stream.receiveState {
