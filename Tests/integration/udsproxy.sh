@@ -25,8 +25,11 @@ udsproxy_start host-proxy host --listen "tcp://$HOST_IP:7001" --key "$W/key" --c
 udsproxy_start dpu-proxy dpu --peer "tcp://$HOST_IP:7001" --key "$W/key" --config "$W/dpu.conf"
 wait_for "lab_host test -S /srv/remote/tool.sock && lab_host test -S /srv/outside/secret.sock && lab_host test -S /srv/remote/socat.sock"
 udsproxy_linked dpu-proxy || exit 1
-dpu_fds=$(ls /proc/$(lab_pid dpu-proxy)/fd | wc -l)
-host_fds=$(ls /proc/$(lab_pid host-proxy)/fd | wc -l)
+# How many descriptors a daemon holds; a pid with no process says so instead of counting 0.
+open_fds() { local pid; pid=$(lab_pid "$1"); ls "/proc/$pid/fd" 2>/dev/null | wc -l | grep -v '^0$' || echo "no process $pid"; }
+dpu_fds=$(open_fds dpu-proxy)
+host_fds=$(open_fds host-proxy)
+expect_match "both daemons' descriptors are counted" '^[0-9]+ [0-9]+$' "$dpu_fds $host_fds"
 expect_eq "the server's socket is not on the DPU" "absent" "$(lab_dpu sh -c 'test -e /srv/remote/tool.sock && echo present || echo absent')"
 
 # Echo, with socat as the client and with Python.
@@ -91,9 +94,9 @@ wait_for "grep -q stalling '$W/killed.log'"
 lab_stop killed KILL
 
 # Every connection was closed on both sides: the daemons hold the descriptors they started with.
-wait_for "[ \$(ls /proc/$(lab_pid dpu-proxy)/fd | wc -l) = $dpu_fds ] && [ \$(ls /proc/$(lab_pid host-proxy)/fd | wc -l) = $host_fds ]" 10
-expect_eq "the DPU's udsproxyd holds no descriptor of a finished connection" "$dpu_fds" "$(ls /proc/$(lab_pid dpu-proxy)/fd | wc -l)"
-expect_eq "neither does the host's" "$host_fds" "$(ls /proc/$(lab_pid host-proxy)/fd | wc -l)"
+wait_for "[ \"\$(open_fds dpu-proxy)\" = '$dpu_fds' ] && [ \"\$(open_fds host-proxy)\" = '$host_fds' ]" 10
+expect_eq "the DPU's udsproxyd holds no descriptor of a finished connection" "$dpu_fds" "$(open_fds dpu-proxy)"
+expect_eq "neither does the host's" "$host_fds" "$(open_fds host-proxy)"
 
 lab_stop dpu-proxy
 expect_eq "with udsproxyd stopped, the caller's own errno" "ENOENT" "$(tool errno /srv/remote/tool.sock)"

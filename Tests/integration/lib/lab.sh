@@ -76,18 +76,24 @@ lab_dpu() { lab_run dpu "$@"; }
 # lab_bg NAME MACHINE CMD...: start CMD in the background (output to $W/NAME.log). lab_pid gives the
 # command's own pid (as seen from here), not nsenter's, so that lab_stop signals the command itself.
 lab_bg() {
-    local name=$1 machine=$2
+    local name=$1 machine=$2 target
     shift 2
-    nsenter --target "$(_lab_init "$machine")" --mount --net --pid --wd="$PWD" -- "$@" >"$W/$name.log" 2>&1 &
+    # The machine's init is looked up here, not in the background job: a command substitution there
+    # is a child of that job too, and pgrep below could take it for the command (it did, in CI).
+    target=$(_lab_init "$machine")
+    nsenter --target "$target" --mount --net --pid --wd="$PWD" -- "$@" >"$W/$name.log" 2>&1 &
     local nsenter_pid=$! pid="" i
     disown "$nsenter_pid"  # its end (at lab_down) is expected: no job-control notice
-    # With --pid, nsenter forks: the command is its only child.
-    for ((i = 0; i < 200; i++)); do
+    # With --pid, nsenter forks: the command is its only child. A loaded machine may take a while.
+    for ((i = 0; i < 1000; i++)); do
         pid=$(pgrep -P "$nsenter_pid" | head -1)
         [ -n "$pid" ] && break
         kill -0 "$nsenter_pid" 2>/dev/null || break
         sleep 0.01
     done
+    if [ -z "$pid" ] && kill -0 "$nsenter_pid" 2>/dev/null; then
+        echo "lab_bg $name: nsenter $nsenter_pid has no child after 10 s; lab_stop will signal nsenter" >&2
+    fi
     echo "${pid:-$nsenter_pid}" >"$LAB_DIR/pids/$name"
     echo "$nsenter_pid" >"$LAB_DIR/pids/$name.nsenter"
 }
