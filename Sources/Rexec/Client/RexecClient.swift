@@ -29,6 +29,9 @@ public enum RexecClient {
         var excluded = options.excludedDescriptors
         if let gate { excluded += [gate.read.rawValue, gate.write.rawValue] }
         var plan = try InheritedDescriptors.plan(tty: options.tty, excluded: excluded, excludeAll: options.excludeAllDescriptors)
+        // From here on, every way out (a bad key, an unreachable server) gives shared descriptions back
+        // their flags.
+        defer { for (fd, flags) in plan.restoreFlags { try? fd.setStatusFlags(flags) } }
         for note in plan.notes { warn(note) }
 
         // Signals become events from here on; SIGPIPE becomes EPIPE on the write that caused it.
@@ -63,7 +66,6 @@ public enum RexecClient {
         }
         execFrame.encode(into: &exec)
 
-        defer { for (fd, flags) in plan.restoreFlags { try? fd.setStatusFlags(flags) } }
         let connection: FileDescriptor
         switch try Connector.connect(endpoint, signals: signals, timeoutMilliseconds: connectTimeoutMilliseconds) {
         case .connected(let fd): connection = fd
