@@ -19,7 +19,8 @@ expect_eq "the DPU shows it as a file it can carry" "regular empty file" "$(lab_
 # A DPU reader waits in open until a host writer comes; meanwhile everything else works.
 lab_bg dpureader dpu sh -c "cat '$MNT/up' > '$W/dpu-got'"
 sleep 1
-# The cat itself, as the DPU sees its processes (not the pid lab_bg noted, which once came out stale).
+# The cat itself, as the DPU sees its processes. (lab_pid once named a passing helper here: lab_bg ran the
+# machine lookup in its background job, fixed since; this check never needed the pid.)
 expect_eq "the reader is still waiting" "yes" "$(lab_dpu pgrep -f "^cat $MNT/up\$" >/dev/null && [ ! -s "$W/dpu-got" ] && echo yes)"
 for i in $(seq 1 20); do lab_dpu sh -c "echo $i > '$MNT/file$i' && cat '$MNT/file$i'" >/dev/null; done
 expect_eq "20 files written and read while the reader waits" "20" "$(lab_dpu sh -c "ls '$MNT' | grep -c ^file")"
