@@ -2,8 +2,8 @@
 # Inherited fds above 2 reach the remote program at the same numbers: files reopened by path with their
 # flags and offset, pipes streamed in their direction, connected sockets streamed both ways, listening
 # sockets carried connection by connection (libvirt's QEMU monitor), one stream for fds that share an
-# object (stdout and stderr in order). The original carried regular files only (its pipe inheritance was
-# disabled: remote read(3) gave EBADF).
+# object (stdout and stderr in order); a start that fails leaves the caller's pipes as it found them. The
+# original carried regular files only (its pipe inheritance was disabled: remote read(3) gave EBADF).
 . "$(dirname "$0")/lib/common.sh"
 . "$(dirname "$0")/lib/lab.sh"
 . "$(dirname "$0")/lib/rexec.sh"
@@ -146,4 +146,23 @@ here=$(lab_dpu bash -c "exec 7>>'$W/log' 8</dev/null; /bin/sh -c '$list'")
 there=$(lab_dpu bash -c "exec 7>>'$W/log' 8</dev/null; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c '$list'" 2>/dev/null)
 expect_match "(the caller has fds 7 and 8)" " 7 8 " "$here"
 expect_eq "the program has the caller's fds, nothing of rexec's or the server's" "$here" "$there"
+
+# The caller's pipe keeps its flags, even when rexec fails before the program runs. A pipe rexec cannot
+# reopen privately (root's, 0600, rexec running as nobody) has its shared description made non-blocking
+# while rexec relays it; an unreadable key file must not leave it so. (Here, not in the lab: no server
+# is reached. The binary is copied where nobody can run it.)
+mkdir -p "$W/as-nobody" && chmod 755 "$W" "$W/as-nobody"
+cp "$DPUCTL" "$W/as-nobody/dpuctl" && chmod 755 "$W/as-nobody/dpuctl"
+cat >"$W/as-nobody/pipe-flags.py" <<'EOF'
+import fcntl, os, subprocess, sys
+def as_nobody():
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+read_end, _ = os.pipe()
+child = subprocess.run(["rexec", "--connect", "tcp://127.0.0.1:1", "--key", sys.argv[2], "/bin/true"], executable=sys.argv[1],
+                       stdin=read_end, stderr=subprocess.DEVNULL, preexec_fn=as_nobody)
+blocking = not fcntl.fcntl(read_end, fcntl.F_GETFL) & os.O_NONBLOCK
+print("exit %d, the pipe is %s" % (child.returncode, "blocking" if blocking else "left non-blocking"))
+EOF
+expect_eq "a failed start leaves the caller's pipe blocking" "exit 255, the pipe is blocking" \
+    "$(python3 "$W/as-nobody/pipe-flags.py" "$W/as-nobody/dpuctl" "$W/key")"
 finish
