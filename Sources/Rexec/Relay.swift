@@ -249,6 +249,10 @@ final class Multiplexer {
     }
     private var pumping = false
     private var pumpAgain = false
+    /// A source was left unread because the outbound queue was full. Once `flush` has made room, the
+    /// next pass reads it: no event would say so (a regular file has none; a pipe's edge was taken, and
+    /// its writer may have written its last byte already).
+    private var sourceWaitsForRoom = false
 
     init(loop: IOLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
         self.loop = loop
@@ -370,11 +374,13 @@ final class Multiplexer {
                 return
             }
             readLink()
+            sourceWaitsForRoom = false
             for stream in streams {
                 writeSink(stream)
                 if !closed { readSource(stream) }
             }
             flush()
+            if sourceWaitsForRoom && outbound.readableBytes < Multiplexer.outboundHighWater { pumpAgain = true }
             onProgress?()
         } while pumpAgain
     }
@@ -707,7 +713,10 @@ final class Multiplexer {
                 // meanwhile (a writer such as head writes 8 KiB at a time).
                 return source.watchReading(false, loop)
             }
-            guard outbound.readableBytes < Multiplexer.outboundHighWater else { return }
+            guard outbound.readableBytes < Multiplexer.outboundHighWater else {
+                sourceWaitsForRoom = true
+                return
+            }
             if spliceLink && source.canSplice && splicing == nil {
                 // What is in the pipe goes to the connection through the kernel: no copy in and out of
                 // our memory. (An empty pipe falls through to read(), which tells EAGAIN from the end.)

@@ -279,6 +279,64 @@ import Testing
         output.read.closeQuietly()
     }
 
+    /// A regular file as the source (stdin redirected from a file) gives no events: once it has filled the
+    /// outbound queue, the pass that empties the queue must read on by itself. Over TCP, whose send
+    /// buffer grows while the sender waits, one flush can send everything queued without meeting EAGAIN,
+    /// and then no EPOLLOUT comes again (TCP signals room only to a sender that ran out of it); nor does
+    /// a WINDOW_UPDATE (nothing answers here; a receiver keeping back its first credit does not either).
+    /// The end must still be sent: a remote `wc -c` waited for it forever once in CI.
+    @Test(.enabled(if: geteuid() == 0, "SO_SNDBUFFORCE needs CAP_NET_ADMIN"))
+    func aFileSourceIsReadToItsEndWithoutEvents() throws {
+        let loop = try IOLoop()
+        let server = try Socket.listen(on: .tcp(host: "127.0.0.1", port: 0))
+        defer { server.closeQuietly() }
+        let a = try Socket.connect(to: .tcp(host: "127.0.0.1", port: try server.localAddress().port))
+        try a.setNonBlocking()
+        let b = try #require(try server.accept(nonBlocking: true))
+        try a.setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, 64 << 10)
+        let sender = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+        sender.onControl = { _ throws(WireError) in }
+        let file = try ChildProcess.anonymousFile()
+        let size = 3 << 20  // within one window: no credit is needed
+        let content = [UInt8](repeating: 0x42, count: size)
+        var written = 0
+        while written < size { written += try content[written...].withUnsafeBytes { try file.writeSome($0) } ?? 0 }
+        _ = try file.seek(offset: 0, from: .start)
+        let source = LocalEnd(fd: file, owned: true)
+        try sender.add(CarriedStream(id: 1, source: source, sink: nil))
+        try sender.start()
+        try source.watch(loop)
+        #expect(source.alwaysReady)
+
+        let decoder = FrameDecoder()
+        var received = ByteBuffer()
+        var payload = 0
+        var ended = false
+        func readAll() throws {
+            var chunk = [UInt8](repeating: 0, count: 1 << 16)
+            while let count = try chunk.withUnsafeMutableBytes({ try b.readSome(into: $0) }), count > 0 {
+                received.writeBytes(chunk[..<count])
+            }
+            for frame in try decoder.decodeAll(&received) where frame.type == RexecFrame.data && frame.stream == 1 {
+                payload += frame.payload.readableBytes
+                if frame.flags.contains(.endStream) { ended = true }
+            }
+        }
+        // The sender fills the small buffer and waits.
+        for _ in 0..<100 { try loop.runOnce(timeoutMilliseconds: 0) }
+        #expect(!ended)
+        // The send buffer grows (as TCP's autotuning makes it) and is read: the queue goes out in one flush.
+        try a.setSocketOption(level: SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20)
+        for _ in 0..<2000 where !ended {
+            try readAll()
+            try loop.runOnce(timeoutMilliseconds: 1)
+        }
+        try readAll()
+        #expect(payload == size)
+        #expect(ended, "the end of the file was sent")
+        b.closeQuietly()
+    }
+
     /// A stream that finished leaves the table: a session carries any number over its life (here five
     /// with room for two at once), and what the peer still sends on a finished one is dropped rather than
     /// taken for a protocol error; a stream number above any seen still is one.
