@@ -340,6 +340,7 @@ import Testing
         }
         #expect(payload == size)
         #expect(ended, "the end of the file was sent")
+        sender.close(nil)  // the connection and the file
         b.closeQuietly()
     }
 
