@@ -8,8 +8,8 @@ import SystemPackage
 ///
 /// Every fd is registered once for everything (readable, writable, peer closed; one that is only ever
 /// read, for readability alone) edge-triggered; its owner remembers what the last event said and works
-/// until EAGAIN. Handlers run on the loop's thread
-/// only. Other threads talk to the loop with `execute`, which wakes it through an eventfd.
+/// until EAGAIN. Handlers run on the loop's thread only. Other threads talk to the loop with `execute`,
+/// which wakes it through an eventfd.
 final class IOLoop {
     typealias Handler = (Epoll.Events) -> Void
 
