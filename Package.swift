@@ -119,6 +119,6 @@ let package = Package(
             swiftSettings: swift6),
         .testTarget(name: "UDSProxyTests", dependencies: ["UDSProxy"], swiftSettings: swift6),
         .testTarget(name: "RexecTests", dependencies: ["Rexec", "DPUWire", "DPUSystem", "DPUConfig"], swiftSettings: swift6),
-        .testTarget(name: "QTFSFuseTests", dependencies: ["QTFSFuse", "DPUSystem", "DPUWire"], swiftSettings: swift6),
+        .testTarget(name: "QTFSFuseTests", dependencies: ["QTFSFuse", "QTFS", "DPUSystem", "DPUWire"], swiftSettings: swift6),
     ]
 )

@@ -59,7 +59,7 @@ final class EngineClient: Sendable {
     let logger: Logger
     /// How long a request waits for a connection before it fails with EIO.
     let patience: Duration
-    private let slots: [Slot]
+    let slots: [Slot]
     private let waiting = Mutex([Outgoing]())
     private let nextSlot = Atomic<Int>(0)
     private let info = Mutex<QTFSExportInfo?>(nil)
@@ -146,8 +146,15 @@ final class EngineClient: Sendable {
         if stopped.load(ordering: .relaxed) { return request.complete(.failure(.ioError), nil) }
         request.deadline = monotonicNanoseconds() + UInt64(patience.components.seconds) * 1_000_000_000
         waiting.withLock { $0.append(request) }
-        // A connection may have come up between the attempt and the parking.
-        if slots.contains(where: { $0.current != nil }) { flushWaiting() }
+        // A connection it can use may have come up between the attempt and the parking. Only one it can
+        // use: a request pinned to a slot that is down would otherwise be sent and parked again at once,
+        // without end, while another slot is up.
+        if hasConnection(for: request) { flushWaiting() }
+    }
+
+    private func hasConnection(for request: Outgoing) -> Bool {
+        if let pinned = request.pinned { return slots[pinned.slot].current != nil }
+        return slots.contains { $0.current != nil }
     }
 
     private func flushWaiting() {
