@@ -109,15 +109,25 @@ extension FileDescriptor {
         try syscall("write", retryOnInterrupt: false) { Glibc.write(rawValue, buffer.baseAddress, buffer.count) }
     }
 
-    /// `writev(2)` of all of `buffers`, retrying short writes (a blocking socket).
+    /// `writev(2)` of all of `buffers`, retrying short writes. For a socket, `sendAll`.
     public func writeAll(_ buffers: [UnsafeRawBufferPointer]) throws(SystemError) {
+        try writeVectors(buffers) { (vectors, count) throws(SystemError) in
+            try syscall("writev") { writev(rawValue, vectors, count) }
+        }
+    }
+
+    /// Writes all of `buffers` through `write` (a gathering write of up to 1024 vectors that may be
+    /// short), going on after each short write from where it stopped.
+    func writeVectors(
+        _ buffers: [UnsafeRawBufferPointer], _ write: (UnsafeMutablePointer<iovec>, Int32) throws(SystemError) -> Int
+    ) throws(SystemError) {
         var vectors = buffers.filter { $0.count > 0 }.map {
             iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count)
         }
         var first = 0
         while first < vectors.count {
             let written = try vectors.withUnsafeMutableBufferPointer { (all) throws(SystemError) -> Int in
-                try syscall("writev") { writev(rawValue, all.baseAddress! + first, Int32(min(all.count - first, 1024))) }
+                try write(all.baseAddress! + first, Int32(min(all.count - first, 1024)))
             }
             var remaining = written
             while first < vectors.count, remaining >= vectors[first].iov_len {

@@ -256,6 +256,18 @@ extension FileDescriptor {
         return SocketAddress(storage: storage, length: length)
     }
 
+    /// Sends all of `buffers` on a blocking stream socket (`sendmsg(2)` with MSG_NOSIGNAL, retrying short
+    /// sends): a peer that has gone, or this side's own shutdown, is an EPIPE error for the caller, never a
+    /// SIGPIPE that kills a process which did not ignore it.
+    public func sendAll(_ buffers: [UnsafeRawBufferPointer]) throws(SystemError) {
+        try writeVectors(buffers) { (vectors, count) throws(SystemError) in
+            var message = msghdr()
+            message.msg_iov = vectors
+            message.msg_iovlen = Int(count)
+            return try syscall("sendmsg") { sendmsg(rawValue, &message, Int32(MSG_NOSIGNAL)) }
+        }
+    }
+
     /// Sends `bytes` with `fds` attached as one SCM_RIGHTS message (`sendmsg(2)`, MSG_NOSIGNAL, plus
     /// `flags`: MSG_DONTWAIT for a socket whose open file description is shared). Returns the number of
     /// bytes sent; nil when a non-blocking socket is full.

@@ -78,7 +78,7 @@ public final class FramedSocket: @unchecked Sendable {
 
     private static func send(_ fd: SystemPackage.FileDescriptor, _ buffer: ByteBuffer) throws(SystemError) {
         guard buffer.readableBytes > 0 else { return }
-        try buffer.withUnsafeReadableBytes { (raw) throws(SystemError) in try fd.writeAll([raw]) }
+        try buffer.withUnsafeReadableBytes { (raw) throws(SystemError) in try fd.sendAll([raw]) }
     }
 
     /// The next frame, or nil when the peer closed the connection. Throws on a malformed frame or a
@@ -141,7 +141,7 @@ public final class FramedSocket: @unchecked Sendable {
     /// Writes `buffers` as one unit (they hold whole frames); concurrent senders never interleave.
     public func send(_ buffers: ByteBuffer...) throws(SystemError) {
         try writeLock.withLock { _ throws(SystemError) in
-            try Self.withReadableBytes(buffers[...]) { (raws) throws(SystemError) in try fd.writeAll(raws) }
+            try Self.withReadableBytes(buffers[...]) { (raws) throws(SystemError) in try fd.sendAll(raws) }
         }
     }
 
@@ -157,9 +157,10 @@ public final class FramedSocket: @unchecked Sendable {
 
     /// Sends `header` and then `count` bytes of `file` from `offset` with sendfile(2), as one unit. If the
     /// file turns out shorter (truncated meanwhile), zeros make up the rest: the header promised `count`.
+    /// (sendfile has no MSG_NOSIGNAL: for the engine, which ignores SIGPIPE.)
     public func send(_ header: ByteBuffer, file: SystemPackage.FileDescriptor, offset: Int64, count: Int) throws(SystemError) {
         try writeLock.withLock { _ throws(SystemError) in
-            try header.withUnsafeReadableBytes { (raw) throws(SystemError) in try fd.writeAll([raw]) }
+            try header.withUnsafeReadableBytes { (raw) throws(SystemError) in try fd.sendAll([raw]) }
             var position = offset
             var remaining = count
             while remaining > 0 {
@@ -171,7 +172,7 @@ public final class FramedSocket: @unchecked Sendable {
                 let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: remaining, alignment: 1)
                 defer { zeros.deallocate() }
                 zeros.initializeMemory(as: UInt8.self, repeating: 0)
-                try fd.writeAll([UnsafeRawBufferPointer(zeros)])
+                try fd.sendAll([UnsafeRawBufferPointer(zeros)])
             }
         }
     }

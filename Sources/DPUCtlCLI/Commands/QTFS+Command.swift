@@ -149,6 +149,8 @@ struct QTFSMountCommand: AsyncParsableCommand {
                 return try detach()
             }
             let ready = readyFD
+            // A daemon: a write to a connection or a log reader that has gone is an error, not death.
+            Signals.ignore(SIGPIPE)
             do {
                 try await QTFSMount.run(mount, endpoint: endpoint, key: key, logger: StderrLogHandler.logger(name)) {
                     guard let ready else { return }
