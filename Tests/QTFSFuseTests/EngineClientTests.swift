@@ -11,8 +11,10 @@ import Testing
 
 /// The client's pool against a real engine in this process, on a unix socket.
 @Suite struct EngineClientPool {
-    /// An engine exporting a fresh directory, serving until `body` returns.
-    private func withEngine(_ body: (String, String) async throws -> Void) async throws {
+    /// An engine exporting a fresh directory, serving while `body` runs. `body` blocks (the client's calls
+    /// do), so it runs on a thread of its own: on a test's task it could hold the last free thread of the
+    /// concurrency pool while the engine's serving task waits for one (seen in CI, on two cores).
+    private func withEngine<T: Sendable>(_ body: @escaping @Sendable (String, String) throws -> T) async throws -> T {
         var template = Array("/tmp/dpuctl-pool-XXXXXX".utf8CString)
         let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
         let whitelist = "\(directory)/whitelist", socket = "\(directory)/engine.sock"
@@ -34,10 +36,16 @@ import Testing
         umask(mask)
         let serving = Task { try await engine.serve() }
         defer { serving.cancel() }
-        try await body(directory, socket)
+        return try await withCheckedThrowingContinuation { (done: CheckedContinuation<T, Error>) in
+            do {
+                _ = try OSThread.start(name: "pool-test") { done.resume(with: Result { try body(directory, socket) }) }
+            } catch {
+                done.resume(throwing: error)
+            }
+        }
     }
 
-    private func waitUntil(_ condition: () -> Bool) -> Bool {
+    private static func waitUntil(_ condition: () -> Bool) -> Bool {
         let end = monotonicNanoseconds() + 10_000_000_000
         while !condition() {
             if monotonicNanoseconds() > end { return false }
@@ -46,30 +54,42 @@ import Testing
         return true
     }
 
+    struct Seen: Sendable {
+        var allUp = false, slotDown = false, answered = false, stale = false, redialled = false
+        var answer = ""
+    }
+
     /// A request pinned to a connection that is down waits for it even while other connections are up
     /// (it once bounced between parking and sending until the stack ran out, killing mount.qtfs), and
     /// once its connection is back it learns its handle is stale.
     @Test func aRequestForADownConnectionWaitsWhileAnotherIsUp() async throws {
-        try await withEngine { directory, socket in
+        let seen = try await withEngine { directory, socket in
+            var seen = Seen()
             let client = EngineClient(
                 endpoint: .unix(path: socket), key: nil, hostPath: Array(directory.utf8), connections: 2,
                 patience: .seconds(10), logger: Logger(label: "client"))
             try client.start()
             defer { client.stop() }
-            #expect(waitUntil { client.slots.allSatisfy { $0.current != nil } })
-            let old = try #require(client.slots[1].current)
+            seen.allUp = Self.waitUntil { client.slots.allSatisfy { $0.current != nil } }
+            guard seen.allUp, let old = client.slots[1].current else { return seen }
             old.socket.shutdown()
             // The reader notices and redials after a pause: the slot is down, the other one up.
-            #expect(waitUntil { client.slots[1].current == nil })
+            seen.slotDown = Self.waitUntil { client.slots[1].current == nil }
             let result = Mutex<Result<QTFSReply, Errno>?>(nil)
             let request = Outgoing(.statfs, pinned: old.link, encode: { link in
                 .statfs(QTFSPath(export: link.export, path: []))
             }) { answer, _ in result.withLock { $0 = answer } }
             client.send(request)
-            #expect(waitUntil { result.withLock { $0 != nil } })
-            let stale = if case .failure(.staleNFSFileHandle)? = result.withLock({ $0 }) { true } else { false }
-            #expect(stale, "\(String(describing: result.withLock { $0 }))")
-            #expect(client.slots[1].current.map { $0.link.generation > old.link.generation } == true)
+            seen.answered = Self.waitUntil { result.withLock { $0 != nil } }
+            let answer = result.withLock { $0 }
+            seen.answer = String(describing: answer)
+            seen.stale = if case .failure(.staleNFSFileHandle)? = answer { true } else { false }
+            seen.redialled = client.slots[1].current.map { $0.link.generation > old.link.generation } == true
+            return seen
         }
+        #expect(seen.allUp, "both connections come up")
+        #expect(seen.slotDown, "the shut connection goes down")
+        #expect(seen.answered && seen.stale, "\(seen.answer)")
+        #expect(seen.redialled)
     }
 }
