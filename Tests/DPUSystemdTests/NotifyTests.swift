@@ -20,19 +20,26 @@ final class NotifyListener: @unchecked Sendable {
         setenv("NOTIFY_SOCKET", path, 1)
     }
 
-    /// The next message, waiting up to `seconds`.
-    func next(seconds: Int32 = 10) throws -> String? {
-        var set = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
-        guard try poll(&set, timeoutMilliseconds: seconds * 1000, retryOnInterrupt: true) > 0 else { return nil }
+    /// The next message, waiting up to `seconds`. It waits by sleeping, not in poll(2): a test's task that
+    /// blocked would hold a thread of the concurrency pool, which the daemon under test may need to send
+    /// the very message awaited (two threads on a two-core machine).
+    func next(seconds: Int = 10) async throws -> String? {
+        let end = ContinuousClock.now + .seconds(seconds)
+        while true {
+            var set = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
+            if try poll(&set, timeoutMilliseconds: 0, retryOnInterrupt: true) > 0 { break }
+            if ContinuousClock.now > end { return nil }
+            try await Task.sleep(for: .milliseconds(5))
+        }
         var buffer = [UInt8](repeating: 0, count: 4096)
         let count = try buffer.withUnsafeMutableBytes { try fd.receive(into: $0) }?.bytes ?? 0
         return String(decoding: buffer[..<count], as: UTF8.self)
     }
 
     /// Waits for a message containing `fragment`, skipping others (watchdog pings, STATUS updates).
-    func waitFor(_ fragment: String) throws -> String? {
+    func waitFor(_ fragment: String) async throws -> String? {
         for _ in 0..<20 {
-            guard let message = try next() else { return nil }
+            guard let message = try await next() else { return nil }
             if message.contains(fragment) { return message }
         }
         return nil
@@ -74,14 +81,14 @@ struct TestDaemon: Daemon {
         #expect(try Systemd.notify(.ready) == false)
     }
 
-    @Test func messagesReachTheNotifySocket() throws {
+    @Test func messagesReachTheNotifySocket() async throws {
         let listener = try NotifyListener()
         #expect(try Systemd.notify(.ready, .status("two\nlines")) == true)
-        #expect(try listener.next() == "READY=1\nSTATUS=two lines")
+        #expect(try await listener.next() == "READY=1\nSTATUS=two lines")
         try Systemd.notify(.errno(98), .mainPID(42))
-        #expect(try listener.next() == "ERRNO=98\nMAINPID=42")
+        #expect(try await listener.next() == "ERRNO=98\nMAINPID=42")
         try Systemd.notify(.reloading)
-        #expect(try listener.next()?.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") == true)
+        #expect(try await listener.next()?.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") == true)
     }
 
     @Test func aBrokenNotifySocketIsAnError() {
@@ -95,14 +102,14 @@ struct TestDaemon: Daemon {
         let recorder = Recorder()
         let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
         let run = Task { try await DaemonRunner.run(TestDaemon(recorder: recorder, failStart: false), logger: logger, shutdownLimit: .seconds(5)) }
-        #expect(try listener.waitFor("READY=1") == "READY=1\nSTATUS=serving 0 sessions")
+        #expect(try await listener.waitFor("READY=1") == "READY=1\nSTATUS=serving 0 sessions")
         // Give the group a moment to install its signal handlers before signalling ourselves.
         try await Task.sleep(for: .milliseconds(300))
         kill(getpid(), SIGHUP)
-        #expect(try listener.waitFor("RELOADING=1") != nil)
-        #expect(try listener.waitFor("READY=1") != nil)
+        #expect(try await listener.waitFor("RELOADING=1") != nil)
+        #expect(try await listener.waitFor("READY=1") != nil)
         kill(getpid(), SIGTERM)
-        #expect(try listener.waitFor("STOPPING=1") != nil)
+        #expect(try await listener.waitFor("STOPPING=1") != nil)
         try await run.value
         let events = await recorder.events
         #expect(events == ["start", "serve", "reload", "drained"])
@@ -114,6 +121,6 @@ struct TestDaemon: Daemon {
         await #expect(throws: SystemError.self) {
             try await DaemonRunner.run(TestDaemon(recorder: Recorder(), failStart: true), logger: logger)
         }
-        #expect(try listener.next() == "ERRNO=\(EADDRINUSE)")
+        #expect(try await listener.next() == "ERRNO=\(EADDRINUSE)")
     }
 }
