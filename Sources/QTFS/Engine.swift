@@ -195,8 +195,9 @@ public final class QTFSEngine: Daemon {
         }
     }
 
-    /// Stops accepting, tells every client to go, lets requests in flight finish (when `drain`), then
-    /// ends the connections and wakes `serve`.
+    /// Stops accepting, tells every client to go, and (when `drain`) lets each connection end on its own:
+    /// the client ends its stream, the engine answers what it sent, then closes (up to 5 s); then ends
+    /// what is left and wakes `serve`.
     private func stop(drain: Bool) {
         let listeners = state.withLock { state -> [FileDescriptor] in
             state.stopping = true
@@ -207,7 +208,7 @@ public final class QTFSEngine: Daemon {
         for connection in connections { connection.sendGoAway(.shuttingDown, "the engine is stopping") }
         try? OSThread.start(name: "qtfs-stop") { [self] in
             if drain {
-                for _ in 0..<100 where connections.contains(where: { $0.requestsInFlight > 0 }) { usleep(50_000) }
+                for _ in 0..<250 where !core.connections.withLock({ $0.isEmpty }) { usleep(20_000) }
             }
             for connection in core.connections.withLock({ Array($0.values) }) { connection.socket.shutdown() }
             for _ in 0..<100 where !core.connections.withLock({ $0.isEmpty }) { usleep(20_000) }

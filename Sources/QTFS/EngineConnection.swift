@@ -16,6 +16,12 @@ final class EngineConnection: Sendable {
     private let engine: EngineCore
     /// Requests being worked on, by id, to cancel them.
     private let inFlight = ConditionLock([UInt32: Cancellation]())
+    /// Set once GOAWAY was sent because the engine is stopping.
+    private let goingAway = Atomic<Bool>(false)
+    /// Replies being sent: a request leaves `inFlight` before its reply goes (its id may be used again as
+    /// soon as the client has the reply), so an ending connection waits for these too. Lowered under
+    /// `inFlight`'s lock, so that a waiter cannot miss it.
+    private let replying = Atomic<Int>(0)
 
     /// Most requests of one connection in flight at once; the reader stops reading beyond it, so a client
     /// that floods the engine is slowed down by TCP, not by memory.
@@ -41,7 +47,14 @@ final class EngineConnection: Sendable {
                 sendGoAway(.protocolError, "\(error)")
                 return
             }
-            guard let frame else { return }
+            guard let frame else {
+                // After our GOAWAY the client's end of stream means it sends nothing more: what it sent is
+                // all read, and is answered before the connection closes.
+                if goingAway.load(ordering: .relaxed) {
+                    _ = inFlight.wait(timeout: .seconds(5)) { $0.isEmpty && replying.load(ordering: .relaxed) == 0 ? true : nil }
+                }
+                return
+            }
             if frame.type.isConnectionLevel {
                 guard handleConnectionFrame(frame) else { return }
                 continue
@@ -91,8 +104,10 @@ final class EngineConnection: Sendable {
     /// A READ of a regular file, answered straight from the page cache (sendfile): no copy through a
     /// buffer of ours, and, to TCP, no copy at all on this side.
     private func sendRead(_ handle: OpenHandle, _ offset: Int64, _ count: Int, id: UInt32) {
+        replying.add(1, ordering: .relaxed)
         inFlight.withLock { _ = $0.removeValue(forKey: id) }
         inFlight.signal()
+        defer { replied() }
         var header = ByteBuffer()
         QTFSReply.encodeDataHeader(id: id, length: count, into: &header)
         do {
@@ -115,8 +130,10 @@ final class EngineConnection: Sendable {
                 result = .failure(failure)
             }
         }
+        replying.add(1, ordering: .relaxed)
         inFlight.withLock { _ = $0.removeValue(forKey: id) }
         inFlight.signal()
+        defer { replied() }
         do {
             switch result {
             case .success(.data(let data)):
@@ -146,6 +163,12 @@ final class EngineConnection: Sendable {
         }
     }
 
+    /// A reply counted in `replying` has been sent (or could not be).
+    private func replied() {
+        inFlight.withLock { _ in _ = replying.subtract(1, ordering: .relaxed) }
+        inFlight.signal()
+    }
+
     /// Ping, go-away: false when the connection should end.
     private func handleConnectionFrame(_ frame: Frame) -> Bool {
         do {
@@ -165,6 +188,7 @@ final class EngineConnection: Sendable {
     }
 
     func sendGoAway(_ code: CloseCode, _ reason: String) {
+        if code == .shuttingDown { goingAway.store(true, ordering: .relaxed) }
         try? socket.send(ConnectionMessage.goAway(code, reason: reason).frame)
     }
 
@@ -184,7 +208,6 @@ final class EngineConnection: Sendable {
         engine.ended(self)
     }
 
-    var requestsInFlight: Int { inFlight.withLock { $0.count } }
 }
 
 /// Watches handles a client polls with a notify id, with one epoll instance and one thread, and sends

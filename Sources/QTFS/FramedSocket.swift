@@ -184,6 +184,12 @@ public final class FramedSocket: @unchecked Sendable {
         try send(buffer)
     }
 
+    /// Sends nothing more: the peer reads the end of the stream after the last whole frame (one being
+    /// written is finished first). Sends after it fail with EPIPE; receiving goes on.
+    public func finishSending() {
+        writeLock.withLock { _ in try? fd.shutdown(.write) }
+    }
+
     /// Ends the connection in both directions: a reader blocked on it wakes up with end of stream.
     public func shutdown() {
         try? fd.shutdown(.both)

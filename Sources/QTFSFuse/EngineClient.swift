@@ -265,7 +265,13 @@ final class EngineClient: Sendable {
             } else if frame.type == .qtfsPollReady, let id = try? QTFSPollReady.decode(frame) {
                 pollReady.withLock { $0 }?(id)
             } else if frame.type == .goAway {
-                // The engine is stopping: it answers what is in flight, then closes.
+                // The engine is stopping (or dropping this connection). Nothing new goes on it: new
+                // requests take another connection or wait for the next one. Our end of the stream tells
+                // the engine that all we sent is in its hands; it answers that, then closes. (Without it,
+                // a request on its way when the engine closed would be lost, and a MKDIR or a write
+                // cannot simply be sent again.)
+                slot.down(connection)
+                connection.drain()
                 continue
             } else if frame.type == .ping, case .ping(let value) = try? ConnectionMessage(frame) {
                 try? connection.socket.send(ConnectionMessage.pong(value).frame)
@@ -312,7 +318,7 @@ final class ClientConnection: Sendable {
     let socket: FramedSocket
     let link: Link
     let info: QTFSExportInfo
-    private let pending = Mutex((next: UInt32(2), requests: [UInt32: Outgoing](), closed: false))
+    private let pending = Mutex((next: UInt32(2), requests: [UInt32: Outgoing](), closed: false, draining: false))
 
     init(socket: FramedSocket, link: Link, info: QTFSExportInfo) {
         self.socket = socket
@@ -320,10 +326,10 @@ final class ClientConnection: Sendable {
         self.info = info
     }
 
-    /// Registers and writes `message`; false if the connection is already closed.
+    /// Registers and writes `message`; false if the connection is closed or draining (nothing was sent).
     func send(_ message: QTFSRequest, _ request: Outgoing) -> Bool {
         let id = pending.withLock { state -> UInt32? in
-            guard !state.closed else { return nil }
+            guard !state.closed, !state.draining else { return nil }
             var id = state.next
             while id == 0 || state.requests[id] != nil { id &+= 1 }
             state.next = id &+ 1
@@ -336,10 +342,24 @@ final class ClientConnection: Sendable {
         do {
             try socket.send(buffer)
         } catch {
+            // Draining began between the registration and the write: the request was not sent.
+            let unsent = pending.withLock { state -> Bool in
+                guard state.draining, state.requests[id] === request else { return false }
+                state.requests[id] = nil
+                return true
+            }
+            if unsent { return false }
             // The reader sees the broken connection and deals with the request.
             socket.shutdown()
         }
         return true
+    }
+
+    /// The engine said it is going away: no new requests; our end of the stream once a frame being
+    /// written is whole. Answers to what was sent still come.
+    func drain() {
+        pending.withLock { $0.draining = true }
+        socket.finishSending()
     }
 
     func answer(_ frame: Frame) {
