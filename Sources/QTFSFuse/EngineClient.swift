@@ -100,13 +100,21 @@ final class EngineClient: Sendable {
     /// need be: afterwards no answer can reach the kernel session any more.
     func stop() {
         stopped.store(true, ordering: .relaxed)
-        for slot in slots { slot.current?.socket.shutdown() }
+        shutDownConnections()
         for _ in 0..<250 where readers.load(ordering: .relaxed) > 0 {
-            for slot in slots { slot.current?.socket.shutdown() }
+            shutDownConnections()
             usleep(20_000)
         }
         flushWaitingAsFailed()
     }
+
+    private func shutDownConnections() {
+        for slot in slots { slot.current?.socket.shutdown() }
+        for connection in leaving.withLock({ Array($0.values) }) { connection.socket.shutdown() }
+    }
+
+    /// Connections the engine told to go, still reading their last answers (no longer in a slot).
+    private let leaving = Mutex([ObjectIdentifier: ClientConnection]())
 
     /// Reader threads running (each answers the requests of its connection).
     private let readers = Atomic<Int>(0)
@@ -270,6 +278,7 @@ final class EngineClient: Sendable {
                 // the engine that all we sent is in its hands; it answers that, then closes. (Without it,
                 // a request on its way when the engine closed would be lost, and a MKDIR or a write
                 // cannot simply be sent again.)
+                leaving.withLock { $0[ObjectIdentifier(connection)] = connection }
                 slot.down(connection)
                 connection.drain()
                 continue
@@ -278,6 +287,7 @@ final class EngineClient: Sendable {
             }
         }
         slot.down(connection)
+        leaving.withLock { _ = $0.removeValue(forKey: ObjectIdentifier(connection)) }
         connection.socket.shutdown()
         if stopped.load(ordering: .relaxed) {
             for request in connection.takePending() { request.complete(.failure(.ioError), nil) }
