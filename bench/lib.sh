@@ -47,3 +47,21 @@ free_port() {
         ss -Hltn "sport = :$port" | grep -q . || { echo "$port"; return; }
     done
 }
+
+# qtfs_engine_up DPUCTL WHITELIST KEY LOG: an engine on a free loopback port (in $qtfs_port) with the key,
+# waited for until it listens; its pid joins the caller's `pids`.
+qtfs_engine_up() {
+    local bin=$1 whitelist=$2 key=$3 log=$4
+    qtfs_port=$(free_port)
+    "$bin" qtfs-engine --listen "tcp://127.0.0.1:$qtfs_port" --whitelist "$whitelist" --key "$key" 2>"$log" &
+    pids+=($!)
+    for _ in $(seq 50); do ss -Hltn "sport = :$qtfs_port" | grep -q . && break; sleep 0.1; done
+}
+
+# qtfs_mount_up DPUCTL PORT KEY SOURCE MOUNTPOINT LOG [OPTIONS]: mount.qtfs against that engine; the pid of
+# the detached client joins `pids`.
+qtfs_mount_up() {
+    local bin=$1 port=$2 key=$3 source=$4 mountpoint=$5 log=$6 options=${7:+,$7}
+    "$bin" qtfs mount -o "server=tcp://127.0.0.1:$port,key=$key$options" "$source" "$mountpoint" 2>>"$log"
+    pids+=($(pgrep -f "qtfs mount --foreground.* $mountpoint\$"))
+}

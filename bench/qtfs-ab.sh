@@ -32,13 +32,8 @@ fio --name=prepare --filename="$B/data/read.dat" --rw=write --bs=1M --size=1G --
 "$new" key generate "$B/key" >/dev/null
 for kind in Mount Open Read; do printf '[%s]\nPath=%s\n' "$kind" "$B/data"; done >"$B/whitelist"
 for side in old new; do
-    bin=${!side}
-    port=$(free_port)
-    "$bin" qtfs-engine --listen "tcp://127.0.0.1:$port" --whitelist "$B/whitelist" --key "$B/key" 2>"$B/$side.engine.log" &
-    pids+=($!)
-    for _ in $(seq 50); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.1; done
-    "$bin" qtfs mount -o "server=tcp://127.0.0.1:$port,key=$B/key" "$B/data" "$B/$side" 2>"$B/$side.mount.log"
-    pids+=($(pgrep -f "qtfs mount --foreground.* $B/$side\$"))
+    qtfs_engine_up "${!side}" "$B/whitelist" "$B/key" "$B/$side.engine.log"
+    qtfs_mount_up "${!side}" "$qtfs_port" "$B/key" "$B/data" "$B/$side" "$B/$side.mount.log"
 done
 
 for round in $(seq "$rounds"); do

@@ -75,16 +75,11 @@ sshfs -p "$ssh_port" -o "IdentityFile=$B/ssh/id,StrictHostKeyChecking=no,UserKno
 for kind in Mount Open Read Write Readdir Mkdir Rmdir Create Unlink Rename Setattr Setxattr; do
     printf '[%s]\nPath=%s\n' "$kind" "$B/data"
 done >"$B/whitelist"
-qtfs_port=$(free_port)
-"$bin" qtfs-engine --listen "tcp://127.0.0.1:$qtfs_port" --whitelist "$B/whitelist" --key "$B/key" 2>"$B/engine.log" &
-pids+=($!)
-for _ in $(seq 50); do ss -Hltn "sport = :$qtfs_port" | grep -q . && break; sleep 0.1; done
-"$bin" qtfs mount -o "server=tcp://127.0.0.1:$qtfs_port,key=$B/key" "$B/data" "$B/qtfs" 2>"$B/mount.log"
-pids+=($(pgrep -f "qtfs mount --foreground.* $B/qtfs\$"))
+qtfs_engine_up "$bin" "$B/whitelist" "$B/key" "$B/engine.log"
+qtfs_mount_up "$bin" "$qtfs_port" "$B/key" "$B/data" "$B/qtfs" "$B/mount.log"
 # The same without extended attributes, for the metadata walks: sshfs has none, and `ls -l` asks every
 # file for two of them.
-"$bin" qtfs mount -o "server=tcp://127.0.0.1:$qtfs_port,key=$B/key,noxattr" "$B/data" "$B/qtfs-noxattr" 2>>"$B/mount.log"
-pids+=($(pgrep -f "qtfs mount --foreground.* $B/qtfs-noxattr\$"))
+qtfs_mount_up "$bin" "$qtfs_port" "$B/key" "$B/data" "$B/qtfs-noxattr" "$B/mount.log" noxattr
 
 targets=(local sshfs qtfs)
 dir_of() { case $1 in local) echo "$B/data" ;; *) echo "$B/$1" ;; esac; }
