@@ -16,6 +16,15 @@ need ssh openssh-client
 bin=$(readlink -f "${1:-.build/release/dpuctl}")
 [ -x "$bin" ] || make build
 
+# Only stdin, stdout and stderr from here on: rexec carries every other inherited fd to the remote
+# program (a pipe becomes a stream, ~60 µs more per run), ssh none, so an fd the caller leaked (some
+# terminals and job runners leave a pipe open above 2) would time a different job for rexec.
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    # (255: bash reads this script from it)
+    if [ "$fd" -gt 2 ] && [ "$fd" != 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+
 T=$(mktemp -d /tmp/rexec-bench.XXXXXX)
 pids=()
 cleanup() {

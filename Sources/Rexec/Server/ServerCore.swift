@@ -377,6 +377,10 @@ final class PendingConnection {
         done = true
         if let timer { core.loop.cancel(timer) }
         end.onReady = nil
+        // A connection that has carried only a handshake has room: the session's first frames (STARTED)
+        // go out as soon as they are queued, not a turn of the loop later when the writable edge that the
+        // registration queued is reported. A write that finds no room clears this again.
+        end.writable = true
         core.pendingEnded(self)
         if let session = make() { core.add(session) }
     }
