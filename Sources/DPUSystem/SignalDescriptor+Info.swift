@@ -42,17 +42,13 @@ extension Signals {
     /// that a parent's waitpid sees WIFSTOPPED with that signal; returns once it is continued. Used by a
     /// stand-in process whose remote program stopped.
     public static func stopWith(_ signal: Int32) {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, signal)
         var previous = sigaction()
         var defaultAction = sigaction()
         defaultAction.__sigaction_handler.sa_handler = SIG_DFL
         sigaction(signal, &defaultAction, &previous)
-        var old = sigset_t()
-        pthread_sigmask(SIG_UNBLOCK, &set, &old)
+        let old = unblock([signal])
         raise(signal)  // stops here until SIGCONT
-        pthread_sigmask(SIG_SETMASK, &old, nil)
+        setMask(old)
         sigaction(signal, &previous, nil)
     }
 }

@@ -28,16 +28,22 @@ public enum Signals {
 
     /// Blocks `signals` in the calling thread (and in threads it creates afterwards). Returns the old mask.
     @discardableResult
-    public static func block(_ signals: [Int32]) -> sigset_t {
+    public static func block(_ signals: [Int32]) -> sigset_t { changeMask(SIG_BLOCK, signals) }
+
+    /// Unblocks `signals` in the calling thread. Returns the old mask.
+    @discardableResult
+    public static func unblock(_ signals: [Int32]) -> sigset_t { changeMask(SIG_UNBLOCK, signals) }
+
+    private static func changeMask(_ how: Int32, _ signals: [Int32]) -> sigset_t {
         var set = sigset_t()
         var old = sigset_t()
         sigemptyset(&set)
         for signal in signals { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_BLOCK, &set, &old)
+        pthread_sigmask(how, &set, &old)
         return old
     }
 
-    /// Restores a mask returned by `block`.
+    /// Restores a mask returned by `block` or `unblock`.
     public static func setMask(_ mask: sigset_t) {
         var mask = mask
         pthread_sigmask(SIG_SETMASK, &mask, nil)
@@ -53,10 +59,7 @@ public enum Signals {
     /// Used by a stand-in process that must reproduce the remote program's death.
     public static func dieOf(_ signal: Int32) -> Never {
         Glibc.signal(signal, SIG_DFL)
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, signal)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        unblock([signal])
         // Do not dump core on our side: the remote one already did (or chose not to).
         var limit = rlimit(rlim_cur: 0, rlim_max: 0)
         setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit)

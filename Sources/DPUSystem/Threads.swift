@@ -33,10 +33,7 @@ public struct OSThread: Sendable, Hashable {
             errno = 0
             let nice = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(getpid()))
             if errno == 0 { setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(cdpu_gettid()), nice) }
-            var interruption = sigset_t()
-            sigemptyset(&interruption)
-            sigaddset(&interruption, ThreadInterruption.signal)
-            pthread_sigmask(SIG_UNBLOCK, &interruption, nil)
+            Signals.unblock([ThreadInterruption.signal])
             start.body()
             return nil
         }, start)

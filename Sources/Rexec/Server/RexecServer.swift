@@ -70,6 +70,10 @@ public final class RexecServer: Daemon {
                     // A thread of its own: the event loop must not occupy a Swift concurrency thread.
                     do {
                         try OSThread.start(name: "rexec-server") {
+                            // SIGCHLD goes to the thread that started the child when that thread takes
+                            // it: this one, which the exit wakes anyway (its pidfd). Blocked here, it went
+                            // to the main thread (libdispatch's sigsuspend), woken once more per program.
+                            Signals.unblock([SIGCHLD])
                             do {
                                 try box.core.loop.run()
                                 continuation.resume()
