@@ -42,10 +42,18 @@ public struct Epoll: Sendable {
         try modify(target, events: interest.rawValue, data: token)
     }
 
-    /// Waits and calls `body` with the token and events of each ready descriptor; returns how many.
+    /// Waits and calls `body` with the token and events of each ready descriptor; returns how many. A
+    /// signal handled on this thread ends the wait early with none: a caller that waits for a deadline
+    /// works out the time left again (waiting the whole timeout anew after each signal, a stream of them
+    /// — SIGCHLD from a server's programs — would put its timers off for as long as the stream lasts).
     @discardableResult
     public func wait(timeoutMilliseconds: Int32, _ body: (UInt64, Events) -> Void) throws(SystemError) -> Int {
-        let ready = try wait(maximum: capacity, timeoutMilliseconds: timeoutMilliseconds)
+        let ready: [(events: UInt32, data: UInt64)]
+        do {
+            ready = try wait(maximum: capacity, timeoutMilliseconds: timeoutMilliseconds, retryOnInterrupt: false)
+        } catch where error.errno == .interrupted {
+            return 0
+        }
         for (events, data) in ready { body(data, Events(rawValue: events)) }
         return ready.count
     }
@@ -74,9 +82,9 @@ public struct Epoll: Sendable {
     }
 
     /// Waits up to `timeoutMilliseconds` (-1: forever) and returns (events, data) of what is ready.
-    public func wait(maximum: Int = 64, timeoutMilliseconds: Int32) throws(SystemError) -> [(events: UInt32, data: UInt64)] {
+    public func wait(maximum: Int = 64, timeoutMilliseconds: Int32, retryOnInterrupt: Bool = true) throws(SystemError) -> [(events: UInt32, data: UInt64)] {
         var events = [epoll_event](repeating: epoll_event(), count: maximum)
-        let count = try syscall("epoll_wait") {
+        let count = try syscall("epoll_wait", retryOnInterrupt: retryOnInterrupt) {
             events.withUnsafeMutableBufferPointer { epoll_wait(fd.rawValue, $0.baseAddress, Int32(maximum), timeoutMilliseconds) }
         }
         return events.prefix(Int(count)).map { ($0.events, $0.data.u64) }
