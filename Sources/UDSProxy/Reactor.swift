@@ -117,7 +117,7 @@ final class Reactor: @unchecked Sendable {
             let timeout: Int32 = deferred.isEmpty && flushes.isEmpty ? timers.timeoutMilliseconds(now: Reactor.now()) : 0
             let ready: [(events: UInt32, data: UInt64)]
             do {
-                ready = try epoll.wait(maximum: 128, timeoutMilliseconds: timeout)
+                ready = try epoll.wait(maximum: 128, timeoutMilliseconds: timeout, retryOnInterrupt: false)
             } catch where error.errno == .interrupted {
                 ready = []
             } catch {
