@@ -27,6 +27,14 @@ lab_dpu sh -c 'sleep 0.2 & exit 0'
 sleep 0.5
 zombies=$(lab_dpu ps -eo stat= | grep -c '^Z' || true)
 expect_eq "no zombies on the dpu" "0" "$zombies"
+# ... and how an orphan died is noted for a failed test to print: a detached daemon (mount.qtfs) that
+# dies of a signal has no other parent to see it.
+orphan=$(lab_dpu sh -c 'sleep 300 >/dev/null 2>&1 & echo $!')
+lab_dpu kill -PIPE "$orphan"
+wait_for "grep -q 'pid $orphan ' '$LAB_DIR/dpu.deaths' 2>/dev/null" 10
+expect_eq "the dpu's init notes an orphan's death by a signal" "sleep (pid $orphan in the machine) killed by SIGPIPE" \
+    "$(grep "pid $orphan " "$LAB_DIR/dpu.deaths" 2>/dev/null)"
+expect_eq "but not the orphan that ended well" "" "$(grep -v "pid $orphan " "$LAB_DIR/dpu.deaths" 2>/dev/null)"
 
 # lab_stop signals the command itself, not the nsenter that started it.
 lab_bg stoppable dpu sleep 300

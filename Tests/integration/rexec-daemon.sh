@@ -73,9 +73,12 @@ out=$(daemonize "$W/init.pid" 'exit 0')
 expect_eq "a pid file naming pid 1: exit 0" "exit 0" "$(head -1 <<<"$out")"
 expect_match "and one line on stderr saying why" "^rexec: the daemon's pid file $W/init.pid names pid 1, which is not the program's daemon$" "$(tail -n +2 <<<"$out")"
 expect_eq "the pid file is left as it was" "1" "$(cat "$W/init.pid")"
-lab_host pgrep -o -x sleep >"$W/old.pid"  # the host init's sleep: root's, and older than the program
+lab_bg older host sleep 300  # root's, and older than the program
+wait_for "lab_host pgrep -x sleep >/dev/null" 10
+lab_host pgrep -o -x sleep >"$W/old.pid"  # its pid as the host sees it
 out=$(daemonize "$W/old.pid" 'exit 0')
 expect_match "a pid file naming a process older than the program is refused" "which was not started by the program$" "$(tail -n +2 <<<"$out")"
+lab_stop older
 out=$(daemonize "$W/garbage.pid" 'echo "12x" >"$0"; exit 0')
 expect_match "garbage in the pid file is refused without echoing it" "does not hold a pid$" "$(tail -n +2 <<<"$out")"
 out=$(daemonize "$W/missing.pid" 'exit 0')

@@ -26,6 +26,7 @@ on_exit() { _exit_hooks+=("$*"); }
 _run_exit_hooks() {
     local status=$?
     trap - EXIT INT TERM HUP
+    if [ "$status" != 0 ] && [ "$status" != 77 ]; then _report_failure; fi
     local i
     for ((i = ${#_exit_hooks[@]} - 1; i >= 0; i--)); do eval "${_exit_hooks[$i]}" >/dev/null 2>&1 || true; done
     rm -rf "$W" 2>/dev/null || true
@@ -35,6 +36,22 @@ trap _run_exit_hooks EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+
+# A failed test shows, before $W goes, what its background processes said (lab_bg's NAME.log) and how
+# the lab's orphans ended (a detached daemon that died of a signal leaves no other trace).
+_report_failure() {
+    local file
+    for file in "$W"/*.log; do
+        [ -s "$file" ] || continue
+        echo "--- $(basename "$file"), last 30 lines:"
+        tail -n 30 "$file"
+    done
+    for file in "$W"/lab/*.deaths; do
+        [ -s "$file" ] || continue
+        echo "--- $(basename "$file" .deaths): orphans reaped by its init that died of a signal or failed:"
+        cat "$file"
+    done
+}
 
 _failures=0
 _checks=0

@@ -13,6 +13,7 @@
 #   lab_tmpfs MACHINE PATH     a private tmpfs at PATH on that machine only
 #   lab_down                   tear everything down (automatic on exit)
 
+_LAB_LIB=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOST_IP=198.51.100.1
 DPU_IP=198.51.100.2
 
@@ -21,6 +22,7 @@ lab_up() {
     require_command ip
     require_command nsenter
     require_command unshare
+    [ -x /usr/bin/python3 ] || skip "needs /usr/bin/python3 for the lab's init (make deps installs it)"
     # Short, unique names: interface names are limited to 15 characters.
     LAB_ID="dl$$"
     LAB_DIR="$W/lab"
@@ -43,18 +45,20 @@ lab_up() {
 
 # The machine's init: pid 1 of a new pid namespace with its own mount namespace, /proc and /run (so the
 # daemons' default sockets and pid files, /run/qtfs/remote_uds.sock, /run/rexec/..., are the machine's
-# own and two labs never meet there). It is bash in a loop, so orphans re-parented to it are reaped. Its pid here goes to $LAB_DIR/<machine>.init.
+# own and two labs never meet there). It reaps the orphans re-parented to it and notes in
+# $LAB_DIR/<machine>.deaths each that died of a signal or failed (lab-init.py): a failed test prints
+# them. Its pid here goes to $LAB_DIR/<machine>.init.
 _lab_start_init() {
     local machine=$1 netns=$2
     ip netns exec "$netns" unshare --pid --mount --fork --mount-proc --propagation private \
         bash -c 'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run && mkdir -m 1777 /run/lock || exit 1
-            trap "exit 0" TERM; while :; do sleep 3600 & wait $! 2>/dev/null; done' \
+            exec /usr/bin/python3 "$0" "$1"' "$_LAB_LIB/lab-init.py" "$LAB_DIR/$machine.deaths" \
         </dev/null >/dev/null 2>&1 &
     local unshare_pid=$!
     echo "$unshare_pid" >"$LAB_DIR/$machine.unshare"
     local init="" i
     for ((i = 0; i < 100; i++)); do
-        init=$(pgrep -P "$unshare_pid" -x bash | head -1)
+        init=$(pgrep -P "$unshare_pid" | head -1)
         [ -n "$init" ] && break
         sleep 0.02
     done
