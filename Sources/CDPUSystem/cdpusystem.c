@@ -74,6 +74,10 @@ size_t cdpu_cmsg_get_fds(const struct msghdr *msg, int *fds, size_t capacity, in
 
 /* ---- spawn --------------------------------------------------------------------------------------- */
 
+/* cdpu_wake_on_signal's table (below): the eventfd each signal wakes, and whether its handler is ours. */
+static volatile int wake_fds[65];
+static volatile sig_atomic_t wake_installed[65];
+
 /* Runs in the vfork (or fork) child: may only make system calls and write to `res` (shared with the
  * parent after vfork) or to `report_fd` (after fork). Never returns. */
 struct spawn_result {
@@ -196,7 +200,13 @@ int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **fail
     struct spawn_result res = {.error = 0, .step = NULL};
     sigset_t all, old;
     sigfillset(&all);
-    /* Block everything so that no handler of ours runs in the child before it resets them. */
+    /* Block everything so that no handler of ours runs in the child before it resets them; except the
+     * signals whose handler only writes a wake-up to an eventfd (cdpu_wake_on_signal), harmless even in
+     * the child. A program that ends while we wait here for its exec (a short one often does: the child
+     * runs on this CPU until then) sends SIGCHLD to this thread, which takes it on its return, instead of
+     * to another thread that would have to be woken for it. */
+    for (int sig = 1; sig < 65; sig++)
+        if (wake_installed[sig]) sigdelset(&all, sig);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t child = vfork();
     if (child == 0) {
@@ -341,8 +351,6 @@ ssize_t cdpu_splice(int fd_in, int fd_out, size_t count) {
 int cdpu_posix_openpt(int flags) { return posix_openpt(flags); }
 int cdpu_unlockpt(int fd) { return unlockpt(fd); }
 
-static volatile int wake_fds[65];
-
 static void wake_handler(int sig) {
     int saved = errno;
     if (sig > 0 && sig < 65 && wake_fds[sig] >= 0) {
@@ -358,6 +366,7 @@ int cdpu_wake_on_signal(int sig, int event_fd) {
         return -1;
     }
     wake_fds[sig] = event_fd;
+    wake_installed[sig] = 1;
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = wake_handler;
