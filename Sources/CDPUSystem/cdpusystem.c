@@ -202,8 +202,8 @@ int cdpu_spawn(const struct cdpu_spawn_attr *attr, pid_t *pid, const char **fail
     sigfillset(&all);
     /* Block everything so that no handler of ours runs in the child before it resets them; except the
      * signals whose handler only writes a wake-up to an eventfd (cdpu_wake_on_signal), harmless even in
-     * the child. A program that ends while we wait here for its exec (a short one often does: the child
-     * runs on this CPU until then) sends SIGCHLD to this thread, which takes it on its return, instead of
+     * the child. A short program often runs to its end before this thread gets its CPU back from vfork:
+     * its SIGCHLD then waits for this thread (vfork's sleep is not interrupted by it) instead of going
      * to another thread that would have to be woken for it. */
     for (int sig = 1; sig < 65; sig++)
         if (wake_installed[sig]) sigdelset(&all, sig);
