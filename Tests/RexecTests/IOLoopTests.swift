@@ -34,8 +34,9 @@ import Testing
             usleep(50_000)
         }
         let firedWhileSignalled = fired.load(ordering: .sequentiallyConsistent)
-        // Let a loop that is still waiting end, so the thread does not outlive the test.
-        while !loopEnded.load(ordering: .sequentiallyConsistent) { usleep(10_000) }
+        // Let a loop that is still waiting end, so the thread does not outlive the test (but do not wait
+        // for ever on one whose timer never fires).
+        for _ in 0..<1000 where !loopEnded.load(ordering: .sequentiallyConsistent) { usleep(10_000) }
         #expect(firedWhileSignalled, "the timer waited until the signals stopped (\(sent) sent)")
     }
 }
