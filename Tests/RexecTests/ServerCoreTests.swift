@@ -37,6 +37,83 @@ import Testing
         #expect(core.loop.pendingTimers == 0)
     }
 
+    // A client that connects and then stops short of a request holds a session, one of max-sessions, for
+    // as long as it keeps the connection open, unless the server bounds the wait.
+    @Test func aNativeClientThatSendsNoRequestIsDropped() throws {
+        try withServer { core, path in
+            let connection = try Socket.connect(to: .unix(path: path))
+            defer { connection.closeQuietly() }
+            try connection.setNonBlocking()
+            var handshake = Handshake(role: .client, service: .rexec, capabilities: 0, key: nil)
+            var outbound = handshake.clientOpening
+            var inbound = ByteBuffer()
+            var opened = false
+            var closed = false
+            let start = IOLoop.now()
+            while !closed && IOLoop.now() - start < 3_000_000_000 {
+                if outbound.readableBytes > 0 {
+                    let written = outbound.readableBytesView.withUnsafeBytes { Glibc.write(connection.rawValue, $0.baseAddress, $0.count) }
+                    if written > 0 { outbound.moveReaderIndex(forwardBy: written) }
+                }
+                try core.loop.runOnce(timeoutMilliseconds: 5)
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                let count = Glibc.read(connection.rawValue, &chunk, chunk.count)
+                if count > 0 { inbound.writeBytes(chunk[..<count]) }
+                closed = count == 0 || (count < 0 && errno != EAGAIN)
+                if !opened, case .finished(var send, _) = try handshake.feed(&inbound) {
+                    outbound.writeBuffer(&send)  // the handshake completes; no EXEC follows
+                    opened = true
+                }
+            }
+            #expect(opened)
+            #expect(closed, "the connection is still open 3 s after the handshake")
+        }
+    }
+
+    @Test func anOriginalClientThatStopsMidHeaderIsDropped() throws {
+        try withServer { core, path in
+            let connection = try Socket.connect(to: .unix(path: path))
+            defer { connection.closeQuietly() }
+            try connection.setNonBlocking()
+            // The first 5 of the original EXEC header's 24 bytes.
+            let partial: [UInt8] = [0x5a, 0x5a, 0, 0, 2]
+            #expect(partial.withUnsafeBytes { Glibc.write(connection.rawValue, $0.baseAddress, $0.count) } == partial.count)
+            var closed = false
+            let start = IOLoop.now()
+            while !closed && IOLoop.now() - start < 3_000_000_000 {
+                try core.loop.runOnce(timeoutMilliseconds: 5)
+                var byte: UInt8 = 0
+                let count = Glibc.read(connection.rawValue, &byte, 1)
+                closed = count == 0 || (count < 0 && errno != EAGAIN)
+            }
+            #expect(closed, "the connection is still open 3 s after half a header")
+        }
+    }
+
+    /// A server on a fresh unix socket with a 200 ms bound on the request; shut down afterwards, when no
+    /// timer may be left.
+    private func withServer(_ body: (ServerCore, String) throws -> Void) throws {
+        var template = Array("/tmp/dpuctl-servercore-XXXXXX".utf8CString)
+        let directory = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+        let path = directory + "/rexec.sock"
+        defer { rmdir(directory) }
+        var settings = RexecServerSettings()
+        settings.handshakeTimeout = .milliseconds(200)
+        settings.allowedUIDs = [getuid()]
+        let core = try ServerCore(
+            settings: settings, whitelist: Whitelist(path: "test", programs: [Array("/bin/true".utf8)]),
+            logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, snapshot: Snapshot())
+        let listener = try Socket.listen(on: .unix(path: path))
+        try core.adopt(listener, endpoint: .unix(path: path), key: nil, ownsPath: true)
+        defer {
+            core.shutDown()
+            unlink(path)
+        }
+        try body(core, path)
+        for _ in 0..<20 { try core.loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(core.loop.pendingTimers == 0)
+    }
+
     /// One `/bin/true` through the native protocol, with /dev/null as its stdio; returns what EXITED said.
     private func runTrue(core: ServerCore, path: String) throws -> RexecExit? {
         let connection = try Socket.connect(to: .unix(path: path))

@@ -23,8 +23,10 @@ lab_host chmod 666 /run/rexec/rexec_uds.sock  # past the file mode, to the SO_PE
 out=$(lab_host runuser -u nobody -- env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock "$DPUCTL" rexec /bin/true 2>&1); status=$?
 expect_eq "a non-root peer on the unix socket is refused (SO_PEERCRED)" 255 "$status"
 expect_match "and told why" "refused: uid 65534 may not use unix:///run/rexec/rexec_uds.sock" "$out"
-expect_eq "garbage instead of a hello gets the connection closed" "" \
-    "$(printf 'GET / HTTP/1.0\r\n\r\n' | lab_dpu socat -t 5 - TCP:$HOST_IP:$REXEC_PORT 2>/dev/null)"
+# socat waits up to 30 s for the peer after its own end of input: it ends sooner only if the server closes.
+printf 'GET / HTTP/1.0\r\n\r\n' | lab_dpu timeout 5 socat -t 30 - TCP:$HOST_IP:$REXEC_PORT >/dev/null 2>&1; status=$?
+expect_eq "garbage instead of a hello gets the connection closed at once" 0 "$status"
+expect_match "and logged" "does not speak the rexec protocol \(first byte 0x47\)" "$(cat "$W/server.log")"
 out=$(lab_host "$W/bin/rexec_server" --listen tcp://$HOST_IP:7778 --key "$W/absent-key" --whitelist "$W/whitelist" --config "$W/none.conf" 2>&1); status=$?
 expect_eq "a non-loopback listener without a key is refused at start" 1 "$status"
 expect_match "saying what to do" "absent-key does not exist, and tcp://$HOST_IP:7778 is reachable from other machines: create a key .* or run with --insecure" "$out"
@@ -43,8 +45,10 @@ lab_bg stall-unix host sh -c "(printf '\\132\\132\\000\\000\\002'; sleep 60) | s
 wait_for "[ \$(lab_host ss -Htn state established '( sport = :$REXEC_PORT )' | wc -l) -ge 1 ]"
 expect_eq "a client sending half a hello delays nobody" "fine" "$(lab_dpu timeout 10 env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/echo fine)"
 expect_eq "nor does half an original header on the unix socket" "fine" "$(lab_host timeout 10 $ORIGINAL /bin/echo fine)"
-expect_status "the stalled connections are dropped after the handshake limit" 0 \
-    wait_for "grep -q 'no request within' '$W/server.log'" 20
+expect_status "the stalled connections are dropped after the handshake limit: dpuctl's" 0 \
+    wait_for "grep -q 'via $REXEC_URL: no request within' '$W/server.log'" 20
+expect_status "and the original protocol's" 0 \
+    wait_for "grep -q '(original protocol): no complete request within' '$W/server.log'" 20
 
 # The original C client on the unix socket.
 expect_eq "the original client runs a program" "hi" "$(lab_host $ORIGINAL /bin/echo hi)"
@@ -63,29 +67,69 @@ lab_bg long dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'e
 wait_for "grep -q started '$W/long.log'"
 echo /usr/bin/id >>"$W/whitelist"
 kill -HUP "$(server_pid)"
-wait_for "grep -q 'allows 18 programs' '$W/server.log'"
+expect_status "SIGHUP reloads the whitelist (logged)" 0 \
+    wait_for "grep -q 'allows $(wc -l <"$W/whitelist") programs' '$W/server.log'"
 expect_eq "SIGHUP reloads the whitelist" "0" "$(rx /usr/bin/id -u)"
+# Unsafe and without id: had it been loaded, id would be refused now.
+sed -i '\|^/usr/bin/id$|d' "$W/whitelist"
 chmod 666 "$W/whitelist"
 kill -HUP "$(server_pid)"
-wait_for "grep -q 'reload failed, keeping the previous configuration: whitelist .* has mode 666' '$W/server.log'"
-expect_eq "an unsafe whitelist on reload keeps the previous one" "0" "$(rx /usr/bin/id -u)"
+expect_status "an unsafe whitelist is refused on reload (logged)" 0 \
+    wait_for "grep -q 'reload failed, keeping the previous configuration: whitelist .* has mode 666' '$W/server.log'"
+expect_eq "and the previous one stays" "0" "$(rx /usr/bin/id -u)"
 chmod 644 "$W/whitelist"
 wait_for "grep -q survived '$W/long.log'" 10
 expect_eq "a running program is untouched by reloads" "started survived" "$(tr '\n' ' ' <"$W/long.log" | sed 's/ $//')"
 
 # A restart while programs run: clients are told and exit 255; programs keep running (KillMode=process).
-lab_bg running dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo $$ >'"$W/running.pid"'; exec sleep 60'
+lab_bg running dpu sh -c 'env CMD_NET_ADDR="$1" rexec --key "$2" /bin/sh -c "echo \$\$ >$3; exec sleep 60"; echo "exit $?" >"$3.status"' \
+    sh "$REXEC_URL" "$W/key" "$W/running.pid"
 wait_for "test -s '$W/running.pid'"
 running_client=$(descendant "$(lab_pid running)" rexec)
 server=$(server_pid)
 rexec_server_stop TERM
 expect_status "the server stops on SIGTERM" 1 kill -0 "$server" 2>/dev/null
 expect_status "its client exits" 0 wait_for "! kill -0 $running_client"
+expect_status "with status 255" 0 wait_for "grep -qx 'exit 255' '$W/running.pid.status'"
 expect_match "saying the program keeps running, and where" "rexec: the server at $REXEC_URL stopped \\(rexec_server is stopping; /bin/sh keeps running on the server as pid $(cat "$W/running.pid")\\)" "$(cat "$W/running.log")"
 expect_status "the program still runs on the host" 0 lab_host kill -0 "$(cat "$W/running.pid")"
 rexec_server_start
 expect_eq "a new server serves new clients" "back" "$(rx /bin/echo back)"
 lab_host kill "$(cat "$W/running.pid")"
+
+# Limits from the configuration. Sessions beyond max-sessions are refused with the reason; connections
+# that stay silent hold at most max-pending places, and once they have had half the handshake limit
+# (5 s) a new connection takes the oldest one's place rather than waiting behind them.
+rexec_server_stop
+printf '[rexec-server]\nmax-sessions = 2\nmax-pending = 2\nstop-policy = terminate\n' >"$W/limits.conf"
+rexec_server_start --config "$W/limits.conf"
+for i in 1 2; do
+    lab_bg sleeper$i dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c "echo \$\$ >$W/sleeper$i.pid; exec sleep 60"
+done
+wait_for "test -s '$W/sleeper1.pid' && test -s '$W/sleeper2.pid'"
+out=$(rx /bin/true 2>&1); status=$?
+expect_eq "a session beyond max-sessions is refused" 255 "$status"
+expect_match "saying why" "refused: the server runs 2 sessions, its limit \(max-sessions\)" "$out"
+lab_host kill "$(cat "$W/sleeper2.pid")"
+wait_for "! kill -0 $(lab_pid sleeper2)"
+for i in 1 2; do lab_bg silent$i dpu sh -c "sleep 30 | socat - TCP:$HOST_IP:$REXEC_PORT"; done
+wait_for "[ \$(lab_host ss -Htn state established '( sport = :$REXEC_PORT )' | wc -l) -ge 3 ]"
+sleep 6
+expect_eq "silent connections beyond max-pending do not lock a client out" "through" \
+    "$(lab_dpu timeout 3 env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/echo through)"
+expect_match "the oldest is dropped, and that is logged" "dropped .*: still opening after [0-9]+ ms while 2 connections wait \(max-pending\)" \
+    "$(cat "$W/server.log")"
+
+# stop-policy = terminate: on SIGTERM the programs get SIGTERM too, and their clients say so.
+sleeper=$(cat "$W/sleeper1.pid")
+sleeper_client=$(descendant "$(lab_pid sleeper1)" rexec)
+rexec_server_stop TERM
+expect_status "the program is terminated with the server" 0 wait_for "! lab_host kill -0 $sleeper"
+expect_status "its client exits" 0 wait_for "! kill -0 $sleeper_client"
+expect_match "saying the program is being terminated" \
+    "rexec: the server at $REXEC_URL stopped \(rexec_server is stopping; /bin/sh \(pid $sleeper\) is being terminated\)" \
+    "$(cat "$W/sleeper1.log")"
+rexec_server_start
 
 # Without a whitelist nothing runs, and the log says so.
 rexec_server_stop

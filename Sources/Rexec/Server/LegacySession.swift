@@ -37,6 +37,10 @@ final class LegacySession: ServerSession {
     private var killTimer: IOLoop.TimerID?
     /// The bound on the wait for the client to close after KILL; cancelled when the session ends first.
     private var closeTimer: IOLoop.TimerID?
+    /// The bound on the wait for the request (EXEC and the two PIPE messages, which the original client
+    /// sends as soon as it is connected); cancelled when the program starts. The start gate after it is
+    /// not bounded: with REXEC_HANDSHAKE_RD the client's parent answers it, when it is ready.
+    private var requestTimer: IOLoop.TimerID?
     private var closed = false
     private var finished = false
 
@@ -49,6 +53,10 @@ final class LegacySession: ServerSession {
         end.onReady = { [unowned self] in readable() }
         end.readable = true
         core.loop.later { [weak self] in self?.readable() }
+        requestTimer = core.loop.schedule(after: core.settings.handshakeTimeout) { [weak self] in
+            guard let self, state == .receiving, !closed else { return }
+            fail("no complete request within \(core.settings.handshakeTimeout); closing")
+        }
     }
 
     // MARK: receiving
@@ -153,6 +161,7 @@ final class LegacySession: ServerSession {
     // MARK: the program
 
     private func start() {
+        cancelRequestTimer()
         let exec: LegacyRexecExec
         do { exec = try LegacyRexecExec(payload: execPayload!, argc: execArgc) } catch {
             return fail(error.message)
@@ -350,11 +359,17 @@ final class LegacySession: ServerSession {
         close()
     }
 
+    private func cancelRequestTimer() {
+        if let requestTimer { core.loop.cancel(requestTimer) }
+        requestTimer = nil
+    }
+
     private func finish() {
         guard !finished, closed, process == nil || exitStatus != nil else { return }
         finished = true
         if let closeTimer { core.loop.cancel(closeTimer) }
         closeTimer = nil
+        cancelRequestTimer()
         report?.close(core.loop)
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
         process?.close()

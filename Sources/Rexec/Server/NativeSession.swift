@@ -36,6 +36,8 @@ final class NativeSession: ServerSession {
     /// The bound on closeAfterFlush's wait; cancelled when the session ends first (it always does when the
     /// client reads): left to fire, every finished session would keep one for 30 s.
     private var flushTimer: IOLoop.TimerID?
+    /// The bound on the wait for EXEC after the handshake; cancelled when it comes.
+    private var requestTimer: IOLoop.TimerID?
     private var listenerPaths: [Int32: String] = [:]
     private var terminalController: FileDescriptor?
     private var finished = false
@@ -70,6 +72,13 @@ final class NativeSession: ServerSession {
         do { try mux.start() } catch {
             core.logger.error("\(peer): cannot watch the connection: \(error)")
             mux.close(error)
+        }
+        // EXEC comes right behind the handshake: a client that sends none must not hold a session (one of
+        // max-sessions) for as long as it keeps the connection open.
+        requestTimer = core.loop.schedule(after: core.settings.handshakeTimeout) { [weak self] in
+            guard let self, state == .awaitingRequest, !mux.closed else { return }
+            core.logger.notice("\(peer) via \(via): no request within \(core.settings.handshakeTimeout) of the handshake; closing")
+            mux.close(nil)
         }
     }
 
@@ -108,6 +117,7 @@ final class NativeSession: ServerSession {
     }
 
     private func start(_ request: RexecExecRequest) {
+        cancelRequestTimer()
         program = String(decoding: request.program, as: UTF8.self)
         let path: [UInt8]
         do { path = try Launcher.resolve(request.program, whitelist: core.whitelist) } catch {
@@ -542,6 +552,11 @@ final class NativeSession: ServerSession {
         closeAfterFlush()
     }
 
+    private func cancelRequestTimer() {
+        if let requestTimer { core.loop.cancel(requestTimer) }
+        requestTimer = nil
+    }
+
     private func releaseDaemon() {
         guard let daemon else { return }
         if let daemonRegistration { core.loop.unregister(daemonRegistration, daemon.fd) }
@@ -560,6 +575,7 @@ final class NativeSession: ServerSession {
         finished = true
         if let flushTimer { core.loop.cancel(flushTimer) }
         flushTimer = nil
+        cancelRequestTimer()
         releaseDaemon()
         mux.releaseAll()
         if let processRegistration, let process { core.loop.unregister(processRegistration, process.fd) }
