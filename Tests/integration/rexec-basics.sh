@@ -95,4 +95,12 @@ expect_eq "a bare name is looked up in the server's PATH, not the client's" "fro
     "$(lab_dpu env PATH=/nonexistent CMD_NET_ADDR="$REXEC_URL" "$DPUCTL" rexec --key "$W/key" sh -c 'echo from-server-path')"
 expect_eq "dpuctl rexec is rexec" "same" "$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" "$DPUCTL" rexec --key "$W/key" /bin/echo same)"
 expect_eq "the unix socket serves local clients" "local" "$(rx_unix /bin/echo local)"
+# Without CMD_NET_ADDR: `[rexec] connect` in the configuration, else the original's unix socket.
+printf '[rexec]\nconnect = %s\n' "$REXEC_URL" >"$W/client.conf"
+expect_eq "the address from the configuration" "from-config" \
+    "$(lab_dpu env -u CMD_NET_ADDR rexec --config "$W/client.conf" --key "$W/key" /bin/echo from-config)"
+expect_eq "CMD_NET_ADDR before the configuration" "from-variable" \
+    "$(lab_host env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock rexec --config "$W/client.conf" /bin/echo from-variable)"
+expect_eq "with neither, /var/run/rexec/rexec_uds.sock" "default" \
+    "$(lab_host env -u CMD_NET_ADDR rexec --config "$W/none.conf" /bin/echo default)"
 finish

@@ -11,7 +11,7 @@ require_command python3
 rexec_lab_up
 
 # Regular files. $W is the same directory on both machines here, but not through qtfs: rexec cannot know
-# the host's file of that name is this one, so these travel as streams (qtfs-rexec.sh has files on a
+# the host's file of that name is this one, so these travel as streams (rexec-passfd.sh has files on a
 # qtfs mount, which are reopened by path).
 echo first >"$W/log"
 lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo appended >&7'"

@@ -81,6 +81,23 @@ chmod 644 "$W/whitelist"
 wait_for "grep -q survived '$W/long.log'" 10
 expect_eq "a running program is untouched by reloads" "started survived" "$(tr '\n' ' ' <"$W/long.log" | sed 's/ $//')"
 
+# The key is reloaded on SIGHUP as well: new connections need the new key; a session opened with the old
+# one goes on.
+lab_bg keyed dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo started; sleep 2; echo survived'
+wait_for "grep -q started '$W/keyed.log'"
+cp -p "$W/key" "$W/old-key"
+"$DPUCTL" key generate "$W/new-key" >/dev/null
+reloads=$(grep -c 'whitelist: ' "$W/server.log")
+cat "$W/new-key" >"$W/key"
+kill -HUP "$(server_pid)"
+expect_status "SIGHUP reloads the key (logged)" 0 wait_for "[ \$(grep -c 'whitelist: ' '$W/server.log') -gt $reloads ]"
+out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/old-key" /bin/true 2>&1); status=$?
+expect_eq "the old key is refused after the reload" 255 "$status"
+expect_match "(the key differs)" "key differs" "$out"
+expect_eq "the new one is accepted" "new" "$(rx /bin/echo new)"
+wait_for "grep -q survived '$W/keyed.log'" 10
+expect_eq "a session opened with the old key goes on" "started survived" "$(tr '\n' ' ' <"$W/keyed.log" | sed 's/ $//')"
+
 # A restart while programs run: clients are told and exit 255; programs keep running (KillMode=process).
 lab_bg running dpu sh -c 'env CMD_NET_ADDR="$1" rexec --key "$2" /bin/sh -c "echo \$\$ >$3; exec sleep 60"; echo "exit $?" >"$3.status"' \
     sh "$REXEC_URL" "$W/key" "$W/running.pid"

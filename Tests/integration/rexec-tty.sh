@@ -30,6 +30,13 @@ exec 4<>"$W/keys"  # read-write: neither open blocks
 lab_dpu script -qec "$REXEC /bin/sh -c 'trap \"echo got-int; exit 5\" INT; echo ready; while :; do sleep 0.05; done'; echo status \$?" /dev/null \
     <"$W/keys" >"$W/typed.log" 2>&1 4>&- &
 wait_for "grep -q ready '$W/typed.log'" 10
+# Raw while the program runs: without it ^C would still arrive (as our SIGINT, forwarded), but typed
+# keys would be edited and echoed here as well as there.
+client=$(pgrep -f "rexec --key $W/key /bin/sh -c trap \"echo got-int" | head -1)
+modes=$(stty -F "$(readlink "/proc/$client/fd/0")" -a)
+for mode in -icanon -isig -echo -icrnl -opost; do
+    expect_match "our terminal is raw while the program runs ($mode)" "(^| )$mode( |;|\$)" "$(echo $modes)"
+done
 printf '\003' >&4
 expect_status "^C is delivered as the remote terminal's interrupt" 0 wait_for "grep -q got-int '$W/typed.log'" 10
 wait_for "grep -q status '$W/typed.log'" 10
