@@ -78,9 +78,11 @@ expect_match "anything else: it never runs and rexec exits 1" "status=1 ran=no$"
 out=$(rx /nonexistent/program 2>&1); status=$?
 expect_eq "a whitelisted but missing program: 127" 127 "$status"
 expect_match "with a message" '^rexec: /nonexistent/program: not found on the server' "$out"
+expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 out=$(rx "$W/not-executable" 2>&1); status=$?
 expect_eq "a program that cannot be executed: 126" 126 "$status"
 expect_match "with a message" 'cannot be executed on the server' "$out"
+expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 out=$(rx /bin/ls 2>&1); status=$?
 expect_eq "a program the whitelist does not list: 126" 126 "$status"
 expect_match "naming the whitelist" "^rexec: /bin/ls: not allowed by the server's whitelist \\($W/whitelist\\)$" "$out"

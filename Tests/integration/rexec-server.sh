@@ -15,14 +15,17 @@ ORIGINAL="python3 $ROOT/Tests/integration/helpers/original-rexec-client.py /run/
 out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/no-such-key" /bin/true 2>&1); status=$?
 expect_eq "a client without the key is refused" 255 "$status"
 expect_match "and told why" "^rexec: $REXEC_URL: .*requires a key" "$out"
+expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 "$DPUCTL" key generate "$W/other-key" >/dev/null
 out=$(lab_dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/other-key" /bin/true 2>&1); status=$?
 expect_eq "a client with another key is refused" 255 "$status"
 expect_match "and told why" "key differs" "$out"
+expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 lab_host chmod 666 /run/rexec/rexec_uds.sock  # past the file mode, to the SO_PEERCRED check
 out=$(lab_host runuser -u nobody -- env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock "$DPUCTL" rexec /bin/true 2>&1); status=$?
 expect_eq "a non-root peer on the unix socket is refused (SO_PEERCRED)" 255 "$status"
 expect_match "and told why" "refused: uid 65534 may not use unix:///run/rexec/rexec_uds.sock" "$out"
+expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 # socat waits up to 30 s for the peer after its own end of input: it ends sooner only if the server closes.
 printf 'GET / HTTP/1.0\r\n\r\n' | lab_dpu timeout 5 socat -t 30 - TCP:$HOST_IP:$REXEC_PORT >/dev/null 2>&1; status=$?
 expect_eq "garbage instead of a hello gets the connection closed at once" 0 "$status"
@@ -54,6 +57,8 @@ expect_status "and the original protocol's" 0 \
 expect_eq "the original client runs a program" "hi" "$(lab_host $ORIGINAL /bin/echo hi)"
 expect_eq "with its exit status" "exit 3" "$(status_of nsenter --target "$(_lab_init host)" --mount --net --pid -- $ORIGINAL /bin/sh -c 'exit 3')"
 expect_eq "stdin and its end" "x" "$(echo x | lab_host $ORIGINAL /bin/cat)"
+out=$(lab_host env REXEC_TEST_SHOW_PID=1 $ORIGINAL /bin/sh -c 'echo "shell $$"' 2>&1)
+expect_match "PIDMAP names the program's pid" "^pid ([0-9]+) shell \1$" "$(echo $out)"
 out=$(lab_host $ORIGINAL /nonexistent/program 2>&1); status=$?
 expect_eq "an exec failure is 127, not the original's 0" 127 "$status"
 expect_match "with a message on its stderr" "rexec_server: /nonexistent/program: not found on the server" "$out"
@@ -118,8 +123,12 @@ lab_host kill "$(cat "$W/running.pid")"
 # that stay silent hold at most max-pending places, and once they have had half the handshake limit
 # (5 s) a new connection takes the oldest one's place rather than waiting behind them.
 rexec_server_stop
-printf '[rexec-server]\nmax-sessions = 2\nmax-pending = 2\nstop-policy = terminate\n' >"$W/limits.conf"
+printf '[rexec-server]\nmax-sessions = 2\nmax-pending = 2\nstop-policy = terminate\nallow-uid = 0\nallow-uid = 65534\n' \
+    >"$W/limits.conf"
 rexec_server_start --config "$W/limits.conf"
+lab_host chmod 666 /run/rexec/rexec_uds.sock
+out=$(lab_host runuser -u nobody -- env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock "$DPUCTL" rexec /bin/echo allowed 2>&1)
+expect_eq "allow-uid lets another uid use the unix socket" "allowed" "$out"
 for i in 1 2; do
     lab_bg sleeper$i dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c "echo \$\$ >$W/sleeper$i.pid; exec sleep 60"
 done
