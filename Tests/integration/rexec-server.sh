@@ -108,6 +108,8 @@ lab_bg running dpu sh -c 'env CMD_NET_ADDR="$1" rexec --key "$2" /bin/sh -c "ech
     sh "$REXEC_URL" "$W/key" "$W/running.pid"
 wait_for "test -s '$W/running.pid'"
 running_client=$(descendant "$(lab_pid running)" rexec)
+lab_bg original host sh -c "$ORIGINAL /bin/sh -c 'echo \$\$ >$W/original.pid; exec sleep 60'; echo \"exit \$?\" >$W/original.status"
+wait_for "test -s '$W/original.pid'"
 server=$(server_pid)
 rexec_server_stop TERM
 expect_status "the server stops on SIGTERM" 1 kill -0 "$server" 2>/dev/null
@@ -115,6 +117,9 @@ expect_status "its client exits" 0 wait_for "! kill -0 $running_client"
 expect_status "with status 255" 0 wait_for "grep -qx 'exit 255' '$W/running.pid.status'"
 expect_match "saying the program keeps running, and where" "rexec: the server at $REXEC_URL stopped \\(rexec_server is stopping; /bin/sh keeps running on the server as pid $(cat "$W/running.pid")\\)" "$(cat "$W/running.log")"
 expect_status "the program still runs on the host" 0 lab_host kill -0 "$(cat "$W/running.pid")"
+expect_status "the original client exits 255 too (KILL carries it)" 0 wait_for "grep -qx 'exit 255' '$W/original.status'"
+expect_status "and its program still runs" 0 lab_host kill -0 "$(cat "$W/original.pid")"
+lab_host kill "$(cat "$W/original.pid")"
 rexec_server_start
 expect_eq "a new server serves new clients" "back" "$(rx /bin/echo back)"
 lab_host kill "$(cat "$W/running.pid")"

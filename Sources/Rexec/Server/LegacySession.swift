@@ -350,13 +350,24 @@ final class LegacySession: ServerSession {
                 gate?.veto()
                 self.process = nil
                 process.close()
+                endClientForStop()
             case .terminate:
                 state = .running
+                endClientForStop()
                 clientGone()
                 return
             }
         }
         close()
+    }
+
+    /// The original client exits with the status KILL carries: 255, what dpuctl's clients exit with when
+    /// the server stops (this protocol has no way to carry their message too), not the 1 of a lost
+    /// connection.
+    private func endClientForStop() {
+        guard !closed, !killSent else { return }
+        killSent = true
+        send(LegacyRexecHeader(type: .kill, exitStatus: 255))
     }
 
     private func cancelRequestTimer() {

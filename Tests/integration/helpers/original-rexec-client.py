@@ -2,7 +2,8 @@
 """The original C rexec client's wire behaviour (reference/rexec.md §6), for testing that rexec_server
 still serves unchanged DPU images: one EXEC message with argv and a JSON file list carrying the stdin
 pipe, two PIPE messages carrying the stdout and stderr pipes (one SCM_RIGHTS fd each, header in host byte
-order), PIDMAP answered by HANDSHAKE '1', KILL with the shell-style status ends it.
+order), PIDMAP answered by HANDSHAKE '1', KILL with the shell-style status ends it (after what its pipes hold
+then).
 
     original-rexec-client.py SOCKET PROGRAM [ARG...]     (REXEC_TEST_GATE=0 answers the gate with '0')
 
@@ -42,7 +43,6 @@ def main():
         os.close(fd)
 
     sources = {conn.fileno(): None, stdout_r: 1, stderr_r: 2, 0: stdin_w}
-    status = None
     buffer = b""
     while True:
         readable, _, _ = select.select(list(sources), [], [])
@@ -60,8 +60,17 @@ def main():
                     print("pid", pid, file=sys.stderr) if os.environ.get("REXEC_TEST_SHOW_PID") else None
                     conn.sendall(header(HANDSHAKE, 0, 0, 1) + os.environ.get("REXEC_TEST_GATE", "1").encode())
                 elif kind == KILL:
-                    status = exit_status
-                    del sources[conn.fileno()]
+                    # The original exits at once and may cut off output still in the pipes; this takes
+                    # what is there now (all of it when the program has ended), then exits likewise.
+                    for reader in (stdout_r, stderr_r):
+                        if reader in sources:
+                            os.set_blocking(reader, False)
+                            try:
+                                while data := os.read(reader, 65536):
+                                    os.write(sources[reader], data)
+                            except BlockingIOError:
+                                pass
+                    sys.exit(exit_status)
             elif fd == 0:
                 data = os.read(0, 65536)
                 if data:
@@ -75,8 +84,6 @@ def main():
                     os.write(sources[fd], data)
                 else:
                     del sources[fd]
-        if status is not None and stdout_r not in sources and stderr_r not in sources:
-            sys.exit(status)
 
 
 main()
