@@ -50,6 +50,8 @@ mkdir -p "$W/work dir"
 expect_eq "the working directory travels" "$W/work dir" "$(cd "$W/work dir" && rx /bin/pwd)"
 expect_eq "--cwd overrides it" "/tmp" "$(rx --cwd /tmp /bin/pwd)"
 expect_eq "the umask travels" "0027" "$(lab_dpu sh -c "umask 027; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c umask")"
+out=$(rx /bin/sh -c 'read -r pid comm state ppid group session rest </proc/$$/stat; echo $pid $group $session')
+expect_match "the program leads its own session and process group" "^([0-9]+) \1 \1$" "$out"
 lab_dpu mkdir -p /run/rexec/dpu-only
 out=$(lab_dpu sh -c "cd /run/rexec/dpu-only && env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/pwd" 2>&1); status=$?
 expect_eq "a working directory the host lacks fails" 255 "$status"
