@@ -73,8 +73,10 @@ final class NativeSession: ServerSession {
             core.logger.error("\(peer): cannot watch the connection: \(error)")
             mux.close(error)
         }
-        // EXEC comes right behind the handshake: a client that sends none must not hold a session (one of
-        // max-sessions) for as long as it keeps the connection open.
+        // EXEC comes right behind the handshake (usually with it: then it has been handled above). A
+        // client that sends none must not hold a session, one of max-sessions, for as long as it keeps
+        // the connection open.
+        guard state == .awaitingRequest, !mux.closed else { return }
         requestTimer = core.loop.schedule(after: core.settings.handshakeTimeout) { [weak self] in
             guard let self, state == .awaitingRequest, !mux.closed else { return }
             core.logger.notice("\(peer) via \(via): no request within \(core.settings.handshakeTimeout) of the handshake; closing")
