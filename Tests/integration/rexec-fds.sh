@@ -21,6 +21,8 @@ out=$(lab_dpu bash -c "exec 8<'$W/numbers'; read -r a <&8; read -r b <&8; env CM
 expect_eq "a file read partway continues at its offset" "3" "$out"
 out=$(lab_dpu bash -c "exec 7>>'$W/log'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key --exclude-fd 7 /bin/sh -c 'echo x >&7' 2>&1")
 expect_match "--exclude-fd leaves one out" "Bad file descriptor" "$out"
+out=$(lab_dpu bash -c "exec 7>>'$W/log' 8<'$W/numbers'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key --exclude-fd all /bin/sh -c 'for fd in 7 8; do [ -e /dev/fd/\$fd ] && echo \$fd; done; echo done'" 2>&1)
+expect_eq "--exclude-fd all leaves every fd above 2 out" "done" "$out"
 # A file only the DPU has (no qtfs mount shares it; a host file of the same name would be another file)
 # travels as a stream: read from its offset here, or written at it (virsh restore / save of a file on
 # the DPU's own disk).
