@@ -483,7 +483,7 @@ public enum QTFSRequest: Hashable, Sendable {
             changes.mode = try payload.readWireInteger("SETATTR mode")
             changes.uid = try payload.readWireInteger("SETATTR uid")
             changes.gid = try payload.readWireInteger("SETATTR gid")
-            changes.size = try payload.readWireInteger("SETATTR size")
+            changes.size = try payload.readFileOffset("SETATTR size")
             changes.accessTime = try payload.readQTFSTime()
             changes.modificationTime = try payload.readQTFSTime()
             return .setattr(target, changes)
@@ -506,7 +506,7 @@ public enum QTFSRequest: Hashable, Sendable {
             return .create(path, flags: flags, mode: mode, owner: try payload.readQTFSOwner())
         case .read:
             let handle: UInt64 = try payload.readWireInteger("READ handle")
-            let offset: UInt64 = try payload.readWireInteger("READ offset")
+            let offset = try payload.readFileOffset("READ offset")
             let size: UInt32 = try payload.readWireInteger("READ size")
             guard size <= QTFSLimits.maximumIO else {
                 throw WireError(.oversized, "READ of \(size) bytes is over the limit of \(QTFSLimits.maximumIO)")
@@ -514,7 +514,7 @@ public enum QTFSRequest: Hashable, Sendable {
             return .read(handle: handle, offset: offset, size: size, flags: try payload.readWireInteger("READ flags"))
         case .write:
             let handle: UInt64 = try payload.readWireInteger("WRITE handle")
-            let offset: UInt64 = try payload.readWireInteger("WRITE offset")
+            let offset = try payload.readFileOffset("WRITE offset")
             let flags: UInt32 = try payload.readWireInteger("WRITE flags")
             let length = Int(try payload.readWireInteger(as: UInt32.self, "WRITE length"))
             guard length <= QTFSLimits.maximumIO else {
@@ -851,6 +851,14 @@ extension ByteBuffer {
     mutating func readQTFSOwner() throws(WireError) -> QTFSOwner {
         let uid: UInt32 = try readWireInteger("owner uid")
         return QTFSOwner(uid: uid, gid: try readWireInteger("owner gid"))
+    }
+
+    /// A file offset or size: unsigned on the wire, at most Int64.max (what off_t holds; the kernel sends
+    /// no more), so that the server can hand it to pread, pwrite and ftruncate as it is.
+    mutating func readFileOffset(_ field: StaticString) throws(WireError) -> UInt64 {
+        let value: UInt64 = try readWireInteger(field)
+        guard value <= UInt64(Int64.max) else { throw WireError(.malformed, "\(field) \(value) is beyond the largest file offset") }
+        return value
     }
 
     mutating func writeQTFSTime(_ time: QTFSTime) {

@@ -154,6 +154,21 @@ private func replyPayload(_ reply: QTFSReply) -> ByteBuffer {
         }
     }
 
+    // Offsets and sizes past Int64.max: no kernel sends them, and the server would trap converting one
+    // for pread, pwrite or ftruncate, ending every client's connection.
+    @Test func offsetsBeyondOffTAreRefused() {
+        let huge = UInt64(Int64.max) + 1
+        let requests: [QTFSRequest] = [
+            .read(handle: 1, offset: huge, size: 1, flags: 0),
+            .write(handle: 1, offset: UInt64.max, flags: 0, data: ByteBuffer(bytes: [1])),
+            .setattr(.handle(1), { var changes = QTFSSetAttributes(fields: .size); changes.size = huge; return changes }()),
+        ]
+        for request in requests {
+            #expect { try QTFSRequest(request.frame(id: 1)) } throws: { ($0 as? WireError)?.code == .malformed }
+        }
+        #expect(throws: Never.self) { try QTFSRequest(QTFSRequest.read(handle: 1, offset: UInt64(Int64.max), size: 1, flags: 0).frame(id: 1)) }
+    }
+
     @Test func unknownTypesAndBadFlagsAreRefused() {
         #expect { try QTFSRequest(Frame(type: FrameType(rawValue: 0x7f), stream: 1)) } throws: {
             ($0 as? WireError)?.code == .unknownMessage
