@@ -108,6 +108,9 @@ public final class QTFSEngine: Daemon {
     private struct State {
         var listeners: [(fd: FileDescriptor, key: PreSharedKey?, local: Bool, description: String)] = []
         var stopping = false
+        /// Connections still in their handshake (each has a thread): bounded apart from the authenticated
+        /// ones, which only they may fill.
+        var opening = 0
         var acceptors = 0
         var waiter: CheckedContinuation<Void, Never>?
     }
@@ -236,16 +239,33 @@ public final class QTFSEngine: Daemon {
                 client.closeQuietly()
                 continue
             }
+            let opening = state.withLock { state -> Bool in
+                guard state.opening < QTFSEngine.maximumOpening else { return false }
+                state.opening += 1
+                return true
+            }
+            guard opening else {
+                logger.warning("refusing a connection: \(QTFSEngine.maximumOpening) others are still in their handshake")
+                client.closeQuietly()
+                continue
+            }
             do {
                 try OSThread.start(name: "qtfs-conn") { [self] in serve(client, key: key, local: local) }
             } catch {
+                state.withLock { $0.opening -= 1 }
                 client.closeQuietly()
             }
         }
         listener.closeQuietly()
     }
 
+    /// Connections at most in their handshake at once; each gets 10 s for all of it.
+    static let maximumOpening = 64
+    static let sendTimeoutSeconds = 30
+
     private func serve(_ client: FileDescriptor, key: PreSharedKey?, local: Bool) {
+        var opened = false
+        defer { if !opened { state.withLock { $0.opening -= 1 } } }
         let peer = (try? client.peerAddress().description) ?? "peer"
         if local {
             // A unix socket: only our own user (root) may use the engine.
@@ -266,6 +286,12 @@ public final class QTFSEngine: Daemon {
             client.closeQuietly()
             return
         }
+        opened = true
+        state.withLock { $0.opening -= 1 }
+        // A client that stops reading its replies holds the thread answering it (and, through the
+        // connection's write lock, every other worker answering it): a reply that cannot move for this
+        // long ends the connection instead.
+        try? client.setSendTimeout(seconds: QTFSEngine.sendTimeoutSeconds)
         let connection = EngineConnection(
             id: core.nextConnection.add(1, ordering: .relaxed).oldValue, socket: socket, peer: peer, engine: core)
         let admitted = core.connections.withLock { connections -> Bool in

@@ -36,13 +36,14 @@ public final class FramedSocket: @unchecked Sendable {
     }
 
     /// Runs the opening handshake on a connected blocking socket and returns the framed connection. A
-    /// peer that stalls for `timeout` seconds is dropped.
+    /// peer that has not finished it within `timeoutSeconds` is dropped (the whole handshake: a peer
+    /// sending a byte now and then does not extend it).
     public static func open(
         _ fd: SystemPackage.FileDescriptor, role: Hello.Role, key: PreSharedKey?, capabilities: UInt64 = 0, timeoutSeconds: Int = 10
     ) throws(ConnectionError) -> (FramedSocket, HandshakeResult) {
         var handshake = Handshake(role: role, service: .qtfs, capabilities: capabilities, key: key)
+        let deadline = monotonicNanoseconds() + UInt64(timeoutSeconds) * 1_000_000_000
         do {
-            try fd.setReceiveTimeout(seconds: timeoutSeconds)
             if role == .client { try send(fd, handshake.clientOpening) }
             var input = ByteBuffer()
             while true {
@@ -59,6 +60,9 @@ public final class FramedSocket: @unchecked Sendable {
                     try? send(fd, output)
                     throw ConnectionError.wire(error)
                 }
+                let now = monotonicNanoseconds()
+                guard now + 1_000_000 < deadline else { throw SystemError(.resourceTemporarilyUnavailable, "handshake") }
+                try fd.setReceiveTimeout(milliseconds: Int((deadline - now) / 1_000_000))
                 var chunk = [UInt8](repeating: 0, count: 4096)
                 let count = try chunk.withUnsafeMutableBytes { (raw) throws(SystemError) -> Int in try fd.readOnce(into: raw) }
                 guard count > 0 else { throw ConnectionError.closed("the peer closed the connection during the handshake") }

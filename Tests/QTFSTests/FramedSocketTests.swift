@@ -42,3 +42,50 @@ import Testing
         #expect(errors == [.brokenPipe, .brokenPipe])
     }
 }
+
+@Suite struct FramedSocketBounds {
+    /// The handshake's time limit is for all of it: a peer that sends a byte now and then (each read
+    /// returning in time) used to hold the thread until it chose to finish.
+    @Test func aHandshakeDrippedByteByByteEndsAtItsDeadline() throws {
+        let (near, far) = try FileDescriptor.socketPair()
+        defer { far.closeQuietly() }
+        let hello = Array(Handshake(role: .client, service: .qtfs, capabilities: 0, key: nil).clientOpening.readableBytesView)
+        let sent = ConditionLock(0)
+        try OSThread.start(name: "dripper") {
+            for byte in hello {
+                var byte = byte
+                guard Glibc.write(far.rawValue, &byte, 1) == 1 else { return }
+                sent.withLock { $0 += 1 }
+                usleep(200_000)
+            }
+        }
+        #expect(throws: ConnectionError.self) { _ = try FramedSocket.open(near, role: .server, key: nil, timeoutSeconds: 1) }
+        // Ended by its deadline, not by the hello's end (which takes the dripper ~19 s).
+        #expect(sent.withLock { $0 } < hello.count)
+        near.closeQuietly()
+    }
+
+    /// A peer that stops reading: a send that can move nothing fails after the send timeout instead of
+    /// blocking the sender (and, through the write lock, every other sender) for good.
+    @Test func aSendToAPeerThatStoppedReadingFailsAfterTheSendTimeout() throws {
+        let (near, far) = try FileDescriptor.socketPair()
+        defer { far.closeQuietly() }
+        try near.setSendTimeout(seconds: 1)
+        let socket = FramedSocket(fd: near, leftover: ByteBuffer())
+        let outcome = ConditionLock<Errno?>(nil)
+        try OSThread.start(name: "sender") {
+            let payload = ByteBuffer(repeating: 0, count: 60_000)
+            while true {
+                do throws(SystemError) {
+                    try socket.send(Frame(type: .ping, stream: 0, payload: payload))
+                } catch {
+                    outcome.withLock { $0 = error.errno }
+                    outcome.broadcast()
+                    return
+                }
+            }
+        }
+        let errno = outcome.wait(timeout: .seconds(20)) { $0 }
+        #expect(errno == .resourceTemporarilyUnavailable)
+    }
+}
