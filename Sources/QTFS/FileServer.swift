@@ -513,7 +513,9 @@ public final class QTFSFileServer: Sendable {
     }
 
     /// Opens `name` creating it; exclusively first, to know whether this call made the file (and should
-    /// give it to the caller).
+    /// give it to the caller). What already exists is opened without waiting: a FIFO there would block the
+    /// open until a peer came (on a fast worker, which nothing could then interrupt); it is refused as
+    /// not a regular file after the open instead.
     private func openCreating(
         _ directory: FileDescriptor, _ name: [UInt8], _ flags: Int32, _ mode: mode_t, exclusive: Bool
     ) throws(SystemError) -> (FileDescriptor, Bool) {
@@ -521,7 +523,14 @@ public final class QTFSFileServer: Sendable {
             return (try directory.open(at: name, flags: flags | O_EXCL, mode: mode), true)
         } catch {
             guard error.errno == .fileExists, !exclusive else { throw error }
-            return (try directory.open(at: name, flags: flags, mode: mode), false)
+            let fd = try directory.open(at: name, flags: flags | O_NONBLOCK, mode: mode)
+            if flags & O_NONBLOCK == 0 {
+                do { try fd.setNonBlocking(false) } catch {
+                    fd.closeQuietly()
+                    throw error
+                }
+            }
+            return (fd, false)
         }
     }
 

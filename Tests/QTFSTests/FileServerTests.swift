@@ -161,6 +161,34 @@ final class Scratch {
         #expect(scratch.errno(.create(scratch.path("f"), flags: UInt32(O_RDWR | O_EXCL), mode: 0o600, owner: .root)) == .fileExists)
     }
 
+    /// CREATE of a name that exists (not exclusive: the client's negative entry was stale) opens what is
+    /// there. A FIFO there used to block the open, on a fast worker, until some reader came.
+    @Test func createOverAnExistingFIFOIsRefusedWithoutWaiting() throws {
+        let scratch = try Scratch()
+        let fifo = scratch.base + "/export/fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let outcome = ConditionLock<Errno??>(nil)
+        nonisolated(unsafe) let creator = scratch  // used by the thread alone until it reports
+        try OSThread.start(name: "creator") {
+            let errno = creator.errno(.create(creator.path("fifo"), flags: UInt32(O_WRONLY), mode: 0o600, owner: .root))
+            outcome.withLock { $0 = .some(errno) }
+            outcome.broadcast()
+        }
+        let errno = outcome.wait(timeout: .seconds(5)) { $0 }
+        if errno == nil {
+            Issue.record("CREATE still waits for a reader of the FIFO after 5 s")
+            close(open(fifo, O_RDONLY | O_NONBLOCK))  // let it go
+        }
+        #expect(errno != nil && errno! != nil)
+        // An existing regular file is opened, blocking as asked.
+        close(open(scratch.base + "/export/plain", O_CREAT | O_WRONLY, 0o644))
+        guard case .opened(let handle, _, _, _) = try scratch.run(.create(scratch.path("plain"), flags: UInt32(O_RDWR), mode: 0o600, owner: .root)) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(try scratch.session.handle(handle).fd.statusFlags() & O_NONBLOCK == 0)
+    }
+
     @Test func handlesBelongToTheirConnectionAndAreBounded() throws {
         let scratch = try Scratch()
         close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
