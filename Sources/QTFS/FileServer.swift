@@ -333,14 +333,21 @@ public final class QTFSFileServer: Sendable {
     private func withChangedNode(
         _ kind: QTFSWhitelist.Kind, _ target: QTFSTarget, _ session: EngineSession, _ body: (FileDescriptor) throws -> Void
     ) throws {
-        if case .path(let path) = target {
-            let export = try session.export(path.export)
-            try checkWritable(export, path.path)
-            try check(kind, export, path.path)
-        }
-        // A handle was checked when it was opened for writing; a read-only handle may not change metadata
-        // beyond what its export allows (the export's read-only flag is checked at open).
+        try checkChange(kind, target, session)
         try withNode(target, session, body)
+    }
+
+    /// A change of metadata: by path or through a handle, the export must be writable and the change
+    /// whitelisted where the node is (a handle's node: where it was opened). A handle's open mode is no
+    /// limit here: fchmod, fchown and fsetxattr work on any open file, read-only ones too.
+    private func checkChange(_ kind: QTFSWhitelist.Kind, _ target: QTFSTarget, _ session: EngineSession) throws {
+        let (export, path): (Export, [UInt8])
+        switch target {
+        case .path(let target): (export, path) = (try session.export(target.export), target.path)
+        case .handle(let id): (export, path) = try session.handle(id).origin
+        }
+        try checkWritable(export, path)
+        try check(kind, export, path)
     }
 
     private func setAttributes(_ target: QTFSTarget, _ changes: QTFSSetAttributes, _ session: EngineSession) throws -> QTFSAttributes {
@@ -349,13 +356,12 @@ public final class QTFSFileServer: Sendable {
         defer { parent?.0.closeQuietly() }
         let fd: FileDescriptor
         var owned = false
+        try checkChange(.setattr, target, session)
         switch target {
         case .handle(let id):
             fd = try session.handle(id).fd
         case .path(let path):
             let export = try session.export(path.export)
-            try checkWritable(export, path.path)
-            try check(.setattr, export, path.path)
             fd = try export.node(path.path)
             owned = true
             if !path.path.isEmpty { parent = try export.parent(path.path) }
@@ -411,7 +417,7 @@ public final class QTFSFileServer: Sendable {
         let fd = try export.root.open(
             beneath: path.path.isEmpty ? [46] : path.path, flags: O_RDONLY | O_DIRECTORY | O_NOFOLLOW,
             resolve: Export.confined)
-        return try session.add(OpenHandle(fd: fd, kind: .directory, mayBlock: false))
+        return try session.add(OpenHandle(fd: fd, kind: .directory, mayBlock: false, export: export, path: path.path))
     }
 
     private func readDirectory(_ handle: OpenHandle, cookie: UInt64, maximum: Int, withAttributes: Bool) throws -> QTFSReply {
@@ -488,7 +494,7 @@ public final class QTFSFileServer: Sendable {
                 }
             }
         }
-        return try opened(fd, info, flags, session)
+        return try opened(fd, info, flags, session, at: export, path.path)
     }
 
     private func create(
@@ -509,7 +515,7 @@ public final class QTFSFileServer: Sendable {
             fd.closeQuietly()
             throw error
         }
-        return try opened(fd, try fd.status(), flags, session)
+        return try opened(fd, try fd.status(), flags, session, at: export, path.path)
     }
 
     /// Opens `name` creating it; exclusively first, to know whether this call made the file (and should
@@ -543,7 +549,9 @@ public final class QTFSFileServer: Sendable {
     }
 
     /// Makes `fd` a handle of `session` (it owns `fd` from here on, also when it fails).
-    private func opened(_ fd: FileDescriptor, _ info: stat, _ flags: Int32, _ session: EngineSession) throws -> QTFSReply {
+    private func opened(
+        _ fd: FileDescriptor, _ info: stat, _ flags: Int32, _ session: EngineSession, at export: Export, _ path: [UInt8]
+    ) throws -> QTFSReply {
         let type = info.st_mode & S_IFMT
         let device = deviceKind(UInt64(info.st_dev), fd)
         var openFlags: QTFSOpenFlags = []
@@ -567,7 +575,8 @@ public final class QTFSFileServer: Sendable {
         } else if (try? fd.seek(to: 0, whence: SEEK_CUR)) == nil {
             kind = .stream
         }
-        let handle = OpenHandle(fd: fd, kind: kind, mayBlock: mayBlock, volatile: device.volatile, terminalModes: saved)
+        let handle = OpenHandle(
+            fd: fd, kind: kind, mayBlock: mayBlock, volatile: device.volatile, terminalModes: saved, export: export, path: path)
         // Waiting on a FIFO or terminal is emulated with poll, which the cancel signal interrupts; see `read`.
         if type == S_IFIFO || type == S_IFCHR { try fd.setNonBlocking() }
         if kind == .stream { openFlags.insert([.stream, .directIO]) }

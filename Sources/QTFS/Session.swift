@@ -20,8 +20,15 @@ final class OpenHandle: Sendable {
     let cursor = Mutex(DirectoryCursor())
     /// Terminals only: the modes it had before it was made raw, put back when it closes.
     private let terminalModes: termios?
+    /// The export and path it was opened at: what a change made through the handle (SETATTR, SETXATTR)
+    /// is checked against, as one made by path would be.
+    let origin: (export: Export, path: [UInt8])
 
-    init(fd: FileDescriptor, kind: Kind, mayBlock: Bool, volatile: Bool = false, terminalModes: termios? = nil) {
+    init(
+        fd: FileDescriptor, kind: Kind, mayBlock: Bool, volatile: Bool = false, terminalModes: termios? = nil, export: Export,
+        path: [UInt8]
+    ) {
+        origin = (export, path)
         self.fd = fd
         self.kind = kind
         self.mayBlock = mayBlock

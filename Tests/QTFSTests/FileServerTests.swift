@@ -206,6 +206,40 @@ final class Scratch {
         #expect(scratch.errno(.open(scratch.path("f"), flags: UInt32(O_WRONLY))) == .readOnlyFileSystem)
         #expect(scratch.errno(.unlink(scratch.path("f"))) == .readOnlyFileSystem)
         #expect(scratch.errno(.mkdir(scratch.path("d"), mode: 0o755, owner: .root)) == .readOnlyFileSystem)
+        // Through a handle too: fchmod and fsetxattr work on a read-only open file, so the export decides.
+        guard case .opened(let handle, _, _, _) = try scratch.run(.open(scratch.path("f"), flags: 0)) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(scratch.errno(.setattr(.handle(handle), Self.chmod(0o777))) == .readOnlyFileSystem)
+        #expect(scratch.errno(.setxattr(.handle(handle), name: bytes("user.a"), value: [1], flags: 0)) == .readOnlyFileSystem)
+        #expect(scratch.errno(.removexattr(.handle(handle), name: bytes("user.a"))) == .readOnlyFileSystem)
+        var info = stat()
+        stat(scratch.base + "/export/f", &info)
+        #expect(info.st_mode & 0o7777 == 0o644)
+    }
+
+    /// A handle opened where Open and Read are whitelisted gives no Setattr or Setxattr there.
+    @Test func changesThroughAHandleNeedTheirWhitelistEntry() throws {
+        let scratch = try Scratch(
+            whitelist: { base in "[Mount]\nPath=\(base)/export\n[Open]\nPath=\(base)/export\n[Read]\nPath=\(base)/export\n" },
+            allKinds: false)
+        close(open(scratch.base + "/export/f", O_CREAT | O_WRONLY, 0o644))
+        guard case .opened(let handle, _, _, _) = try scratch.run(.open(scratch.path("f"), flags: 0)) else {
+            Issue.record("no handle")
+            return
+        }
+        #expect(scratch.errno(.setattr(.handle(handle), Self.chmod(0o777))) == .permissionDenied)
+        #expect(scratch.errno(.setxattr(.handle(handle), name: bytes("user.a"), value: [1], flags: 0)) == .permissionDenied)
+        var info = stat()
+        stat(scratch.base + "/export/f", &info)
+        #expect(info.st_mode & 0o7777 == 0o644)
+    }
+
+    private static func chmod(_ mode: UInt32) -> QTFSSetAttributes {
+        var changes = QTFSSetAttributes(fields: .mode)
+        changes.mode = mode
+        return changes
     }
 
     @Test func attachIsLimitedToMountEntries() throws {
