@@ -127,7 +127,10 @@ final class Stream: ReactorSource {
             }
             start()
         case .legacy(let connection, let path):
+            // The peer's end is open from here on and may speak first (QMP's greeting): what it sends is
+            // kept (within the window) until the original's client connects to `<path>.proxy`.
             state = .opening(.rendezvous)
+            legWritable = false
             proxy.rendezvous(for: self, path: path, connection: connection)
         case .rendezvous, .serving:
             break
@@ -158,6 +161,7 @@ final class Stream: ReactorSource {
         }
         state = .open
         legWritable = true
+        pumpIn()  // what the peer sent while the leg was not there yet
     }
 
     /// Reads and drops the filler bytes queued from the client's end of a non-blocking request. They are
@@ -304,8 +308,8 @@ final class Stream: ReactorSource {
     func receiveData(_ payload: inout ByteBuffer, end: Bool) throws(WireError) {
         switch state {
         case .closed: return
+        case .opening(.rendezvous), .open: break
         case .opening: throw WireError(.protocolViolation, "DATA on stream \(id) before it was open")
-        case .open: break
         }
         guard kind != .pipeSource else { throw WireError(.protocolViolation, "DATA towards the pipe on stream \(id), which only sends") }
         guard !receivedEnd else { throw WireError(.protocolViolation, "DATA on stream \(id) after its END_STREAM") }
@@ -337,7 +341,7 @@ final class Stream: ReactorSource {
         }
         if end {
             receivedEnd = true
-            if pending.isEmpty { finishWriting() }
+            if pending.isEmpty && leg != nil { finishWriting() }
         }
     }
 
@@ -408,7 +412,7 @@ final class Stream: ReactorSource {
     // MARK: Descriptors from the peer
 
     func receiveDescriptors(_ descriptors: [PassedDescriptor]) throws(WireError) {
-        guard case .open = state, kind == .socket else {
+        guard isOpen || isAwaitingRendezvous, kind == .socket else {
             throw WireError(.protocolViolation, "DESCRIPTORS on stream \(id), which is not an open connection")
         }
         guard inboundDescriptors.count + descriptors.count <= Limits.pendingDescriptors else {
@@ -444,6 +448,16 @@ final class Stream: ReactorSource {
     /// The client of an opening stream went away: nobody wants the connection any more.
     func abandon() {
         if isOpening { reset("the client went away") }
+    }
+
+    private var isOpen: Bool {
+        if case .open = state { return true }
+        return false
+    }
+
+    private var isAwaitingRendezvous: Bool {
+        if case .opening(.rendezvous) = state { return true }
+        return false
     }
 
     private var isClosed: Bool {

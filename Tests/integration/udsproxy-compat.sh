@@ -19,6 +19,11 @@ legacy() { lab_dpu "$PYTHON" "$TOOL_SCRIPT" "$@"; }
 expect_eq "the thread that connects is named udsproxyd (the qtfs kernel hook lets it through)" "udsproxyd" \
     "$(cat /proc/"$(lab_pid host-proxy)"/task/*/comm | grep -x udsproxyd)"
 expect_eq "the original's request, then <path>.proxy" "legacy-echo" "$(legacy legacy /srv/remote/tool.sock legacy-echo)"
+lab_bg greeter host "$PYTHON" "$TOOL_SCRIPT" greet /srv/remote/greeter.sock hello-first
+wait_for "lab_host test -S /srv/remote/greeter.sock"
+expect_eq "a server that speaks first (QMP): its greeting waits for the client's .proxy connection" "hello-first then-echo" \
+    "$(legacy legacy-greeted /srv/remote/greeter.sock then-echo)"
+expect_eq "(and the link stays up)" "" "$(grep -i 'protocol error\|link .*lost\|before it was open' "$W/dpu-proxy.log")"
 expect_eq "16 simultaneous requests for one path all succeed" "16 of 16 ok" "$(legacy legacy-many /srv/remote/tool.sock 16)"
 expect_eq "only the requesting process may use its .proxy socket" "intruder refused; requester got requester" \
     "$(legacy legacy-hijack /srv/remote/tool.sock)"

@@ -2,6 +2,8 @@
 """A real unix-socket server and client for the udsproxy lab tests (Tests/integration/udsproxy*.sh).
 
     udsproxy_tool.py serve PATH                 threaded server; the client's first byte picks the mode
+    udsproxy_tool.py greet PATH TEXT            a server that speaks first (QMP's greeting): TEXT and a
+                                                newline at once, then echo until EOF
     udsproxy_tool.py CLIENT-MODE PATH [ARGS]    see the functions below; one line of output, exit 1 on failure
 
 Server modes (first byte):
@@ -176,6 +178,30 @@ def serve(path):
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+
+
+def greet(path, text):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+
+    def one(conn):
+        try:
+            conn.sendall(text.encode() + b"\n")
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
 # ---- clients -----------------------------------------------------------------------------------------
@@ -409,6 +435,31 @@ def client_legacy(path, text):
     print(reply)
 
 
+def client_legacy_greeted(path, text):
+    """The original's request to a server that speaks first; connects to PATH.proxy a little late (as a
+    busy client would), so that the greeting is already on its way: prints it, then an echo of TEXT."""
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.connect(CONTROL)
+    control.sendall(struct.pack("<HH", 1, 0xb687) + path.encode().ljust(108, b"\0"))
+    (ready,) = struct.unpack("<i", read_exact(control, 4))
+    control.close()
+    if ready != 1:
+        print("refused")
+        return
+    time.sleep(0.3)
+    sock = connect(path + ".proxy")
+    greeting = b""
+    while not greeting.endswith(b"\n"):
+        more = sock.recv(1)
+        if not more:
+            fail("end of stream after %r" % greeting)
+        greeting += more
+    sock.sendall(text.encode())
+    reply = read_exact(sock, len(text)).decode()
+    sock.close()
+    print(greeting.decode().strip(), reply)
+
+
 def client_legacy_many(path, count):
     count = int(count)
     barrier = threading.Barrier(count)
@@ -480,6 +531,8 @@ def main():
     mode, path, arguments = sys.argv[1], sys.argv[2], sys.argv[3:]
     if mode == "serve":
         return serve(path)
+    if mode == "greet":
+        return greet(path, *arguments)
     function = globals().get("client_" + mode.replace("-", "_"))
     if function is None:
         fail("unknown mode %s" % mode)
