@@ -122,7 +122,8 @@ final class ControlConnection: ReactorSource {
     }
 
     private func readRequest() {
-        let room = LegacyUDSProxyRequest.size - buffer.readableBytes
+        // The longest request of either protocol: dpuctl's (8 bytes and a path of up to 107) is longer.
+        let room = max(LegacyUDSProxyRequest.size, UDSProxyControlRequest.maximumSize) - buffer.readableBytes
         guard room > 0 else { return finish() }
         let result = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: room) { raw in
             (try? fd.readSome(into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(room))) ?? nil) ?? -1

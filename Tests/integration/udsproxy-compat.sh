@@ -35,6 +35,11 @@ kill -HUP "$(lab_pid dpu-proxy)"
 wait_for "grep -q 'reloaded configuration' '$W/dpu-proxy.log'"
 expect_eq "legacy-clients = no turns them away" "refused" "$(legacy legacy /srv/remote/tool.sock x)"
 expect_eq "while libudsproxy.so still works" "current" "$(tool echo /srv/remote/tool.sock current)"
+# The longest path a unix socket may have (107 bytes): its request is 115 bytes, longer than the original's.
+long=/srv/remote/$(printf 'x%.0s' $(seq 95))
+lab_bg long-server host "$PYTHON" "$TOOL_SCRIPT" serve "$long"
+wait_for "lab_host test -S '$long'"
+expect_eq "a socket path of 107 bytes" "longest" "$(tool echo "$long" longest)"
 
 # Only the users in allow-users are served (SO_PEERCRED); the others keep their own errno.
 as_nobody() { lab_dpu setpriv --reuid=65534 --regid=65534 --clear-groups env LD_PRELOAD="$PRELOAD" "$PYTHON" "$TOOL_SCRIPT" "$@"; }
