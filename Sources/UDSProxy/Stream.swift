@@ -345,7 +345,14 @@ final class Stream: ReactorSource {
         }
     }
 
+    /// Keeps bytes the leg cannot take yet. Bytes without descriptors join the chunk before them if it
+    /// has none either: a peer sending a byte per frame costs about a byte per byte here, not a chunk
+    /// (and its buffer) each, which the window, counting bytes, would not bound.
     private func queue(_ bytes: inout ByteBuffer, fds: [FileDescriptor]) {
+        if fds.isEmpty, let last = pending.indices.last, pending[last].fds.isEmpty {
+            pending[last].bytes.writeBuffer(&bytes)
+            return
+        }
         var copy = ByteBuffer()
         copy.writeBuffer(&bytes)
         pending.append(PendingChunk(bytes: copy, fds: fds))
@@ -417,6 +424,15 @@ final class Stream: ReactorSource {
         }
         guard inboundDescriptors.count + descriptors.count <= Limits.pendingDescriptors else {
             throw WireError(.protocolViolation, "more than \(Limits.pendingDescriptors) descriptors without data on stream \(id)")
+        }
+        // Those attached to bytes the leg has not taken yet count too (a byte after each batch would
+        // otherwise make room for another, without bound): a reader that far behind loses its connection.
+        if inboundDescriptors.count + descriptors.count + pending.reduce(0, { $0 + $1.fds.count }) > Limits.pendingDescriptors {
+            logger.notice("connection \(id) to \(label): more than \(Limits.pendingDescriptors) descriptors wait for its reader; resetting it")
+            for case .pipe(let pipe, _, _) in descriptors {
+                link.send(ConnectionMessage.resetStream(stream: pipe, .cancelled, reason: "its connection is reset").frame)
+            }
+            return reset("more than \(Limits.pendingDescriptors) descriptors waiting for the reader")
         }
         for descriptor in descriptors {
             if let fd = Descriptors.incoming(descriptor, stream: self) { inboundDescriptors.append(fd) }

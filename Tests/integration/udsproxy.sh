@@ -68,6 +68,12 @@ expect_match "the host says why" "passed \`/etc/hostname\`, which is outside the
 expect_eq "pipes cross both ways" "data=with-pipes fds=pipe-write-end,pipe-read-end(to-server); our pipe got: from-server" \
     "$(tool sendpipe /srv/remote/tool.sock)"
 expect_eq "a socket cannot cross; the data still arrives" "data=with-a-socket fds=none" "$(tool sendsocket /srv/remote/tool.sock)"
+# Descriptors for a reader that does not read: at most 253 wait on the host, then that connection is
+# reset (each one-byte message with a file would otherwise hold an open file there, without bound).
+expect_eq "descriptors piling up for a stalled reader reset its connection" "reset" \
+    "$(tool fdflood /srv/remote/tool.sock "$W/shared/data.txt" 20000)"
+expect_match "(logged)" "more than 253 descriptors wait for its reader; resetting it" "$(cat "$W/host-proxy.log")"
+expect_eq "and the link goes on" "after-flood" "$(tool echo /srv/remote/tool.sock after-flood)"
 expect_match "the DPU says why" "not passing a descriptor to the peer: it is a socket" "$(cat "$W/dpu-proxy.log")"
 
 # Non-blocking callers: EINPROGRESS, writable when connected, same fd number and flags.

@@ -349,6 +349,27 @@ def client_sendfile(path, file, offset):
     print(sock.makefile().readline().strip())
 
 
+def client_fdflood(path, file, count):
+    """COUNT one-byte messages, each with FILE's descriptor, to a server that never reads: prints "reset"
+    when the connection is reset (within 10 s of the last send), else "still open"."""
+    fd = os.open(file, os.O_RDONLY)
+    sock = connect(path)
+    sock.sendall(b"Q")
+    try:
+        for _ in range(int(count)):
+            socket.send_fds(sock, [b"x"], [fd])
+    except OSError:
+        print("reset")
+        return
+    sock.settimeout(10)
+    try:
+        print("reset" if sock.recv(1) == b"" else "data")
+    except socket.timeout:
+        print("still open")
+    except OSError:
+        print("reset")
+
+
 def client_sendpipe(path):
     sock = connect(path)
     sock.sendall(b"F")
