@@ -17,11 +17,17 @@ public final class FramedSocket: @unchecked Sendable {
     private let readAhead: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
+    /// A frame begun (header or payload) must be finished within this time: a peer that stops inside one
+    /// would otherwise hold the reader, and all the connection holds, for good. Between frames a
+    /// connection may be idle as long as it likes.
+    private let frameTimeoutSeconds: Int
+    private var frameTimeoutArmed = false
 
     static let readAheadSize = 256 << 10
 
-    init(fd: SystemPackage.FileDescriptor, leftover: ByteBuffer, maximumPayload: Int = Frame.maximumPayload) {
+    init(fd: SystemPackage.FileDescriptor, leftover: ByteBuffer, maximumPayload: Int = Frame.maximumPayload, frameTimeoutSeconds: Int = 30) {
         self.fd = fd
+        self.frameTimeoutSeconds = frameTimeoutSeconds
         decoder = FrameDecoder(maximumPayload: maximumPayload)
         readAhead = .allocate(byteCount: max(FramedSocket.readAheadSize, leftover.readableBytes), alignment: 16)
         leftover.withUnsafeReadableBytes { raw in
@@ -101,17 +107,25 @@ public final class FramedSocket: @unchecked Sendable {
             payload.writeBytes(UnsafeRawBufferPointer(rebasing: readAhead[start..<(start + buffered)]))
             start += buffered
             var missing = header.length - buffered
+            if missing > 0 { try armFrameTimeout() }
             while missing > 0 {
                 let count = try payload.writeWithUnsafeMutableBytes(minimumWritableBytes: missing) { (raw) throws -> Int in
-                    try fd.readSome(into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(missing))) ?? 0
+                    guard let count = try fd.readSome(into: UnsafeMutableRawBufferPointer(rebasing: raw.prefix(missing))) else {
+                        throw SystemError(.resourceTemporarilyUnavailable, "read")
+                    }
+                    return count
                 }
                 guard count > 0 else { throw ConnectionError.closed("the peer closed the connection inside a frame") }
                 missing -= count
             }
+            disarmFrameTimeout()
             return Frame(type: header.type, flags: header.flags, stream: header.stream, payload: payload)
         } catch let error as ConnectionError {
             throw error
         } catch let error as SystemError {
+            if error.errno == .resourceTemporarilyUnavailable {
+                throw .closed("the peer sent nothing for \(frameTimeoutSeconds) s inside a frame")
+            }
             throw .system(error)
         } catch {
             throw .closed("\(error)")
@@ -130,6 +144,7 @@ public final class FramedSocket: @unchecked Sendable {
             end = pending
         }
         while end < count {
+            if end > 0 { try armFrameTimeout() }  // part of a frame is here: the rest is due
             guard let received = try fd.readSome(into: UnsafeMutableRawBufferPointer(rebasing: readAhead[end...])) else {
                 throw SystemError(.resourceTemporarilyUnavailable, "read")
             }
@@ -140,6 +155,18 @@ public final class FramedSocket: @unchecked Sendable {
             end += received
         }
         return true
+    }
+
+    private func armFrameTimeout() throws(SystemError) {
+        guard !frameTimeoutArmed else { return }
+        try fd.setReceiveTimeout(seconds: frameTimeoutSeconds)
+        frameTimeoutArmed = true
+    }
+
+    private func disarmFrameTimeout() {
+        guard frameTimeoutArmed else { return }
+        try? fd.setReceiveTimeout(seconds: 0)
+        frameTimeoutArmed = false
     }
 
     /// Writes `buffers` as one unit (they hold whole frames); concurrent senders never interleave.

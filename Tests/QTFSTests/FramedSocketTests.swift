@@ -89,3 +89,49 @@ import Testing
         #expect(errno == .resourceTemporarilyUnavailable)
     }
 }
+
+@Suite struct FramedSocketFrameTimeout {
+    /// Reads frames from `near` on a thread; reports each outcome ("frame N bytes" or the error).
+    private func reader(_ socket: FramedSocket) throws -> ConditionLock<[String]> {
+        let outcomes = ConditionLock<[String]>([])
+        try OSThread.start(name: "reader") {
+            while true {
+                do throws(ConnectionError) {
+                    guard let frame = try socket.readFrame() else { return }
+                    outcomes.withLock { $0.append("frame \(frame.payload.readableBytes) bytes") }
+                    outcomes.broadcast()
+                } catch {
+                    outcomes.withLock { $0.append("\(error)") }
+                    outcomes.broadcast()
+                    return
+                }
+            }
+        }
+        return outcomes
+    }
+
+    private func encoded(_ count: Int) -> [UInt8] {
+        var buffer = ByteBuffer()
+        Frame(type: .ping, stream: 0, payload: ByteBuffer(repeating: 7, count: count)).encode(into: &buffer)
+        return Array(buffer.readableBytesView)
+    }
+
+    /// A peer that stops inside a frame (in its header, or its payload) loses its connection after the
+    /// frame timeout; one that is idle between frames, for longer than that, does not.
+    @Test(arguments: [5, Frame.headerSize + 10])
+    func aFrameBegunMustBeFinishedInTimeButIdleIsFine(_ sentOfTheNext: Int) throws {
+        let (near, far) = try FileDescriptor.socketPair()
+        defer { far.closeQuietly() }
+        let socket = FramedSocket(fd: near, leftover: ByteBuffer(), frameTimeoutSeconds: 1)
+        let outcomes = try reader(socket)
+        usleep(1_500_000)  // idle, longer than the timeout
+        let whole = encoded(100)
+        #expect(whole.withUnsafeBytes { Glibc.write(far.rawValue, $0.baseAddress, $0.count) } == whole.count)
+        #expect(outcomes.wait(timeout: .seconds(10)) { $0.count >= 1 ? $0 : nil } == ["frame 100 bytes"])
+        let part = Array(encoded(100000).prefix(sentOfTheNext))
+        #expect(part.withUnsafeBytes { Glibc.write(far.rawValue, $0.baseAddress, $0.count) } == part.count)
+        let ended = outcomes.wait(timeout: .seconds(10)) { $0.count >= 2 ? $0 : nil }
+        #expect(ended?.last == "the peer sent nothing for 1 s inside a frame")
+        socket.shutdown()
+    }
+}
