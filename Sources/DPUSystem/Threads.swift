@@ -45,6 +45,19 @@ public struct OSThread: Sendable, Hashable {
         return OSThread(handle: handle)
     }
 
+    /// Runs `body`, which blocks, on a thread of its own and hands its result to the awaiting task: async
+    /// code must not block one of Swift concurrency's few cooperative threads (two on a two-core machine,
+    /// where every other task then waits).
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<T, Error>) in
+            do {
+                try start(name: name) { done.resume(with: Result { try body() }) }
+            } catch {
+                done.resume(throwing: error)
+            }
+        }
+    }
+
     public static var current: OSThread { OSThread(handle: pthread_self()) }
 
     /// The kernel's id of the calling thread (gettid(2)).

@@ -36,13 +36,7 @@ import Testing
         umask(mask)
         let serving = Task { try await engine.serve() }
         defer { serving.cancel() }
-        return try await withCheckedThrowingContinuation { (done: CheckedContinuation<T, Error>) in
-            do {
-                _ = try OSThread.start(name: "pool-test") { done.resume(with: Result { try body(directory, socket) }) }
-            } catch {
-                done.resume(throwing: error)
-            }
-        }
+        return try await OSThread.run(name: "pool-test") { try body(directory, socket) }
     }
 
     private static func waitUntil(_ condition: () -> Bool) -> Bool {
