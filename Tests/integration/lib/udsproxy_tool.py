@@ -166,7 +166,8 @@ def describe_flags(flags):
     return access + ("+append" if flags & os.O_APPEND else "")
 
 
-def serve(path):
+def listen(path, handler):
+    """Serves PATH, each connection on a thread of its own."""
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -177,18 +178,14 @@ def serve(path):
     listener.listen(8)
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+
+def serve(path):
+    listen(path, serve_one)
 
 
 def greet(path, text):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(8)
-
     def one(conn):
         try:
             conn.sendall(text.encode() + b"\n")
@@ -199,9 +196,7 @@ def greet(path, text):
         finally:
             conn.close()
 
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=one, args=(conn,), daemon=True).start()
+    listen(path, one)
 
 
 # ---- clients -----------------------------------------------------------------------------------------
@@ -438,15 +433,19 @@ def client_stall(path, count, flag):
           flush=True)
 
 
-def client_legacy(path, text):
-    """The original libudsproxy.so: the 112-byte request, then connect to PATH.proxy."""
+def legacy_request(path, magic=0xb687):
+    """The original's 112-byte request on the control socket: whether the answer is "connect now"."""
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     control.connect(CONTROL)
-    request = struct.pack("<HH", 1, 0xb687) + path.encode().ljust(108, b"\0")
-    control.sendall(request)
+    control.sendall(struct.pack("<HH", 1, magic) + path.encode().ljust(108, b"\0"))
     (ready,) = struct.unpack("<i", read_exact(control, 4))
     control.close()
-    if ready != 1:
+    return ready == 1
+
+
+def client_legacy(path, text):
+    """The original libudsproxy.so: the 112-byte request, then connect to PATH.proxy."""
+    if not legacy_request(path):
         print("refused")
         return
     sock = connect(path + ".proxy")
@@ -459,12 +458,7 @@ def client_legacy(path, text):
 def client_legacy_greeted(path, text):
     """The original's request to a server that speaks first; connects to PATH.proxy a little late (as a
     busy client would), so that the greeting is already on its way: prints it, then an echo of TEXT."""
-    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    control.connect(CONTROL)
-    control.sendall(struct.pack("<HH", 1, 0xb687) + path.encode().ljust(108, b"\0"))
-    (ready,) = struct.unpack("<i", read_exact(control, 4))
-    control.close()
-    if ready != 1:
+    if not legacy_request(path):
         print("refused")
         return
     time.sleep(0.3)
@@ -489,12 +483,7 @@ def client_legacy_many(path, count):
     def one(index):
         barrier.wait()
         try:
-            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            control.connect(CONTROL)
-            control.sendall(struct.pack("<HH", 1, 0) + path.encode().ljust(108, b"\0"))
-            (ready,) = struct.unpack("<i", read_exact(control, 4))
-            control.close()
-            if ready != 1:
+            if not legacy_request(path, magic=0):
                 results.append("refused")
                 return
             sock = connect(path + ".proxy")
