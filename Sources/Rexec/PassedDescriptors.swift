@@ -250,6 +250,7 @@ extension Multiplexer {
                             theirs.closeQuietly()
                             local.source?.close(loop)
                             local.sink?.close(loop)
+                            for fd in fds { fd.closeQuietly() }  // made for this PASS before it
                             throw error
                         }
                         if !watch(local, policy) {

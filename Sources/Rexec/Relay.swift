@@ -204,6 +204,10 @@ final class Multiplexer {
     private(set) var streams: [CarriedStream] = []
     /// Highest number of streams at once (a peer that opens more loses its connection).
     var maximumStreams = 4096
+    /// What may be queued for the connection at most: data stops at the high-water mark (plus one read),
+    /// so more is answers to the peer's own requests (PONG, refusals) that it does not read — the
+    /// connection ends rather than the process's memory.
+    var outboundLimit = 4 * Multiplexer.outboundHighWater
     /// The highest stream number seen so far in each side's range (the client's below
     /// `RexecLimits.serverStreams`, the server's from it on): each side numbers its streams upwards, so a
     /// number at or under its side's highest that is not live is a stream that finished (or was refused)
@@ -287,6 +291,8 @@ final class Multiplexer {
         stream.sink?.onReady = { [unowned self] in pump() }
         if descriptorPassing != nil { enablePassing(stream) }
     }
+
+    var streamCount: Int { streams.count }
 
     func stream(_ id: UInt32) -> CarriedStream? {
         for stream in streams where stream.id == id { return stream }
@@ -391,6 +397,9 @@ final class Multiplexer {
         // Frames that arrived with the handshake, or that an earlier pass left for later.
         if inbound.readableBytes > 0 { processInbound() }
         while link.readable && !closed {
+            guard outbound.readableBytes <= outboundLimit else {
+                return close(WireError(.protocolViolation, "the peer sends requests but does not read the answers (\(outbound.readableBytes) bytes wait for it)"))
+            }
             if inbound.readableBytes == 0, let current = incoming, spliceIn(current) { continue }
             if inbound.writableBytes < 32 << 10 {
                 inbound.discardReadBytes()

@@ -279,6 +279,32 @@ import Testing
         output.read.closeQuietly()
     }
 
+    /// A peer that sends PINGs and never reads the PONGs: the answers waiting for it are bounded, the
+    /// connection ends (they grew with the PINGs before, until the process ran out of memory).
+    @Test func aPeerThatDoesNotReadItsAnswersLosesItsConnection() throws {
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        mux.outboundLimit = 64 << 10  // (8 MiB in use: the same, only slower to reach)
+        var closedWith: Error?
+        var closed = false
+        mux.onControl = { _ throws(WireError) in }
+        mux.onClosed = { closedWith = $0; closed = true }
+        try mux.start()
+        var pings = ByteBuffer()
+        for value in 0..<4096 { ConnectionMessage.ping(UInt64(value)).frame.encode(into: &pings) }
+        let bytes = Array(pings.readableBytesView)
+        var sent = 0
+        for _ in 0..<100_000 where !closed {
+            _ = try? writeSome(a, bytes[...])
+            sent += 1
+            try loop.runOnce(timeoutMilliseconds: 0)
+        }
+        #expect(closed, "still open after \(sent) batches of PINGs")
+        #expect((closedWith as? WireError)?.message.contains("does not read the answers") == true)
+        a.closeQuietly()
+    }
+
     /// A regular file as the source (stdin redirected from a file) gives no events: once it has filled the
     /// outbound queue, the pass that empties the queue must read on by itself. Over TCP, whose send
     /// buffer grows while the sender waits, one flush can send everything queued without meeting EAGAIN,

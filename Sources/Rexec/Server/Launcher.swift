@@ -103,11 +103,22 @@ enum Launcher {
     }
 
     /// Opens a file the client has open (at exec or passed on a carried socket) by path, with its status
-    /// flags and offset.
+    /// flags and offset. A regular file or the null device only (what the client sends by path): the path
+    /// is looked at first without opening it (O_PATH), since opening a FIFO there would wait for a peer,
+    /// and a device may act on being opened, in the server's one event loop.
     static func open(path: [UInt8], flags: Int32, offset: Int64) throws(SystemError) -> FileDescriptor {
+        let name = String(decoding: path, as: UTF8.self)
         let allowed = flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY
-        let fd = try FileDescriptor.openPath(String(decoding: path, as: UTF8.self), flags: allowed)
-        if offset > 0, (try? fd.descriptorStatus())?.kind == .regularFile { try? fd.seek(to: offset) }
+        // Every program's stdio that is /dev/null on the client comes this way: opened as it is.
+        if name == "/dev/null" { return try FileDescriptor.openPath(name, flags: allowed) }
+        let node = try FileDescriptor.openPath(name, flags: O_PATH)
+        defer { node.closeQuietly() }
+        let status = try node.descriptorStatus()
+        guard status.kind == .regularFile || status.isNullDevice else {
+            throw SystemError(.noSuchAddressOrDevice, "open (neither a regular file nor the null device)", name)
+        }
+        let fd = try node.reopen(flags: allowed)
+        if offset > 0, status.kind == .regularFile { try? fd.seek(to: offset) }
         return fd
     }
 }

@@ -302,6 +302,12 @@ final class NativeSession: ServerSession {
         guard let path = listenerPaths[listener] else {
             throw WireError(.protocolViolation, "OPEN names fd \(listener), which is not a carried listener")
         }
+        // Checked before connecting: a stream the multiplexer refuses (in use, over the limit) would
+        // leave the connection's fd behind, one per OPEN.
+        guard mux.stream(stream) == nil else { throw WireError(.protocolViolation, "OPEN of stream \(stream), which is in use") }
+        guard mux.streamCount < mux.maximumStreams else {
+            throw WireError(.oversized, "more than \(mux.maximumStreams) streams at once")
+        }
         guard exitStatus == nil, let fd = try? FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
         else { return try mux.refuse(stream, .refused, reason: "the program does not accept connections") }
         guard (try? fd.connect(try SocketAddress(unixPath: path))) == true else {
@@ -311,7 +317,10 @@ final class NativeSession: ServerSession {
         let end = LocalEnd(fd: fd, owned: true)
         let carried = CarriedStream(id: stream, source: end, sink: end)
         carried.halfCloseSink = true
-        try mux.add(carried)
+        do { try mux.add(carried) } catch {
+            fd.closeQuietly()
+            throw error
+        }
         do { try end.watch(core.loop) } catch { mux.send(ConnectionMessage.resetStream(stream: stream, .internalError, reason: "\(error)").frame) }
     }
 
