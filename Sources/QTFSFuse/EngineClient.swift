@@ -209,6 +209,10 @@ final class EngineClient: Sendable {
         let fd: FileDescriptor
         do { fd = try Socket.connect(to: endpoint) } catch { throw .system(error) }
         if case .tcp = endpoint { try? fd.enableKeepAlive(idleSeconds: 10, intervalSeconds: 5, probes: 3) }
+        // An engine that stops reading (stopped, deadlocked, its host overloaded) must not hold FUSE
+        // workers in a send for good: a request that cannot go out for 30 s ends the connection, and
+        // what was waiting on it goes to the next one.
+        try? fd.setSendTimeout(seconds: 30)
         let (socket, _) = try FramedSocket.open(fd, role: .client, key: key)
         // The first request of every connection attaches the export; its id is per connection.
         var request = ByteBuffer()
@@ -372,12 +376,25 @@ final class ClientConnection: Sendable {
         socket.finishSending()
     }
 
+    /// The engine's errno as the FUSE kernel may be given it. The kernel refuses an error of 512 or
+    /// more (its own internal codes, such as ENOTSUPP 524, which host sysfs and cgroup files do leak)
+    /// before it finds the request, which then never ends: its caller would wait, unkillable, until the
+    /// mount goes. And ENOSYS to OPEN, FSYNC, CREATE, POLL or an xattr call switches that operation off
+    /// for the whole mount: a host file system that lacks it must not do that to every file.
+    static func localErrno(_ raw: Int32) -> Errno {
+        switch raw {
+        case ENOSYS, 524: return .notSupported
+        case 1..<512: return Errno(rawValue: raw)
+        default: return .ioError
+        }
+    }
+
     func answer(_ frame: Frame) {
         guard let request = pending.withLock({ $0.requests.removeValue(forKey: frame.stream) }) else { return }
         do {
             switch try QTFSReply.decode(frame.payload, for: request.operation) {
             case .success(let reply): request.complete(.success(reply), link)
-            case .failure(let failure): request.complete(.failure(Errno(rawValue: failure.errno)), link)
+            case .failure(let failure): request.complete(.failure(Self.localErrno(failure.errno)), link)
             }
         } catch {
             request.complete(.failure(.ioError), link)

@@ -87,3 +87,17 @@ import Testing
         #expect(seen.redialled)
     }
 }
+
+/// What the engine's errnos become for the FUSE kernel.
+@Suite struct EngineErrnos {
+    @Test func onlyErrnosTheKernelTakesReachIt() {
+        #expect(ClientConnection.localErrno(EACCES) == .permissionDenied)
+        #expect(ClientConnection.localErrno(ESTALE) == .staleNFSFileHandle)
+        // The kernel's internal ENOTSUPP (sysfs leaks it): refused by the kernel, its caller would hang.
+        #expect(ClientConnection.localErrno(524) == .notSupported)
+        #expect(ClientConnection.localErrno(600) == .ioError)
+        #expect(ClientConnection.localErrno(0) == .ioError)
+        // ENOSYS would switch the operation off for the whole mount.
+        #expect(ClientConnection.localErrno(ENOSYS) == .notSupported)
+    }
+}
