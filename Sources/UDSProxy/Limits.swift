@@ -19,8 +19,10 @@ enum Limits {
     static let pendingDescriptors = 253
     /// Authenticated links accepted at once (a restarted peer briefly has two).
     static let acceptedLinks = 8
-    /// Connections still in the handshake at once: the rest wait in the kernel's backlog.
+    /// Connections still in the handshake at once: the rest wait in the kernel's backlog...
     static let handshakes = 16
+    /// ...and from one address: hosts without the key cannot take every place from the peer.
+    static let handshakesPerSource = 4
     /// Control-socket clients at once.
     static let controlClients = 1024
 

@@ -181,6 +181,13 @@ final class Proxy {
         }
     }
 
+    /// The address a peer connects from, without its port (`198.51.100.2:40000` -> `198.51.100.2`,
+    /// `[::1]:40000` -> `[::1]`, `vsock://3:1024` -> `vsock://3`).
+    static func source(of remote: String) -> String {
+        guard let colon = remote.lastIndex(of: ":"), !remote.hasSuffix("]") else { return remote }
+        return String(remote[..<colon])
+    }
+
     /// Latency first: no Nagle (a 1-byte request must not wait for an ACK); keep-alive so a vanished
     /// peer is noticed even when the link is idle.
     static func tuneTCP(_ fd: FileDescriptor) throws(SystemError) {
@@ -195,6 +202,12 @@ final class Proxy {
         let accepted = links.filter { $0.role == .acceptor && $0.isUp }.count
         guard handshaking < Limits.handshakes, accepted < Limits.acceptedLinks else {
             logger.warning("refusing a connection from \(remote): \(handshaking) handshakes and \(accepted) links already")
+            return fd.closeQuietly()
+        }
+        let source = Proxy.source(of: remote)
+        let fromThere = links.filter { $0.role == .acceptor && !$0.isUp && Proxy.source(of: $0.remote) == source }.count
+        guard fromThere < Limits.handshakesPerSource else {
+            logger.warning("refusing a connection from \(remote): \(fromThere) handshakes from \(source) already")
             return fd.closeQuietly()
         }
         if let address = try? fd.localAddress(), address.family == AF_INET || address.family == AF_INET6 {

@@ -154,3 +154,13 @@ private func withDirectory(_ body: (String) throws -> Void) throws {
         #expect(lexicallyNormalized(bytes(input), base: bytes("/base")) == bytes(expected))
     }
 }
+
+/// The address a peer connects from: what the per-source handshake limit counts by.
+@Suite struct PeerSources {
+    @Test func theSourceIsTheAddressWithoutItsPort() {
+        #expect(Proxy.source(of: "198.51.100.2:40000") == "198.51.100.2")
+        #expect(Proxy.source(of: "[2001:db8::1]:40000") == "[2001:db8::1]")
+        #expect(Proxy.source(of: "vsock://3:1024") == "vsock://3")
+        #expect(Proxy.source(of: "unknown") == "unknown")
+    }
+}

@@ -71,6 +71,20 @@ expect_match "something that is not udsproxyd is refused" "refused the peer conn
     "$(cat "$W/host-proxy.log")"
 expect_eq "the authenticated link still works" "still-linked" "$(tool echo /srv/remote/tool.sock still-linked)"
 
+# Hosts without the key cannot take every handshake place from the peer: at most 4 from one address.
+lab_dpu ip addr add 198.51.100.3/24 dev "${LAB_ID}b"
+lab_bg squatter dpu "$PYTHON" -c 'import socket, sys, time
+held = [socket.create_connection((sys.argv[1], 7001), source_address=("198.51.100.3", 0)) for _ in range(16)]
+print("holding", flush=True)
+time.sleep(30)' "$HOST_IP"
+wait_for "grep -q holding '$W/squatter.log'"
+udsproxy_start second dpu --peer "tcp://$HOST_IP:7001" --key "$W/key" --config "$W/intruder.conf"
+expect_status "a peer with the key still gets in at once" 0 wait_for "grep -q 'connected to the peer' '$W/second.log'" 3
+expect_match "the others from that address are refused" \
+    "refusing a connection from 198.51.100.3:[0-9]+: 4 handshakes from 198.51.100.3 already" "$(cat "$W/host-proxy.log")"
+lab_stop second
+lab_stop squatter
+
 # A clean stop: the control socket goes, the exit status is 0.
 kill -TERM "$(pgrep -P "$(lab_pid dpu-proxy)")"
 wait_for "grep -q 'exit status' '$W/dpu-proxy.log'"
