@@ -385,7 +385,10 @@ public enum RexecMessage: Equatable, Sendable {
             self = .open(stream: frame.stream, listener: Int32(listener))
         case RexecFrame.stopped:
             let signal: UInt32 = try payload.readWireInteger("STOPPED signal")
-            guard signal > 0, signal < 65 else { throw WireError(.malformed, "STOPPED by signal \(signal)") }
+            // Only a stop signal stops a process (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU: 19-22 on Linux); the
+            // client stops itself with the one it gets, so another (SIGKILL) would end it without its
+            // clean-up.
+            guard (19...22).contains(signal) else { throw WireError(.malformed, "STOPPED by signal \(signal), which is no stop signal") }
             self = .stopped(signal: Int32(signal))
         case RexecFrame.continued:
             self = .continued

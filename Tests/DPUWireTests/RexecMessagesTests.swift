@@ -144,6 +144,9 @@ import Testing
         #expect((try? RexecMessage(RexecMessage.signal(99, toGroup: false).frame)) == nil)
         #expect((try? RexecMessage(RexecMessage.started(pid: 0, notes: []).frame)) == nil)
         #expect((try? RexecMessage(RexecMessage.stopped(signal: 0).frame)) == nil)
+        #expect((try? RexecMessage(RexecMessage.stopped(signal: 9).frame)) == nil)  // SIGKILL stops nothing
+        #expect((try? RexecMessage(RexecMessage.stopped(signal: 15).frame)) == nil)
+        #expect((try? RexecMessage(RexecMessage.stopped(signal: 21).frame)) == .stopped(signal: 21))
         #expect((try? RexecMessage(Frame(type: RexecFrame.exited, payload: ByteBuffer(bytes: [2, 0, 0])))) == nil)
         #expect((try? RexecMessage(Frame(type: RexecFrame.exited, payload: ByteBuffer(bytes: [1, 0, 0])))) == nil)
         #expect((try? RexecMessage(Frame(type: RexecFrame.open, stream: 0, payload: ByteBuffer(bytes: [0, 0, 0, 3])))) == nil)
