@@ -279,9 +279,15 @@ final class Multiplexer {
         pump()
     }
 
-    func add(_ stream: CarriedStream) throws(WireError) {
-        guard self.stream(stream.id) == nil else { throw WireError(.protocolViolation, "stream \(stream.id) is already in use") }
+    /// Whether a stream numbered `id` could be added now (a number not in use, room under the limit): for
+    /// a caller that must know before it makes the stream's local end.
+    func checkRoom(for id: UInt32) throws(WireError) {
+        guard stream(id) == nil else { throw WireError(.protocolViolation, "stream \(id) is already in use") }
         guard streams.count < maximumStreams else { throw WireError(.oversized, "more than \(maximumStreams) streams at once") }
+    }
+
+    func add(_ stream: CarriedStream) throws(WireError) {
+        try checkRoom(for: stream.id)
         saw(stream.id)
         if spliceLink, stream.sink?.canSplice == true {
             stream.receiveWindow = ReceiveWindow(target: Multiplexer.spliceWindow)
@@ -291,8 +297,6 @@ final class Multiplexer {
         stream.sink?.onReady = { [unowned self] in pump() }
         if descriptorPassing != nil { enablePassing(stream) }
     }
-
-    var streamCount: Int { streams.count }
 
     func stream(_ id: UInt32) -> CarriedStream? {
         for stream in streams where stream.id == id { return stream }

@@ -302,12 +302,9 @@ final class NativeSession: ServerSession {
         guard let path = listenerPaths[listener] else {
             throw WireError(.protocolViolation, "OPEN names fd \(listener), which is not a carried listener")
         }
-        // Checked before connecting: a stream the multiplexer refuses (in use, over the limit) would
-        // leave the connection's fd behind, one per OPEN.
-        guard mux.stream(stream) == nil else { throw WireError(.protocolViolation, "OPEN of stream \(stream), which is in use") }
-        guard mux.streamCount < mux.maximumStreams else {
-            throw WireError(.oversized, "more than \(mux.maximumStreams) streams at once")
-        }
+        // Checked before connecting: the program would otherwise accept a connection that is closed at
+        // once when the multiplexer refuses the stream (a number in use, over the limit).
+        try mux.checkRoom(for: stream)
         guard exitStatus == nil, let fd = try? FileDescriptor.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), nonBlocking: true)
         else { return try mux.refuse(stream, .refused, reason: "the program does not accept connections") }
         guard (try? fd.connect(try SocketAddress(unixPath: path))) == true else {
