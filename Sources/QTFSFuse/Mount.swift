@@ -103,22 +103,18 @@ final class FuseSession: @unchecked Sendable {
         ThreadInterruption.install()
         let stopper = try? Stopper(session: self, logger: logger, release: release)
         try? watchUnmount(release)
-        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-            do {
-                try OSThread.start(name: "qtfs-fuse") { [self] in
-                    stopper?.loopThread.withLock { $0 = .current }
-                    let config = fuse_loop_cfg_create()
-                    fuse_loop_cfg_set_max_threads(config, 64)
-                    fuse_loop_cfg_set_idle_threads(config, 8)
-                    let result = fuse_session_loop_mt(session, config)
-                    fuse_loop_cfg_destroy(config)
-                    if result < 0 { logger.error("the FUSE loop ended: \(Errno(rawValue: -result))") }
-                    done.resume()
-                }
-            } catch {
-                logger.error("cannot start the FUSE loop: \(error)")
-                done.resume()
+        do {
+            try await OSThread.run(name: "qtfs-fuse") { [self] in
+                stopper?.loopThread.withLock { $0 = .current }
+                let config = fuse_loop_cfg_create()
+                fuse_loop_cfg_set_max_threads(config, 64)
+                fuse_loop_cfg_set_idle_threads(config, 8)
+                let result = fuse_session_loop_mt(session, config)
+                fuse_loop_cfg_destroy(config)
+                if result < 0 { logger.error("the FUSE loop ended: \(Errno(rawValue: -result))") }
             }
+        } catch {
+            logger.error("cannot start the FUSE loop: \(error)")
         }
         stopper?.finish()
     }

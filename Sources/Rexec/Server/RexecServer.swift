@@ -66,24 +66,13 @@ public final class RexecServer: Daemon {
         guard let box = core.withLock({ $0 }) else { return }
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                    // A thread of its own: the event loop must not occupy a Swift concurrency thread.
-                    do {
-                        try OSThread.start(name: "rexec-server") {
-                            // SIGCHLD goes to the thread that started the child when that thread takes
-                            // it: this one, which the exit wakes anyway (its pidfd). Blocked here, it went
-                            // to the main thread (libdispatch's sigsuspend), woken once more per program.
-                            Signals.unblock([SIGCHLD])
-                            do {
-                                try box.core.loop.run()
-                                continuation.resume()
-                            } catch {
-                                continuation.resume(throwing: error)
-                            }
-                        }
-                    } catch {
-                        continuation.resume(throwing: error)
-                    }
+                // A thread of its own: the event loop must not occupy a Swift concurrency thread.
+                try await OSThread.run(name: "rexec-server") {
+                    // SIGCHLD goes to the thread that started the child when that thread takes it: this
+                    // one, which the exit wakes anyway (its pidfd). Blocked here, it went to the main
+                    // thread (libdispatch's sigsuspend), woken once more per program.
+                    Signals.unblock([SIGCHLD])
+                    try box.core.loop.run()
                 }
             } onGracefulShutdown: {
                 box.core.loop.execute { box.core.shutDown() }
