@@ -325,7 +325,7 @@ final class Multiplexer {
 
     /// Queues a frame for the connection.
     func send(_ frame: Frame) {
-        guard !closed else { return }
+        guard !closed, !sendingFinished else { return }
         frame.encode(into: &outbound)
     }
 
@@ -363,6 +363,18 @@ final class Multiplexer {
     }
 
     var hasQueuedOutput: Bool { outbound.readableBytes > 0 }
+
+    /// Ends our side of the connection once everything queued is written (SHUT_WR) and goes on reading
+    /// until the peer closes: closing a TCP socket with unread input sends a reset, and the kernel then
+    /// drops what it still holds for the peer — the end of a program's output, its EXITED — whenever the
+    /// peer has been slow to read.
+    func finishSending() {
+        guard !closed, !sendingFinished else { return }
+        sendingFinished = true
+        try? link.fd.shutdown(.write)
+    }
+
+    private(set) var sendingFinished = false
 
     /// Moves everything that can move now. Re-entrant calls (from callbacks) are folded into one.
     func pump() {

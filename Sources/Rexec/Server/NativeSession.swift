@@ -403,11 +403,12 @@ final class NativeSession: ServerSession {
             }
             closeAfterFlush()
         }
-        if closeWhenFlushed && !mux.hasQueuedOutput && !mux.closed { mux.close(nil) }
+        // The client closes once it has read EXITED; its end of stream then closes ours.
+        if closeWhenFlushed && !mux.hasQueuedOutput && !mux.closed { mux.finishSending() }
     }
 
-    /// Closes the connection once what is queued is sent (bounded: a client that reads nothing for 30 s
-    /// loses the rest).
+    /// Ends the connection once what is queued is sent and the client has closed its side (bounded: a
+    /// client that reads nothing for 30 s loses the rest).
     private func closeAfterFlush() {
         guard !closeWhenFlushed else { return }
         closeWhenFlushed = true
