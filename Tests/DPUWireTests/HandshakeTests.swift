@@ -97,6 +97,21 @@ func runHandshake(
         }
     }
 
+    @Test func theServerItselfRefusesAKeylessClientThatGoesOn() throws {
+        // An honest keyless client gives up when it sees the server's hello; this one sends its request
+        // right behind its own. The server must reject it, not just rely on the client to stop.
+        let client = Handshake(role: .client, service: .rexec, capabilities: 0, key: nil)
+        var server = Handshake(role: .server, service: .rexec, capabilities: 0, key: key)
+        var input = client.clientOpening
+        input.writeString("EXEC that must never run")
+        guard case .rejected(let reply, let error) = try server.feed(&input) else {
+            Issue.record("the server did not reject a client without a key")
+            return
+        }
+        #expect(error.code == .authenticationFailed && error.message.contains("the client has no key"))
+        #expect(reply.readableBytes > 0)  // the server's hello and its verdict, for the client to show
+    }
+
     @Test func aClientWithKeyRefusesAServerThatDoesNotAuthenticate() {
         #expect { try runHandshake(clientKey: key, serverKey: nil) } throws: {
             ($0 as? WireError)?.code == .authenticationFailed

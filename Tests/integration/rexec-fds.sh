@@ -51,6 +51,19 @@ expect_eq "stdout and stderr on one pipe keep their order" "1 2 3 4 5 6" \
 expect_eq "a closed stdout stays closed" "$(sh -c 'echo x' >&- 2>/dev/null; echo $?)" \
     "$(lab_dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo x' >&- 2>/dev/null; echo \$?")"
 
+# Named FIFOs: streamed in the direction they are open in; one open both ways has no direction.
+lab_dpu mkfifo "$W/in.fifo" "$W/out.fifo" "$W/both.fifo"
+lab_bg fifo-writer dpu sh -c "echo via-fifo >'$W/in.fifo'"
+lab_bg fifo-reader dpu sh -c "cat '$W/out.fifo' >'$W/from-fifo'"
+expect_eq "a FIFO read by the program at fd 7" "via-fifo" \
+    "$(lab_dpu bash -c "exec 7<'$W/in.fifo'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'cat <&7'")"
+lab_dpu bash -c "exec 8>'$W/out.fifo'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo to-fifo >&8'"
+wait_for "! kill -0 $(lab_pid fifo-reader)"
+expect_eq "a FIFO written by the program at fd 8" "to-fifo" "$(cat "$W/from-fifo")"
+out=$(lab_dpu bash -c "exec 9<>'$W/both.fifo'; env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'echo ran; test -e /dev/fd/9 || echo no-fd-9'" 2>&1)
+expect_match "a FIFO open for reading and writing is left out" "ran.*no-fd-9" "$(echo $out)"
+expect_match "with a note naming the fd" "rexec: fd 9 is not carried: a FIFO open for reading and writing has no direction to stream in" "$out"
+
 # The program closing its stdout is end of file for our reader while it still runs.
 mkfifo "$W/hold"
 lab_bg closer dpu bash -c "env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'exec >&-; read x' <'$W/hold' | { cat; touch '$W/eof-seen'; }"

@@ -65,12 +65,13 @@ expect_eq "the host program served every connection" \
 expect_eq "and exited 0" "exit 0" "$(line exit)"
 
 # Files on the qtfs mount inherited at exec (libvirt's log file, a restore file): reopened by path on the
-# host, a regular file there, with the DPU fd's offset and flags (O_APPEND: a write lands at the end).
+# host, a regular file there, with the DPU fd's offset and flags (O_APPEND: a write lands at the end, past
+# what was appended after the DPU opened it; without the flag it would overwrite from offset 0).
 lab_host sh -c "printf 'skipped\nrest\n' >'$EXPORT/inherited'; printf 'HEAD\n' >'$EXPORT/appended'"
-out=$(lab_dpu bash -c "exec 7<'$SHARE/inherited' 8>>'$SHARE/appended'; read -r skip <&7
+out=$(lab_dpu bash -c "exec 7<'$SHARE/inherited' 8>>'$SHARE/appended'; read -r skip <&7; echo more >>'$SHARE/appended'
     env CMD_NET_ADDR=$REXEC_URL rexec --key $W/key /bin/sh -c 'for fd in 7 8; do [ -f /dev/fd/\$fd ] && ! [ -p /dev/fd/\$fd ] && echo \$fd:file; done; cat <&7; echo tail >&8'" 2>&1)
 expect_eq "a qtfs file inherited at exec is the host's file, read from the DPU fd's offset" "7:file 8:file rest" "$(echo $out)"
-expect_eq "one open for append is appended to on the host" "HEAD tail" "$(lab_host cat "$EXPORT/appended" | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "one open for append is appended to on the host" "HEAD more tail" "$(lab_host cat "$EXPORT/appended" | tr '\n' ' ' | sed 's/ $//')"
 
 # With QEMU itself (the host's QEMU, running under TCG until it is saved): libvirt's `virsh save` to a file only the DPU has,
 # then `virsh restore` from it (the file inherited at exec as fd 30, streamed), and the same with a file on

@@ -30,9 +30,35 @@ expect_eq "(in one line)" 1 "$(echo "$out" | wc -l)"
 printf 'GET / HTTP/1.0\r\n\r\n' | lab_dpu timeout 5 socat -t 30 - TCP:$HOST_IP:$REXEC_PORT >/dev/null 2>&1; status=$?
 expect_eq "garbage instead of a hello gets the connection closed at once" 0 "$status"
 expect_match "and logged" "does not speak the rexec protocol \(first byte 0x47\)" "$(cat "$W/server.log")"
+# A peer that offers no key is refused by the server itself, and its request never runs. (dpuctl's client
+# gives up on its own once the server asks for a key, so the peer here plays what a keyless client sends
+# first — its hello and EXEC in one write, captured on a listener of ours — to the server.)
+socat -u UNIX-LISTEN:"$W/capture.sock" OPEN:"$W/keyless.bin",creat,trunc &
+capture=$!
+wait_for "test -S '$W/capture.sock'"
+timeout 3 env CMD_NET_ADDR="unix://$W/capture.sock" "$DPUCTL" rexec --key "$W/no-such-key" /bin/sh -c "touch $W/pwned" \
+    >/dev/null 2>&1
+wait "$capture"
+expect_match "(the captured request names its program)" "touch $W/pwned" "$(tr -c '[:print:]' ' ' <"$W/keyless.bin")"
+(cat "$W/keyless.bin"; sleep 5) | lab_dpu timeout 10 socat -t 5 - TCP:$HOST_IP:$REXEC_PORT >/dev/null 2>&1; status=$?
+expect_eq "a peer without the key that sends its request anyway is cut off at once" 0 "$status"
+expect_match "and logged" "the client has no key; this server requires one" "$(cat "$W/server.log")"
+expect_status "its program did not run" 1 test -e "$W/pwned"
 out=$(lab_host "$W/bin/rexec_server" --listen tcp://$HOST_IP:7778 --key "$W/absent-key" --whitelist "$W/whitelist" --config "$W/none.conf" 2>&1); status=$?
 expect_eq "a non-loopback listener without a key is refused at start" 1 "$status"
 expect_match "saying what to do" "absent-key does not exist, and tcp://$HOST_IP:7778 is reachable from other machines: create a key .* or run with --insecure" "$out"
+# With --insecure it does, and serves keyless clients there; READY=1 goes to NOTIFY_SOCKET once it listens.
+socat -u UNIX-RECV:"$W/notify.sock" - >"$W/notify.log" 2>&1 &
+notifier=$!
+on_exit "kill $notifier 2>/dev/null"
+wait_for "test -S '$W/notify.sock'"
+lab_bg insecure host env NOTIFY_SOCKET="$W/notify.sock" "$W/bin/rexec_server" --listen tcp://$HOST_IP:7778 --insecure \
+    --key "$W/absent-key" --whitelist "$W/whitelist" --config "$W/none.conf"
+expect_status "--insecure: it starts without a key and tells the service manager READY=1" 0 \
+    wait_for "grep -q READY=1 '$W/notify.log'" 10
+expect_eq "and serves a client without a key" "open" \
+    "$(lab_dpu env CMD_NET_ADDR=tcp://$HOST_IP:7778 rexec --key "$W/no-such-key" /bin/echo open)"
+kill "$(descendant "$(lab_pid insecure)" rexec_server)"
 
 # 200 clients at once: none hangs, every status is its own (the original lost some exit statuses).
 lab_dpu bash -c "
@@ -41,13 +67,23 @@ lab_dpu bash -c "
     done >'$W/parallel'; wait"
 expect_eq "200 parallel clients all finished" 200 "$(wc -l <"$W/parallel")"
 expect_eq "each with its own exit status" 0 "$(awk '$2 != $1 % 100' "$W/parallel" | wc -l)"
+# And 200 original C clients at once on the unix socket (the original's own clients hung under load).
+lab_host bash -c "
+    for i in \$(seq 1 200); do
+        (timeout 60 $ORIGINAL /bin/sh -c \"exit \$((i % 100))\" >/dev/null 2>&1; echo \"\$i \$?\") &
+    done >'$W/parallel-original'; wait"
+expect_eq "200 parallel original clients all finished" 200 "$(wc -l <"$W/parallel-original")"
+expect_eq "each with its own exit status" 0 "$(awk '$2 != $1 % 100' "$W/parallel-original" | wc -l)"
 
 # Stalled and malformed peers lose their own connection and delay nobody.
 lab_bg stall-tcp dpu sh -c "(printf 'DPUW\\000'; sleep 60) | socat - TCP:$HOST_IP:$REXEC_PORT"
 lab_bg stall-unix host sh -c "(printf '\\132\\132\\000\\000\\002'; sleep 60) | socat - UNIX-CONNECT:/run/rexec/rexec_uds.sock"
-wait_for "[ \$(lab_host ss -Htn state established '( sport = :$REXEC_PORT )' | wc -l) -ge 1 ]"
-expect_eq "a client sending half a hello delays nobody" "fine" "$(lab_dpu timeout 10 env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/echo fine)"
-expect_eq "nor does half an original header on the unix socket" "fine" "$(lab_host timeout 10 $ORIGINAL /bin/echo fine)"
+expect_status "(the stalled TCP connection is open)" 0 \
+    wait_for "[ \$(lab_host ss -Htn state established '( sport = :$REXEC_PORT )' | wc -l) -ge 1 ]"
+expect_status "(and the stalled unix one)" 0 wait_for "[ \$(lab_host ss -Hx | grep -c ' /run/rexec/rexec_uds.sock ') -ge 1 ]"
+# Well within the 10 s handshake limit: a server waiting behind the stalled peers would answer only then.
+expect_eq "a client sending half a hello delays nobody" "fine" "$(lab_dpu timeout 4 env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/echo fine)"
+expect_eq "nor does half an original header on the unix socket" "fine" "$(lab_host timeout 4 $ORIGINAL /bin/echo fine)"
 expect_status "the stalled connections are dropped after the handshake limit: dpuctl's" 0 \
     wait_for "grep -q 'via $REXEC_URL: no request within' '$W/server.log'" 20
 expect_status "and the original protocol's" 0 \
@@ -66,6 +102,18 @@ out=$(lab_host $ORIGINAL /bin/ls 2>&1); status=$?
 expect_eq "a program outside the whitelist: the connection closes (status 1, as the original)" 1 "$status"
 out=$(lab_host env REXEC_TEST_GATE=0 $ORIGINAL /bin/sh -c 'touch '"$W/gated" 2>&1); status=$?
 expect_status "a start gate answered with 0 runs nothing" 1 test -e "$W/gated"
+# An original client that disappears: its program's group gets SIGTERM, then SIGKILL after the grace (2 s
+# here). The program outlives SIGTERM (it notes it and goes on), so only the SIGKILL ends it. (Its stdio
+# are the client's own pipes in this protocol, gone with it: the shell's "Terminated" for its sleep would
+# be a SIGPIPE, as it would be locally, so it writes elsewhere.)
+lab_bg vanishing host sh -c "$ORIGINAL /bin/sh -c 'exec >/dev/null 2>&1; trap \"echo term >$W/legacy-term\" TERM
+    echo \$\$ >$W/legacy.pid; while :; do sleep 1; done'"
+wait_for "test -s '$W/legacy.pid'"
+legacy=$(cat "$W/legacy.pid")
+kill -KILL "$(descendant "$(lab_pid vanishing)" python3)"
+expect_status "a vanished original client's program gets SIGTERM" 0 wait_for "test -s '$W/legacy-term'" 10
+expect_status "then SIGKILL after the grace" 0 wait_for "! lab_host kill -0 $legacy" 10
+expect_match "(logged)" "pid $legacy: its client .* went away; SIGTERM now, SIGKILL in 2" "$(cat "$W/server.log")"
 
 # The whitelist: reloaded on SIGHUP without touching running programs; unsafe files refused.
 lab_bg long dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c 'echo started; sleep 3; echo survived'
@@ -130,7 +178,7 @@ lab_host kill "$(cat "$W/running.pid")"
 rexec_server_stop
 printf '[rexec-server]\nmax-sessions = 2\nmax-pending = 2\nstop-policy = terminate\nallow-uid = 0\nallow-uid = 65534\n' \
     >"$W/limits.conf"
-rexec_server_start --config "$W/limits.conf"
+rexec_server_start --config "$W/limits.conf" --grace 30
 lab_host chmod 666 /run/rexec/rexec_uds.sock
 out=$(lab_host runuser -u nobody -- env CMD_NET_ADDR=unix:///run/rexec/rexec_uds.sock "$DPUCTL" rexec /bin/echo allowed 2>&1)
 expect_eq "allow-uid lets another uid use the unix socket" "allowed" "$out"
@@ -151,15 +199,26 @@ expect_eq "silent connections beyond max-pending do not lock a client out" "thro
 expect_match "the oldest is dropped, and that is logged" "dropped .*: still opening after [0-9]+ ms while 2 connections wait \(max-pending\)" \
     "$(cat "$W/server.log")"
 
-# stop-policy = terminate: on SIGTERM the programs get SIGTERM too, and their clients say so.
+# stop-policy = terminate: on SIGTERM the programs get SIGTERM too, and their clients say so. A program
+# that ignores SIGTERM keeps the server in its grace period (30 s here); it accepts no one meanwhile.
+lab_bg stubborn dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c \
+    "trap '' TERM; echo \$\$ >$W/stubborn.pid; while :; do sleep 0.05; done"
+wait_for "test -s '$W/stubborn.pid'"
 sleeper=$(cat "$W/sleeper1.pid")
 sleeper_client=$(descendant "$(lab_pid sleeper1)" rexec)
-rexec_server_stop TERM
+server=$(server_pid)
+kill -TERM "$server"
 expect_status "the program is terminated with the server" 0 wait_for "! lab_host kill -0 $sleeper"
 expect_status "its client exits" 0 wait_for "! kill -0 $sleeper_client"
 expect_match "saying the program is being terminated" \
     "rexec: the server at $REXEC_URL stopped \(rexec_server is stopping; /bin/sh \(pid $sleeper\) is being terminated\)" \
     "$(cat "$W/sleeper1.log")"
+out=$(rx /bin/true 2>&1); status=$?
+expect_eq "a stopping server accepts no new client" 255 "$status"
+expect_match "(who is told it cannot connect)" "^rexec: cannot connect to $REXEC_URL" "$out"
+expect_status "(while the server still waits for the program that ignores SIGTERM)" 0 kill -0 "$server"
+lab_host kill -KILL "$(cat "$W/stubborn.pid")"
+expect_status "and ends once it is gone" 0 wait_for "! kill -0 $server" 10
 rexec_server_start
 
 # Without a whitelist nothing runs, and the log says so.

@@ -76,15 +76,18 @@ expect_status "SIGCONT continues both and the program finishes" 0 wait_for "grep
 
 # The client disappears: its program gets SIGTERM, and SIGKILL after the grace period if it ignores it.
 # The whole process group: a child the program started in the background goes too.
-rm -f "$W/remote.pid" "$W/termed" "$W/child.pid"
+# (The child notes its SIGTERM itself: a group SIGKILL alone, 2 s later, would end it too.)
+rm -f "$W/remote.pid" "$W/termed" "$W/child.pid" "$W/child-termed"
 lab_bg vanisher dpu env CMD_NET_ADDR="$REXEC_URL" rexec --key "$W/key" /bin/sh -c \
-    'echo $$ >'"$W/remote.pid"'; sleep 300 & echo $! >'"$W/child.pid"'; trap "touch '"$W/termed"'" TERM; while :; do sleep 0.05; done'
+    'echo $$ >'"$W/remote.pid"'; (trap "touch '"$W/child-termed"'; exit 0" TERM; while :; do sleep 0.05; done) &
+    echo $! >'"$W/child.pid"'; trap "touch '"$W/termed"'" TERM; while :; do sleep 0.05; done'
 wait_for "test -s '$W/remote.pid' && test -s '$W/child.pid'"
 remote=$(cat "$W/remote.pid")
 child=$(cat "$W/child.pid")
 kill -KILL "$(client_of vanisher)"
 expect_status "a client killed with SIGKILL: its program gets SIGTERM" 0 wait_for "test -e '$W/termed'" 10
-expect_status "and so does its process group (a background child)" 0 wait_for "! lab_host kill -0 $child" 10
+expect_status "and so does its process group (a background child)" 0 wait_for "test -e '$W/child-termed'" 10
+expect_status "(which then ends)" 0 wait_for "! lab_host kill -0 $child" 10
 expect_status "and, ignoring it, SIGKILL after the grace period (2 s here)" 0 wait_for "! lab_host kill -0 $remote" 15
 expect_match "the server says so" "pid $remote: its client .* went away; SIGTERM now, SIGKILL in 2" "$(cat "$W/server.log")"
 
