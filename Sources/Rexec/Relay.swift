@@ -257,6 +257,9 @@ final class Multiplexer {
     /// next pass reads it: no event would say so (a regular file has none; a pipe's edge was taken, and
     /// its writer may have written its last byte already).
     private var sourceWaitsForRoom = false
+    /// Bytes came from the peer since the liveness timer last looked (`watchLiveness`).
+    private var heard = false
+    private var livenessTimer: IOLoop.TimerID?
 
     init(loop: IOLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
         self.loop = loop
@@ -277,6 +280,30 @@ final class Multiplexer {
         // Bytes that arrived with the handshake are processed at once.
         if inbound.readableBytes > 0 { link.readable = true }
         pump()
+    }
+
+    /// For a transport without keep-alive (vsock): a peer that vanishes without a reset (a DPU powered
+    /// off) would otherwise hold the session, and its program, for good. After each `interval` in which
+    /// nothing came from the peer it gets a PING (every version answers with a PONG); after `silent`
+    /// of them the connection ends, as a TCP connection's keep-alive ends it.
+    func watchLiveness(interval: Duration, silent: Int) {
+        var quiet = 0
+        func arm() {
+            livenessTimer = loop.schedule(after: interval) { [weak self] in
+                guard let self, !closed else { return }
+                if heard { quiet = 0 } else { quiet += 1 }
+                heard = false
+                if quiet >= silent {
+                    return close(SystemError(.timedOut, "nothing from the peer for \(interval * silent), not even an answer to a PING"))
+                }
+                if quiet > 0 {
+                    send(ConnectionMessage.ping(0).frame)
+                    flush()
+                }
+                arm()
+            }
+        }
+        arm()
     }
 
     /// Whether a stream numbered `id` could be added now (a number not in use, room under the limit): for
@@ -439,6 +466,7 @@ final class Multiplexer {
             }
             switch outcome {
             case .bytes:
+                heard = true
                 processInbound()
             case .wouldBlock:
                 return
@@ -465,6 +493,7 @@ final class Multiplexer {
         do {
             if (stream.spill?.count ?? 0) == 0 {
                 if let moved = try link.fd.splice(to: sink.fd, count: current.remaining), moved > 0 {
+                    heard = true
                     payloadDelivered(moved)
                     credit(stream, moved)
                     return true
@@ -480,6 +509,7 @@ final class Multiplexer {
                 return false
             }
             stream.spill!.count += moved
+            heard = true
             payloadDelivered(moved)
             return true
         } catch where error.errno == .brokenPipe {
@@ -675,6 +705,7 @@ final class Multiplexer {
     func close(_ error: Error?) {
         guard !closed else { return }
         closed = true
+        if let livenessTimer { loop.cancel(livenessTimer) }
         outbound.clear()
         if let current = splicing, current.closeAfter { current.source.close(loop) }
         splicing = nil

@@ -305,6 +305,61 @@ import Testing
         a.closeQuietly()
     }
 
+    // The liveness checks wait for timers (a second or so): on a thread of their own (OSThread.run), not on
+    // the cooperative pool other tests need.
+
+    @Test func aPeerThatFallsSilentIsPingedThenGivenUp() async throws {
+        let (closedWith, pings) = try await OSThread.run(name: "silent peer") { () throws -> (Error?, Int) in
+            let loop = try IOLoop()
+            let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+            defer { b.closeQuietly() }
+            let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+            var closedWith: Error?
+            var closed = false
+            mux.onControl = { _ throws(WireError) in }
+            mux.onClosed = { closedWith = $0; closed = true }
+            try mux.start()
+            mux.watchLiveness(interval: .milliseconds(100), silent: 3)
+            // The peer is there (its socket open) but says nothing: a host powered off, vsock unaware.
+            for _ in 0..<1000 where !closed { try loop.runOnce(timeoutMilliseconds: 10) }
+            var received = [UInt8](repeating: 0, count: 4096)
+            let count = try received.withUnsafeMutableBytes { try b.readSome(into: $0) } ?? 0
+            var buffer = ByteBuffer(bytes: received[..<count])
+            var pings = 0
+            var decoder = FrameDecoder()
+            while let frame = try decoder.decode(&buffer) { if frame.type == .ping { pings += 1 } }
+            return (closed ? closedWith : nil, pings)
+        }
+        let error = try #require(closedWith as? SystemError, "the connection to a silent peer stayed open")
+        #expect(error.errno == .timedOut)
+        #expect(error.description.contains("nothing from the peer for 0.3 seconds"))
+        #expect(pings == 2)  // after the first and the second silent interval; the third ends it
+    }
+
+    @Test func aPeerThatAnswersPingsStaysConnectedThoughIdle() async throws {
+        let stillOpen = try await OSThread.run(name: "answering peer") { () throws -> Bool in
+            let loop = try IOLoop()
+            let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+            let watching = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+            let answering = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+            var closed = false
+            for mux in [watching, answering] {
+                mux.onControl = { _ throws(WireError) in }
+                mux.onClosed = { _ in closed = true }
+                try mux.start()
+            }
+            watching.watchLiveness(interval: .milliseconds(100), silent: 3)
+            // Ten intervals without a byte of data: only PINGs and their PONGs.
+            let end = IOLoop.now() + 1_000_000_000
+            while IOLoop.now() < end && !closed { try loop.runOnce(timeoutMilliseconds: 10) }
+            let open = !closed
+            watching.close(nil)
+            answering.close(nil)
+            return open
+        }
+        #expect(stillOpen)
+    }
+
     /// A regular file as the source (stdin redirected from a file) gives no events: once it has filled the
     /// outbound queue, the pass that empties the queue must read on by itself. Over TCP, whose send
     /// buffer grows while the sender waits, one flush can send everything queued without meeting EAGAIN,

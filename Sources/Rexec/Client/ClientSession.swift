@@ -72,6 +72,9 @@ final class ClientSession {
         } catch {
             throw RexecError(.local, "\(error)")
         }
+        // A host that vanishes is noticed within a minute: TCP by its keep-alive (Connector), vsock,
+        // which has none, by PINGs.
+        if case .vsock = endpoint { mux.watchLiveness(interval: .seconds(20), silent: 3) }
         defer { cleanUp() }
         while true {
             if let failure { throw failure }

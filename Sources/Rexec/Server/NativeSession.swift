@@ -73,6 +73,8 @@ final class NativeSession: ServerSession {
             core.logger.error("\(peer): cannot watch the connection: \(error)")
             mux.close(error)
         }
+        // TCP's keep-alive is set on the listener; vsock has none.
+        if case .vsock = via, !mux.closed { mux.watchLiveness(interval: .seconds(core.settings.keepalive) / 3, silent: 3) }
         // EXEC comes right behind the handshake (usually with it: then it has been handled above). A
         // client that sends none must not hold a session, one of max-sessions, for as long as it keeps
         // the connection open.

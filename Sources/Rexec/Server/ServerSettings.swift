@@ -16,7 +16,7 @@ import SystemPackage
 /// max-sessions = 1024
 /// max-pending = 64                       # connections still in their handshake
 /// runtime-dir = /var/run/rexec
-/// keepalive = 60                         # seconds a silent TCP peer is given before its client is gone
+/// keepalive = 60                         # seconds a silent TCP or vsock peer is given before its client is gone
 /// ```
 public struct RexecServerSettings: Sendable {
     public var listen: [Endpoint] = []
