@@ -208,6 +208,10 @@ final class Multiplexer {
     /// so more is answers to the peer's own requests (PONG, refusals) that it does not read — the
     /// connection ends rather than the process's memory.
     var outboundLimit = 4 * Multiplexer.outboundHighWater
+    /// What all streams together may hold for local readers that do not take it (each stream's window
+    /// bounds that stream, not how many there are: 1280 × 4 MiB on the server): past it the connection
+    /// ends rather than the process's memory. No session that works comes near it.
+    var maximumQueued = 256 << 20
     /// The highest stream number seen so far in each side's range (the client's below
     /// `RexecLimits.serverStreams`, the server's from it on): each side numbers its streams upwards, so a
     /// number at or under its side's highest that is not live is a stream that finished (or was refused)
@@ -536,7 +540,7 @@ final class Multiplexer {
                     guard inbound.readableBytes > 0 else { break }
                     let count = min(current.remaining, inbound.readableBytes)
                     var payload = inbound.readSlice(length: count)!
-                    deliver(&payload, to: current.stream)
+                    try deliver(&payload, to: current.stream)
                     payloadDelivered(count)
                     continue
                 }
@@ -623,7 +627,7 @@ final class Multiplexer {
 
     /// Hands a piece of payload to the stream's sink: straight from the connection's buffer when nothing
     /// waits before it, the rest into the stream's own buffer. Dropped if the stream was reset.
-    private func deliver(_ payload: inout ByteBuffer, to stream: CarriedStream) {
+    private func deliver(_ payload: inout ByteBuffer, to stream: CarriedStream) throws(WireError) {
         guard stream.receiveState == .open, payload.readableBytes > 0 else { return }
         if stream.queuedBytes == 0, let sink = stream.sink, sink.writable {
             let result = payload.readableBytesView.withUnsafeBytes { sink.write($0) }
@@ -640,7 +644,13 @@ final class Multiplexer {
         }
         // The rest waits in the stream's own buffer (its storage is kept and reused): a slice of the
         // connection's buffer would make every next read of the connection allocate a new one.
-        if payload.readableBytes > 0 { stream.pending.writeBuffer(&payload) }
+        guard payload.readableBytes > 0 else { return }
+        stream.pending.writeBuffer(&payload)
+        let queued = streams.reduce(0) { $0 + $1.queuedBytes }
+        if queued > maximumQueued {
+            let waiting = streams.filter { $0.queuedBytes > 0 }.count
+            throw WireError(.oversized, "\(queued) bytes wait for local readers on \(waiting) streams, more than the \(maximumQueued) a session may hold")
+        }
     }
 
     private func credit(_ stream: CarriedStream, _ count: Int) {

@@ -305,6 +305,55 @@ import Testing
         a.closeQuietly()
     }
 
+    /// Each stream's window bounds that stream; `maximumQueued` bounds them all together: streams whose
+    /// local readers have stopped cannot make the session hold their windows' worth each.
+    @Test(arguments: [1, 3])
+    func whatWaitsForStoppedReadersIsBoundedPerSession(streamCount: Int) throws {
+        let loop = try IOLoop()
+        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+        defer { a.closeQuietly() }
+        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        mux.maximumQueued = 512 << 10
+        var closedWith: Error?
+        var closed = false
+        mux.onControl = { _ throws(WireError) in }
+        mux.onClosed = { closedWith = $0; closed = true }
+        var readers: [SystemPackage.FileDescriptor] = []
+        defer { for reader in readers { reader.closeQuietly() } }
+        for id in 1...UInt32(streamCount) {
+            // A pipe nobody reads: it takes 64 KiB, the rest waits in the stream.
+            let pipe = try SystemPackage.FileDescriptor.makePipe(nonBlocking: true)
+            readers.append(pipe.read)
+            let stream = CarriedStream(id: id, source: nil, sink: LocalEnd(fd: pipe.write, owned: true))
+            try mux.add(stream)
+            try stream.sink?.watch(loop)
+        }
+        try mux.start()
+        // 300 KiB for each stream, well within its 4 MiB window: one such stream is fine, three are not.
+        var frames = ByteBuffer()
+        for id in 1...UInt32(streamCount) {
+            for _ in 0..<5 {
+                Frame(type: RexecFrame.data, stream: id, payload: ByteBuffer(repeating: 0x61, count: 60 << 10)).encode(into: &frames)
+            }
+        }
+        let bytes = Array(frames.readableBytesView)
+        var offset = 0
+        for _ in 0..<10_000 where !closed && offset < bytes.count {
+            offset += try writeSome(a, bytes[offset...])
+            try loop.runOnce(timeoutMilliseconds: 1)
+        }
+        for _ in 0..<10 where !closed { try loop.runOnce(timeoutMilliseconds: 1) }
+        if streamCount == 1 {
+            #expect(!closed, "closed with \(String(describing: closedWith))")
+            #expect(offset == bytes.count)
+        } else {
+            #expect(closed)
+            let message = (closedWith as? WireError)?.message ?? ""
+            #expect(message.contains("wait for local readers on 3 streams, more than the 524288 a session may hold"), "\(message)")
+        }
+        mux.close(nil)
+    }
+
     // The liveness checks wait for timers (a second or so): on a thread of their own (OSThread.run), not on
     // the cooperative pool other tests need.
 
