@@ -263,6 +263,8 @@ final class Multiplexer {
     private var sourceWaitsForRoom = false
     /// Bytes came from the peer since the liveness timer last looked (`watchLiveness`).
     private var heard = false
+    /// `watchLiveness`: how often to look, after how many silent looks to give up, and how many so far.
+    private var liveness: (interval: Duration, silent: Int, quiet: Int)?
     private var livenessTimer: IOLoop.TimerID?
 
     init(loop: IOLoop, link: LocalEnd, leftover: ByteBuffer = ByteBuffer(), maximumPayload: Int = Frame.maximumPayload) {
@@ -291,23 +293,23 @@ final class Multiplexer {
     /// nothing came from the peer it gets a PING (every version answers with a PONG); after `silent`
     /// of them the connection ends, as a TCP connection's keep-alive ends it.
     func watchLiveness(interval: Duration, silent: Int) {
-        var quiet = 0
-        func arm() {
-            livenessTimer = loop.schedule(after: interval) { [weak self] in
-                guard let self, !closed else { return }
-                if heard { quiet = 0 } else { quiet += 1 }
-                heard = false
-                if quiet >= silent {
-                    return close(SystemError(.timedOut, "nothing from the peer for \(interval * silent), not even an answer to a PING"))
-                }
-                if quiet > 0 {
-                    send(ConnectionMessage.ping(0).frame)
-                    flush()
-                }
-                arm()
-            }
+        liveness = (interval, silent, 0)
+        livenessTimer = loop.schedule(after: interval) { [weak self] in self?.livenessCheck() }
+    }
+
+    private func livenessCheck() {
+        guard !closed, var watch = liveness else { return }
+        watch.quiet = heard ? 0 : watch.quiet + 1
+        heard = false
+        liveness = watch
+        if watch.quiet >= watch.silent {
+            return close(SystemError(.timedOut, "nothing from the peer for \(watch.interval * watch.silent), not even an answer to a PING"))
         }
-        arm()
+        if watch.quiet > 0 {
+            send(ConnectionMessage.ping(0).frame)
+            flush()
+        }
+        livenessTimer = loop.schedule(after: watch.interval) { [weak self] in self?.livenessCheck() }
     }
 
     /// Whether a stream numbered `id` could be added now (a number not in use, room under the limit): for
