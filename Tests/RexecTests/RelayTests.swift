@@ -46,6 +46,29 @@ import Testing
         func turn() throws { try loop.runOnce(timeoutMilliseconds: 1) }
     }
 
+    /// One multiplexer on a socketpair whose other end (`peer`) the test drives by hand, and how it ended.
+    final class Lone {
+        let loop: IOLoop
+        let mux: Multiplexer
+        let peer: SystemPackage.FileDescriptor
+        private(set) var closed = false
+        private(set) var closedWith: Error?
+
+        init() throws {
+            loop = try IOLoop()
+            let (ours, theirs) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
+            peer = theirs
+            mux = Multiplexer(loop: loop, link: LocalEnd(fd: ours, owned: true))
+            mux.onControl = { _ throws(WireError) in }
+            mux.onClosed = { [unowned self] in
+                closedWith = $0
+                closed = true
+            }
+        }
+
+        deinit { peer.closeQuietly() }
+    }
+
     /// Writes what the pipe takes now; returns the count.
     func writeSome(_ fd: SystemPackage.FileDescriptor, _ bytes: ArraySlice<UInt8>) throws -> Int {
         try bytes.withUnsafeBytes { try fd.writeSome($0) } ?? 0
@@ -282,42 +305,29 @@ import Testing
     /// A peer that sends PINGs and never reads the PONGs: the answers waiting for it are bounded, the
     /// connection ends (they grew with the PINGs before, until the process ran out of memory).
     @Test func aPeerThatDoesNotReadItsAnswersLosesItsConnection() throws {
-        let loop = try IOLoop()
-        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
-        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
-        mux.outboundLimit = 64 << 10  // (8 MiB in use: the same, only slower to reach)
-        var closedWith: Error?
-        var closed = false
-        mux.onControl = { _ throws(WireError) in }
-        mux.onClosed = { closedWith = $0; closed = true }
-        try mux.start()
+        let lone = try Lone()
+        lone.mux.outboundLimit = 64 << 10  // (8 MiB in use: the same, only slower to reach)
+        try lone.mux.start()
         var pings = ByteBuffer()
         for value in 0..<4096 { ConnectionMessage.ping(UInt64(value)).frame.encode(into: &pings) }
         let bytes = Array(pings.readableBytesView)
         var sent = 0
-        for _ in 0..<100_000 where !closed {
-            _ = try? writeSome(a, bytes[...])
+        for _ in 0..<100_000 where !lone.closed {
+            _ = try? writeSome(lone.peer, bytes[...])
             sent += 1
-            try loop.runOnce(timeoutMilliseconds: 0)
+            try lone.loop.runOnce(timeoutMilliseconds: 0)
         }
-        #expect(closed, "still open after \(sent) batches of PINGs")
-        #expect((closedWith as? WireError)?.message.contains("does not read the answers") == true)
-        a.closeQuietly()
+        #expect(lone.closed, "still open after \(sent) batches of PINGs")
+        #expect((lone.closedWith as? WireError)?.message.contains("does not read the answers") == true)
     }
 
     /// Each stream's window bounds that stream; `maximumQueued` bounds them all together: streams whose
     /// local readers have stopped cannot make the session hold their windows' worth each.
     @Test(arguments: [1, 3])
     func whatWaitsForStoppedReadersIsBoundedPerSession(streamCount: Int) throws {
-        let loop = try IOLoop()
-        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
-        defer { a.closeQuietly() }
-        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: b, owned: true))
+        let lone = try Lone()
+        let (loop, mux) = (lone.loop, lone.mux)
         mux.maximumQueued = 512 << 10
-        var closedWith: Error?
-        var closed = false
-        mux.onControl = { _ throws(WireError) in }
-        mux.onClosed = { closedWith = $0; closed = true }
         var readers: [SystemPackage.FileDescriptor] = []
         defer { for reader in readers { reader.closeQuietly() } }
         for id in 1...UInt32(streamCount) {
@@ -338,17 +348,17 @@ import Testing
         }
         let bytes = Array(frames.readableBytesView)
         var offset = 0
-        for _ in 0..<10_000 where !closed && offset < bytes.count {
-            offset += try writeSome(a, bytes[offset...])
+        for _ in 0..<10_000 where !lone.closed && offset < bytes.count {
+            offset += try writeSome(lone.peer, bytes[offset...])
             try loop.runOnce(timeoutMilliseconds: 1)
         }
-        for _ in 0..<10 where !closed { try loop.runOnce(timeoutMilliseconds: 1) }
+        for _ in 0..<10 where !lone.closed { try loop.runOnce(timeoutMilliseconds: 1) }
         if streamCount == 1 {
-            #expect(!closed, "closed with \(String(describing: closedWith))")
+            #expect(!lone.closed, "closed with \(String(describing: lone.closedWith))")
             #expect(offset == bytes.count)
         } else {
-            #expect(closed)
-            let message = (closedWith as? WireError)?.message ?? ""
+            #expect(lone.closed)
+            let message = (lone.closedWith as? WireError)?.message ?? ""
             #expect(message.contains("wait for local readers on 3 streams, more than the 524288 a session may hold"), "\(message)")
         }
         mux.close(nil)
@@ -359,25 +369,18 @@ import Testing
 
     @Test func aPeerThatFallsSilentIsPingedThenGivenUp() async throws {
         let (closedWith, pings) = try await OSThread.run(name: "silent peer") { () throws -> (Error?, Int) in
-            let loop = try IOLoop()
-            let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
-            defer { b.closeQuietly() }
-            let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
-            var closedWith: Error?
-            var closed = false
-            mux.onControl = { _ throws(WireError) in }
-            mux.onClosed = { closedWith = $0; closed = true }
-            try mux.start()
-            mux.watchLiveness(interval: .milliseconds(100), silent: 3)
+            let lone = try Lone()
+            try lone.mux.start()
+            lone.mux.watchLiveness(interval: .milliseconds(100), silent: 3)
             // The peer is there (its socket open) but says nothing: a host powered off, vsock unaware.
-            for _ in 0..<1000 where !closed { try loop.runOnce(timeoutMilliseconds: 10) }
+            for _ in 0..<1000 where !lone.closed { try lone.loop.runOnce(timeoutMilliseconds: 10) }
             var received = [UInt8](repeating: 0, count: 4096)
-            let count = try received.withUnsafeMutableBytes { try b.readSome(into: $0) } ?? 0
+            let count = try received.withUnsafeMutableBytes { try lone.peer.readSome(into: $0) } ?? 0
             var buffer = ByteBuffer(bytes: received[..<count])
             var pings = 0
-            var decoder = FrameDecoder()
+            let decoder = FrameDecoder()
             while let frame = try decoder.decode(&buffer) { if frame.type == .ping { pings += 1 } }
-            return (closed ? closedWith : nil, pings)
+            return (lone.closed ? lone.closedWith : nil, pings)
         }
         let error = try #require(closedWith as? SystemError, "the connection to a silent peer stayed open")
         #expect(error.errno == .timedOut)
@@ -478,14 +481,9 @@ import Testing
     /// with room for two at once), and what the peer still sends on a finished one is dropped rather than
     /// taken for a protocol error; a stream number above any seen still is one.
     @Test func finishedStreamsLeaveAndLateFramesForThemAreDropped() throws {
-        let loop = try IOLoop()
-        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
-        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
+        let lone = try Lone()
+        let (loop, mux, b) = (lone.loop, lone.mux, lone.peer)
         mux.maximumStreams = 2
-        var closedWith: Error?
-        var closed = false
-        mux.onControl = { _ throws(WireError) in }
-        mux.onClosed = { closedWith = $0; closed = true }
         try mux.start()
         func peerSends(_ id: UInt32, _ bytes: [UInt8], end: Bool) throws {
             var frame = ByteBuffer()
@@ -508,41 +506,34 @@ import Testing
         }
         #expect(finished == 5)
         #expect(mux.streams.isEmpty)
-        #expect(!closed)
+        #expect(!lone.closed)
         // Late: stream 3 finished. Dropped, the connection stays.
         try peerSends(3, [9, 9], end: false)
         for _ in 0..<20 { try loop.runOnce(timeoutMilliseconds: 1) }
-        #expect(!closed)
+        #expect(!lone.closed)
         // Stream 6 was never opened.
         try peerSends(6, [1], end: false)
-        for _ in 0..<100 where !closed { try loop.runOnce(timeoutMilliseconds: 1) }
-        #expect(closed)
-        #expect((closedWith as? WireError)?.code == .protocolViolation)
-        b.closeQuietly()
+        for _ in 0..<100 where !lone.closed { try loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(lone.closed)
+        #expect((lone.closedWith as? WireError)?.code == .protocolViolation)
     }
 
     @Test func garbageFromThePeerEndsOnlyThatConnection() throws {
-        let loop = try IOLoop()
-        let (a, b) = try SystemPackage.FileDescriptor.socketPair(nonBlocking: true)
-        let mux = Multiplexer(loop: loop, link: LocalEnd(fd: a, owned: true))
-        var closedWith: Error?
-        var closed = false
-        mux.onControl = { _ throws(WireError) in }
-        mux.onClosed = { closedWith = $0; closed = true }
-        try mux.start()
+        let lone = try Lone()
+        let (loop, b) = (lone.loop, lone.peer)
+        try lone.mux.start()
         // A DATA frame for a stream that does not exist.
         var bytes = ByteBuffer()
         Frame(type: RexecFrame.data, stream: 99, payload: ByteBuffer(bytes: [1, 2, 3])).encode(into: &bytes)
         _ = try bytes.readableBytesView.withUnsafeBytes { try b.writeSome($0) }
-        for _ in 0..<100 where !closed { try loop.runOnce(timeoutMilliseconds: 1) }
-        #expect(closed)
-        #expect((closedWith as? WireError)?.code == .protocolViolation)
+        for _ in 0..<100 where !lone.closed { try loop.runOnce(timeoutMilliseconds: 1) }
+        #expect(lone.closed)
+        #expect((lone.closedWith as? WireError)?.code == .protocolViolation)
         // The peer is told why before the connection closes.
         var reply = [UInt8](repeating: 0, count: 4096)
         let count = try reply.withUnsafeMutableBytes { try b.readSome(into: $0) } ?? 0
         var buffer = ByteBuffer(bytes: reply[..<count])
         let frame = try #require(try FrameDecoder().decode(&buffer))
         #expect(frame.type == .goAway)
-        b.closeQuietly()
     }
 }
