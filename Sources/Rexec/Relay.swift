@@ -517,6 +517,7 @@ final class Multiplexer {
             stream.spill!.count += moved
             heard = true
             payloadDelivered(moved)
+            if let error = queuedPastLimit() { refuse(error) }
             return true
         } catch where error.errno == .brokenPipe {
             // The reader of the pipe is gone; the rest of the payload is read and dropped.
@@ -559,11 +560,16 @@ final class Multiplexer {
                 try handle(frame)
             }
         } catch {
-            send(ConnectionMessage.goAway(.protocolError, reason: error.message).frame)
-            flush()
-            close(error)
+            refuse(error)
         }
         if inbound.readableBytes == 0 { inbound.clear() }
+    }
+
+    /// Ends the connection for what the peer sent, telling it why.
+    private func refuse(_ error: WireError) {
+        send(ConnectionMessage.goAway(.protocolError, reason: error.message).frame)
+        flush()
+        close(error)
     }
 
     private func handle(_ frame: Frame) throws(WireError) {
@@ -648,11 +654,16 @@ final class Multiplexer {
         // connection's buffer would make every next read of the connection allocate a new one.
         guard payload.readableBytes > 0 else { return }
         stream.pending.writeBuffer(&payload)
+        if let error = queuedPastLimit() { throw error }
+    }
+
+    /// What the session's streams hold for their local readers (buffers and spill pipes), if that is
+    /// past `maximumQueued`, as the error that ends the connection. Looked at when a payload has to wait.
+    private func queuedPastLimit() -> WireError? {
         let queued = streams.reduce(0) { $0 + $1.queuedBytes }
-        if queued > maximumQueued {
-            let waiting = streams.filter { $0.queuedBytes > 0 }.count
-            throw WireError(.oversized, "\(queued) bytes wait for local readers on \(waiting) streams, more than the \(maximumQueued) a session may hold")
-        }
+        guard queued > maximumQueued else { return nil }
+        let waiting = streams.filter { $0.queuedBytes > 0 }.count
+        return WireError(.oversized, "\(queued) bytes wait for local readers on \(waiting) streams, more than the \(maximumQueued) a session may hold")
     }
 
     private func credit(_ stream: CarriedStream, _ count: Int) {
