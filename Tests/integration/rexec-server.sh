@@ -33,7 +33,7 @@ expect_match "and logged" "does not speak the rexec protocol \(first byte 0x47\)
 # A peer that offers no key is refused by the server itself, and its request never runs. (dpuctl's client
 # gives up on its own once the server asks for a key, so the peer here plays what a keyless client sends
 # first — its hello and EXEC in one write, captured on a listener of ours — to the server.)
-socat -u UNIX-LISTEN:"$W/capture.sock" OPEN:"$W/keyless.bin",creat,trunc &
+timeout 10 socat -u UNIX-LISTEN:"$W/capture.sock" OPEN:"$W/keyless.bin",creat,trunc &
 capture=$!
 wait_for "test -S '$W/capture.sock'"
 timeout 3 env CMD_NET_ADDR="unix://$W/capture.sock" "$DPUCTL" rexec --key "$W/no-such-key" /bin/sh -c "touch $W/pwned" \
